@@ -1,0 +1,115 @@
+"""The one denoiser interface shared by point (sparse) models and grid models.
+
+Every denoiser is called as::
+
+    out = denoiser(values, coords, logsnr, grid, cond=None)
+
+with ``values (B, N, C_in)`` the noisy field at ``N`` points, ``coords (B, N, 2)`` their
+pixel-centre coordinates ``(y, x)`` in ``[0, 1]^2`` (see :mod:`lightning_infdiff.coords`),
+``logsnr (B,)`` the noise level, ``grid = (H, W)`` the pixel grid the points live on and
+``cond`` an optional condition (e.g. integer class labels ``(B,)``). It returns
+``(B, N, C_out)``. The process and the LightningModule never know which kind they hold.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor, nn
+
+from ..coords import check_grid, coords_to_index, gather, scatter
+
+__all__ = ["Denoiser", "GridDenoiser", "logsnr_embedding"]
+
+
+def logsnr_embedding(logsnr: Tensor, dim: int, max_period: float = 10_000.0, scale: float = 1.0) -> Tensor:
+    """Sinusoidal embedding of the noise level (Vaswani et al. 2017, as used by ADM).
+
+    The embedding is taken of ``scale * logsnr`` (logSNR lies roughly in [-20, 20]).
+
+    Returns:
+        ``(B, dim)`` float32 features.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=logsnr.device) / max(half, 1))
+    args = scale * logsnr.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+class Denoiser(nn.Module, ABC):
+    """Base class of every denoiser (see the module docstring for the call contract).
+
+    Args:
+        in_channels: channels of the noisy field.
+        out_channels: channels of the prediction (defaults to ``in_channels``).
+        num_classes: number of classes for class conditioning; ``0`` for none. When positive,
+            label ``num_classes`` is the null condition used by classifier-free guidance.
+    """
+
+    def __init__(self, in_channels: int = 3, out_channels: int | None = None, num_classes: int = 0) -> None:
+        super().__init__()
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be positive, got {in_channels}")
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels or in_channels
+        self.num_classes = num_classes
+
+    @property
+    def null_class(self) -> int | None:
+        """Label of the unconditional (null) class, or ``None`` if unconditional."""
+        return self.num_classes if self.num_classes > 0 else None
+
+    @abstractmethod
+    def forward(
+        self, values: Tensor, coords: Tensor, logsnr: Tensor, grid: tuple[int, int], cond: Tensor | None = None
+    ) -> Tensor:
+        """Predict the target at the points (see module docstring)."""
+
+    @staticmethod
+    def check_inputs(values: Tensor, coords: Tensor, logsnr: Tensor, grid: tuple[int, int]) -> tuple[int, int]:
+        """Shared shape checks; returns the validated grid."""
+        h, w = check_grid(grid)
+        if values.dim() != 3 or coords.shape[:2] != values.shape[:2] or coords.shape[-1] != 2:
+            raise ValueError(
+                f"expected values (B, N, C) and coords (B, N, 2), got {tuple(values.shape)} and {tuple(coords.shape)}"
+            )
+        if logsnr.shape != (values.shape[0],):
+            raise ValueError(f"logsnr must have shape (B,)=({values.shape[0]},), got {tuple(logsnr.shape)}")
+        if values.shape[1] > h * w:
+            raise ValueError(f"{values.shape[1]} points do not fit on a {h}x{w} grid")
+        return h, w
+
+
+class GridDenoiser(Denoiser):
+    """Base of grid models (U-Net, FNO, U-ViT): scatter points onto a canvas, run, gather back.
+
+    When fewer points than pixels are given, the canvas is zero where no point landed and a
+    mask channel (1 at the sampled pixels) is appended, so ``forward_grid`` receives
+    ``in_channels + 1`` channels. Subclasses implement :meth:`forward_grid`.
+    """
+
+    @property
+    def grid_in_channels(self) -> int:
+        """Channels of the canvas handed to :meth:`forward_grid` (data + mask)."""
+        return self.in_channels + 1
+
+    @abstractmethod
+    def forward_grid(self, canvas: Tensor, logsnr: Tensor, cond: Tensor | None = None) -> Tensor:
+        """``(B, in_channels + 1, H, W)`` canvas -> ``(B, out_channels, H, W)`` prediction."""
+
+    def forward(
+        self, values: Tensor, coords: Tensor, logsnr: Tensor, grid: tuple[int, int], cond: Tensor | None = None
+    ) -> Tensor:
+        h, w = self.check_inputs(values, coords, logsnr, grid)
+        # Points may come in any order (and any subset): put them where their coordinates say.
+        indices = coords_to_index(coords, (h, w))
+        canvas, mask = scatter(values, indices, (h, w))
+        out = self.forward_grid(torch.cat([canvas, mask], dim=1), logsnr, cond)
+        return gather(out, indices)
