@@ -1,0 +1,108 @@
+"""ADM-style U-Net blocks (Nichol and Dhariwal 2021; Dhariwal and Nichol 2021).
+
+Used by :class:`~lightning_infdiff.denoisers.unet.ADMUNet`, the grid network of ∞-Diff
+(appendix A: "the architecture used by Nichol and Dhariwal (2021)"). Residual blocks with
+GroupNorm and scale-shift conditioning, multi-head self-attention, and 2x resampling. All
+blocks accept channels_last tensors and keep that layout.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["group_norm", "ResBlock", "AttentionBlock", "Downsample", "Upsample"]
+
+
+def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
+    """GroupNorm with the largest group count ``<= max_groups`` that divides ``channels``."""
+    groups = math.gcd(channels, max_groups)
+    return nn.GroupNorm(groups, channels)
+
+
+def _zero(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    """``x + conv(drop(SiLU(GN(conv(SiLU(GN(x))))·(1 + s) + b)))`` with ``(s, b)`` from ``emb``.
+
+    Args:
+        in_channels: input width.
+        out_channels: output width (a 1x1 conv maps the skip when it differs).
+        emb_dim: embedding width.
+        dropout: dropout probability (ADM/simple diffusion use it only at low resolutions).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = group_norm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * out_channels)
+        self.norm2 = group_norm(out_channels)
+        self.drop = nn.Dropout(dropout)
+        self.conv2 = _zero(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        """``x (B, C_in, H, W)``, ``emb (B, E)`` -> ``(B, C_out, H, W)``."""
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.drop(F.silu(h)))
+        return self.skip(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over all positions of a feature map, residual.
+
+    Args:
+        channels: feature width.
+        head_channels: channels per head (ADM: 64); heads = ``channels // head_channels``.
+    """
+
+    def __init__(self, channels: int, head_channels: int = 64) -> None:
+        super().__init__()
+        self.heads = max(1, channels // head_channels)
+        if channels % self.heads:
+            raise ValueError(f"{channels} channels do not split into {self.heads} heads")
+        self.norm = group_norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = _zero(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, C, H, W)`` -> ``(B, C, H, W)``."""
+        b, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w)
+        q, k, v = (t.transpose(-1, -2) for t in qkv.unbind(1))  # (B, heads, HW, d)
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = out.transpose(-1, -2).reshape(b, c, h, w)
+        return x + self.proj(out)
+
+
+class Downsample(nn.Module):
+    """Strided 3x3 convolution halving the resolution."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, C, H, W)`` -> ``(B, C, H/2, W/2)``."""
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour 2x upsampling followed by a 3x3 convolution."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, C, H, W)`` -> ``(B, C, 2H, 2W)``."""
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

@@ -1,0 +1,180 @@
+"""∞-Diff's multi-scale sparse neural operator denoiser (Bond-Taylor and Willcocks 2024).
+
+Section 4.2 / Fig. 4 and appendix A: sparse operator blocks on the raw sampled points capture
+local detail; the points are interpolated onto a fixed regular grid where an ADM U-Net gathers
+global context; the grid is read back at the points and sparse up blocks with skips finish::
+
+    lift C_in->C ─ down blocks ×D ─ kNN (k=3) to G×G ─ U-Net ─ bilinear at points ─ up blocks ×D ─ out
+                        └──────────────── skips ────────────────────────────────────┘
+
+A sparse block (appendix A) is ``x += conv(ModLN(x))``, ``x += MLP(ModLN(x))`` where ``conv``
+is the depthwise sparse convolution of eq. (16) normalised by sampled-neighbour counts
+(:mod:`.sparse_conv`). Every point-wise layer runs on the ``N`` points only. The projections
+to and from the inner grid run on the grid side: a linear map commutes with the kNN and
+bilinear interpolations (their weights sum to one), so this equals projecting at the points.
+
+Resolution transfer: the kernel is defined at ``train_resolution``; at another grid it is
+resampled (odd size per axis) and the neighbour-count normalisation keeps the response; the
+inner grid stays fixed, so the same weights run at any (also non-square) grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..coords import coords_to_index, interpolate_at
+from .base import Denoiser
+from .layers import ModulatedLayerNorm, NoiseEmbedding, PointMLP
+from .layers_knn import knn_interpolate, lattice_knn
+from .sparse_conv import SPARSE_BACKENDS, PointLattice, SparseDepthwiseConv2d
+from .unet import ADMUNet
+
+__all__ = ["SparseConvBlock", "SparseNeuralOperator"]
+
+
+class SparseConvBlock(nn.Module):
+    """Sparse residual block: ``x += conv(ModLN(x))``; ``x += MLP(ModLN(x))`` (∞-Diff app. A).
+
+    Args:
+        channels: feature width ``C``.
+        emb_dim: conditioning embedding width.
+        kernel_size: odd depthwise kernel size at ``train_resolution``.
+        train_resolution: grid side the kernel is defined at.
+        mlp_ratio: hidden width of the point MLP in units of ``C``.
+        skip: if true, a linear layer first fuses ``[x, skip]`` (``2C -> C``), for up blocks.
+    """
+
+    def __init__(
+        self, channels: int, emb_dim: int, kernel_size: int = 7, train_resolution: int = 64,
+        mlp_ratio: int = 2, skip: bool = False,
+    ) -> None:
+        super().__init__()
+        self.fuse = nn.Linear(2 * channels, channels) if skip else None
+        self.norm1 = ModulatedLayerNorm(channels, emb_dim)
+        self.conv = SparseDepthwiseConv2d(channels, kernel_size, train_resolution)
+        self.norm2 = ModulatedLayerNorm(channels, emb_dim)
+        self.mlp = PointMLP(channels, mlp_ratio)
+
+    def forward(self, x: Tensor, emb: Tensor, lattice: PointLattice, skip: Tensor | None = None) -> Tensor:
+        """``x (B, N, C)`` on ``lattice``, ``emb (B, E)`` -> ``(B, N, C)``."""
+        if self.fuse is not None:
+            if skip is None:
+                raise ValueError("this block expects a skip connection")
+            x = self.fuse(torch.cat([x, skip.to(x.dtype)], dim=-1))
+        x = x + self.conv(self.norm1(x, emb), lattice).to(x.dtype)
+        return x + self.mlp(self.norm2(x, emb)).to(x.dtype)
+
+
+class SparseNeuralOperator(Denoiser):
+    """∞-Diff denoiser: sparse operator blocks around an ADM U-Net on a fixed inner grid.
+
+    Call as ``model(values (B,N,C_in), coords (B,N,2), logsnr (B,), grid (H,W), cond)``; the
+    coordinates must be pixel centres of ``grid`` (any subset, any order).
+
+    Args:
+        in_channels: channels of the noisy field.
+        out_channels: channels of the prediction (defaults to ``in_channels``).
+        num_classes: classes for conditioning, ``0`` for none (label ``num_classes`` = null).
+        train_resolution: grid side the sparse kernels are defined at (resized elsewhere).
+        channels: width ``C`` of the sparse level (∞-Diff: 64).
+        depth: sparse blocks before and after the grid network (∞-Diff: 3).
+        kernel_size: odd depthwise kernel size at ``train_resolution`` (∞-Diff: 7).
+        mlp_ratio: hidden width of the point MLPs in units of ``C`` (∞-Diff: 2).
+        knn_neighbours: ``k`` of the inverse-distance interpolation onto the grid (∞-Diff: 3).
+        inner_resolution: side of the fixed inner grid (∞-Diff: half the data side).
+        inner_channels: width of the inner grid's first U-Net level (∞-Diff: 128).
+        channel_mult: U-Net width multipliers per level (∞-Diff: up to 8).
+        num_res_blocks: U-Net residual blocks per level.
+        attention_resolutions: inner-grid sides with self-attention (∞-Diff: 16, 8).
+        dropout: U-Net dropout probability, only at sides ``<= dropout_resolution``.
+        dropout_resolution: largest inner-grid side with dropout (∞-Diff: 16).
+        head_channels: channels per attention head.
+        emb_dim: width of the logSNR/class embedding.
+        sparse_backend: ``"auto"``, ``"dense"``, ``"pairs"`` or ``"torchsparse"``
+            (see :mod:`.sparse_conv`).
+        zero_init_output: zero-initialise the output projection (prediction starts at 0).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int | None = None,
+        num_classes: int = 0,
+        train_resolution: int = 64,
+        channels: int = 64,
+        depth: int = 3,
+        kernel_size: int = 7,
+        mlp_ratio: int = 2,
+        knn_neighbours: int = 3,
+        inner_resolution: int = 32,
+        inner_channels: int = 64,
+        channel_mult: Sequence[int] = (1, 2, 4, 8),
+        num_res_blocks: int = 2,
+        attention_resolutions: Sequence[int] = (16, 8),
+        dropout: float = 0.1,
+        dropout_resolution: int = 16,
+        head_channels: int = 64,
+        emb_dim: int = 256,
+        sparse_backend: str = "auto",
+        zero_init_output: bool = True,
+    ) -> None:
+        super().__init__(in_channels, out_channels, num_classes)
+        if sparse_backend not in SPARSE_BACKENDS:
+            raise ValueError(f"sparse_backend must be one of {SPARSE_BACKENDS}, got {sparse_backend!r}")
+        if inner_resolution % 2 ** (len(channel_mult) - 1):
+            raise ValueError(f"inner_resolution {inner_resolution} must be divisible by 2**(len(channel_mult)-1)")
+        self.train_resolution = train_resolution
+        self.kernel_size = kernel_size
+        self.knn_neighbours = knn_neighbours
+        self.inner_resolution = inner_resolution
+        self.sparse_backend = sparse_backend
+        self.embed = NoiseEmbedding(emb_dim, num_classes)
+        self.lift = nn.Linear(in_channels, channels)
+        block_args = (channels, emb_dim, kernel_size, train_resolution, mlp_ratio)
+        self.down = nn.ModuleList([SparseConvBlock(*block_args) for _ in range(depth)])
+        self.to_grid = nn.Conv2d(channels, inner_channels, 1)
+        self.unet = ADMUNet(
+            inner_channels, inner_channels, emb_dim, inner_resolution, inner_channels, channel_mult,
+            num_res_blocks, attention_resolutions, dropout, dropout_resolution, head_channels, zero_out=False,
+        )
+        self.from_grid = nn.Conv2d(inner_channels, channels, 1)
+        self.up = nn.ModuleList([SparseConvBlock(*block_args, skip=True) for _ in range(depth)])
+        self.out_norm = nn.LayerNorm(channels)
+        self.out = nn.Linear(channels, self.out_channels)
+        if zero_init_output:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+
+    def lattice(self, indices: Tensor, grid: tuple[int, int]) -> PointLattice:
+        """Neighbour structure of the points for the sparse convolutions at ``grid``."""
+        return PointLattice.build(indices, grid, self.kernel_size, self.train_resolution, self.sparse_backend)
+
+    def forward(
+        self, values: Tensor, coords: Tensor, logsnr: Tensor, grid: tuple[int, int], cond: Tensor | None = None
+    ) -> Tensor:
+        """Predict ``(B, N, C_out)`` at the points (see :mod:`.base` for the contract)."""
+        h, w = self.check_inputs(values, coords, logsnr, grid)
+        b = values.shape[0]
+        g = self.inner_resolution
+        indices = coords_to_index(coords, (h, w))
+        lattice = self.lattice(indices, (h, w))
+        nbr, weight = lattice_knn(indices, (h, w), (g, g), self.knn_neighbours)
+        emb = self.embed(logsnr, cond)
+
+        x = self.lift(values)
+        skips = []
+        for blk in self.down:
+            x = blk(x, emb, lattice)
+            skips.append(x)
+        # Points -> fixed grid (inverse-distance kNN), grid network, grid -> points (bilinear).
+        z = knn_interpolate(x, nbr, weight)  # (B, G*G, C), row-major = channels-last layout
+        z = z.view(b, g, g, -1).permute(0, 3, 1, 2)
+        z = self.from_grid(self.unet(self.to_grid(z), emb))
+        x = interpolate_at(z.contiguous(), coords)
+        for blk in self.up:
+            x = blk(x, emb, lattice, skip=skips.pop())
+        return self.out(F.gelu(self.out_norm(x)))
