@@ -113,7 +113,7 @@ class ImageFolder(ImageSource):
             except Exception as err:  # PIL raises many types for broken files
                 if self.strict:
                     raise OSError(
-                        f"ImageFolder: cannot read image file {str(path)!r}: {err}"
+                        f"ImageFolder: cannot read image file {str(path)!r}: {type(err).__name__}: {err}"
                     ) from err
                 bad.append(f"{path} ({type(err).__name__}: {err})")
                 continue
@@ -173,6 +173,7 @@ class ImageFolder(ImageSource):
         with Image.open(path) as img:
             if not (train and self.crop == "random"):
                 img.draft(None, (resolution, resolution))
+            img.load()  # decode before the file closes
             img = to_rgb_or_gray(img, self.channels)
         if train and self.crop == "random":
             out = random_crop(img, resolution, rng)
@@ -193,12 +194,12 @@ class ImageFolder(ImageSource):
             except Exception as err:
                 if self.strict:
                     raise OSError(
-                        f"ImageFolder: cannot read image file {str(path)!r}: {err}"
+                        f"ImageFolder: cannot read image file {str(path)!r}: {type(err).__name__}: {err}"
                     ) from err
                 if str(path) not in self._warned_runtime:
                     self._warned_runtime.add(str(path))
                     warnings.warn(
-                        f"ImageFolder: unreadable image file {str(path)!r} ({err}) replaced by the next "
+                        f"ImageFolder: unreadable image file {str(path)!r} ({type(err).__name__}: {err}) replaced by the next "
                         "file; run with verify=True to find all broken files before training",
                         stacklevel=2,
                     )
