@@ -1,0 +1,182 @@
+"""One Gaussian diffusion process: schedule x noise operator x parametrisation x weighting.
+
+Forward corruption (∞-Diff eq. 9 with simple diffusion's logSNR notation)::
+
+    x_t = alpha(lambda) T x0 + sigma(lambda) c T xi,    alpha^2 = sigmoid(lambda), sigma^2 = sigmoid(-lambda)
+
+computed on the dense grid (the blur needs every pixel) and then gathered at the sampled
+coordinates; the loss is averaged over the sampled coordinates only. With the identity
+operator this is plain Gaussian diffusion, and a heat kernel of zero width reproduces it
+exactly. The posterior ``q(x_s | x_t, x0)`` is eq. 10 with ``T x0`` in place of ``x0`` and
+covariance ``beta_tilde T T*`` (see :func:`posterior`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .coords import check_grid, gather, index_to_coords, scatter
+from .losses import UnitWeighting, Weighting, build_weighting, multiscale_mse
+from .operators import IdentityOperator, NoiseOperator
+from .parametrisations import Parametrisation, build_parametrisation
+from .schedules import CosineSchedule, Schedule, alpha_sigma
+
+__all__ = ["GaussianProcess", "Corruption", "posterior", "full_coords"]
+
+
+@dataclass
+class Corruption:
+    """Everything drawn for one forward corruption (dense ``(B, C, H, W)`` tensors)."""
+
+    x_t: Tensor
+    white: Tensor  # c * xi
+    y0: Tensor  # T x0
+    noise: Tensor  # c T xi
+    logsnr: Tensor  # (B,)
+
+
+def _b(coef: Tensor, like: Tensor) -> Tensor:
+    return coef.reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
+
+
+def posterior(logsnr_t: Tensor, logsnr_s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Coefficients of ``q(x_s | x_t, x0)`` for ``lambda_s > lambda_t`` (∞-Diff eq. 10).
+
+    ``mean = coef_y0 * T x0 + coef_xt * x_t`` and covariance ``var * T T*`` with
+    ``r = SNR_t / SNR_s``: ``coef_xt = r alpha_s / alpha_t``, ``coef_y0 = (1 - r) alpha_s`` and
+    ``var = (1 - r) sigma_s^2``. In DDPM notation (``alpha_bar = sigmoid(lambda)``) these are
+    ``sqrt(alpha_bar_s) beta / (1 - alpha_bar_t)``, ``sqrt(alpha_t)(1 - alpha_bar_s)/(1 - alpha_bar_t)``
+    and ``beta_tilde = (1 - alpha_bar_s) beta / (1 - alpha_bar_t)`` with ``alpha_t = alpha_bar_t / alpha_bar_s``.
+
+    Returns:
+        ``(coef_y0, coef_xt, var)``.
+    """
+    a_t, _ = alpha_sigma(logsnr_t)
+    a_s, s_s = alpha_sigma(logsnr_s)
+    one_minus_r = -torch.expm1(logsnr_t - logsnr_s)
+    r = 1.0 - one_minus_r
+    return one_minus_r * a_s, r * a_s / a_t, one_minus_r * s_s**2
+
+
+def full_coords(batch: int, grid: tuple[int, int], device: torch.device | None = None) -> Tensor:
+    """Pixel-centre coordinates of every pixel, ``(B, H*W, 2)``."""
+    h, w = check_grid(grid)
+    idx = torch.arange(h * w, device=device).expand(batch, h * w)
+    return index_to_coords(idx, (h, w))
+
+
+class GaussianProcess:
+    """Gaussian diffusion composed of parts (design notes, section 3).
+
+    Args:
+        schedule: logSNR schedule (default: cosine with logSNR in [-15, 15]).
+        operator: noise operator ``T`` (default: identity = plain diffusion; a
+            :class:`~lightning_infdiff.operators.HeatKernelOperator` gives ∞-Diff's mollified diffusion).
+        parametrisation: network target: ``eps``, ``mollified_eps`` (∞-Diff's ``T xi``), ``v`` or ``x0``.
+        weighting: loss weighting over noise levels: ``unit``, ``snr``, ``min_snr`` or a :class:`Weighting`.
+        multiscale: use simple diffusion's multiscale loss (section 3.2); needs full grids.
+        multiscale_base: smallest resolution in the multiscale loss.
+    """
+
+    def __init__(
+        self,
+        schedule: Schedule | None = None,
+        operator: NoiseOperator | None = None,
+        parametrisation: str = "v",
+        weighting: str | Weighting = "unit",
+        multiscale: bool = False,
+        multiscale_base: int = 8,
+    ) -> None:
+        self.schedule = schedule if schedule is not None else CosineSchedule()
+        self.operator = operator if operator is not None else IdentityOperator()
+        self.param: Parametrisation = build_parametrisation(parametrisation)
+        self.weighting = build_weighting(weighting) if weighting is not None else UnitWeighting()
+        self.multiscale = bool(multiscale)
+        if multiscale_base < 1:
+            raise ValueError(f"multiscale_base must be >= 1, got {multiscale_base}")
+        self.multiscale_base = int(multiscale_base)
+
+    # -- forward process ----------------------------------------------------------------
+    def sample_logsnr(
+        self, batch: int, grid: tuple[int, int], device: torch.device | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Draw ``t ~ U(0, 1)`` and return ``lambda(t)`` on ``grid``, float32 ``(B,)``."""
+        t = torch.rand(batch, generator=generator, dtype=torch.float64, device=generator.device if generator else None)
+        return self.schedule.logsnr(t, grid).to(device=device, dtype=torch.float32)
+
+    def corrupt(
+        self, x0: Tensor, logsnr: Tensor, white: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Corruption:
+        """``x_t = alpha T x0 + sigma c T xi`` on the dense grid (float32 maths)."""
+        with torch.autocast(device_type=x0.device.type, enabled=False):
+            x0 = x0.float()
+            grid = (x0.shape[-2], x0.shape[-1])
+            if white is None:
+                gen_dev = generator.device if generator is not None else x0.device
+                white = torch.randn(x0.shape, generator=generator, device=gen_dev).to(x0.device)
+                white = white * self.operator.noise_scale(grid)
+            y0 = self.operator.apply(x0)
+            noise = self.operator.apply(white)
+            a, s = alpha_sigma(logsnr.float())
+            x_t = _b(a, x0) * y0 + _b(s, x0) * noise
+        return Corruption(x_t=x_t, white=white, y0=y0, noise=noise, logsnr=logsnr)
+
+    def target(self, x0: Tensor, c: Corruption) -> Tensor:
+        """The regression target (dense) of the parametrisation."""
+        return self.param.target(x0.float(), c.white, c.y0, c.noise, c.logsnr.float())
+
+    # -- training loss ------------------------------------------------------------------
+    def loss(
+        self,
+        denoiser: torch.nn.Module,
+        x0: Tensor,
+        indices: Tensor | None = None,
+        cond: Tensor | None = None,
+        logsnr: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Per-example weighted loss over the sampled coordinates, ``(B,)``.
+
+        Args:
+            denoiser: any :class:`~lightning_infdiff.denoisers.Denoiser`.
+            x0: dense clean images ``(B, C, H, W)`` in ``[-1, 1]``.
+            indices: ``(B, N)`` sampled flat indices, or ``None`` for the full grid.
+            cond: optional condition passed to the denoiser.
+            logsnr: noise levels ``(B,)``; drawn from the schedule when ``None``.
+            generator: optional generator for the noise levels and the noise.
+        """
+        b = x0.shape[0]
+        grid = check_grid((x0.shape[-2], x0.shape[-1]))
+        if logsnr is None:
+            logsnr = self.sample_logsnr(b, grid, x0.device, generator)
+        c = self.corrupt(x0, logsnr, generator=generator)
+        target = self.target(x0, c)
+        coords = full_coords(b, grid, x0.device) if indices is None else index_to_coords(indices, grid)
+        out = denoiser(gather(c.x_t, indices).to(x0.dtype), coords, logsnr, grid, cond).float()
+        if self.multiscale:
+            if indices is not None:
+                raise ValueError("the multiscale loss needs full grids (indices=None); disable multiscale or subsampling")
+            mse = multiscale_mse(scatter(out, None, grid)[0], target, self.multiscale_base)
+        else:
+            mse = (out - gather(target, indices)).pow(2).mean(dim=(1, 2))
+        return self.weighting(logsnr.float(), self.param) * mse
+
+    # -- reverse process helpers --------------------------------------------------------
+    def to_y0_noise(self, out: Tensor, x_t: Tensor, logsnr: Tensor) -> tuple[Tensor, Tensor]:
+        """Dense network output -> ``(T x0 estimate, c T xi estimate)``."""
+        return self.param.to_y0_noise(out.float(), x_t.float(), logsnr.float(), self.operator)
+
+    def display(self, y0: Tensor, inverse_snr: float | None = None) -> Tensor:
+        """Undo the mollifier approximately (Wiener filter) for display and metrics."""
+        if self.operator.is_identity:
+            return y0
+        return self.operator.wiener(y0, inverse_snr)
+
+    def __repr__(self) -> str:
+        return (
+            f"GaussianProcess(schedule={self.schedule!r}, operator={self.operator!r}, "
+            f"parametrisation={self.param.name!r}, weighting={self.weighting!r}, multiscale={self.multiscale})"
+        )
