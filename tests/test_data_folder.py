@@ -173,3 +173,16 @@ def test_all_files_broken(tmp_path):
         pytest.raises(FileNotFoundError, match="none of the image files"),
     ):
         ImageFolder(str(tmp_path)).prepare([8])
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = Image.new("RGB", (40, 20), (255, 0, 0))
+    img.paste((0, 0, 255), (0, 0, 20, 20))  # left half blue, right half red
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    img.save(tmp_path / "rot.jpg", exif=exif, quality=95)
+    src = ImageFolder(str(tmp_path))
+    src.prepare([8])
+    out = src.load(0, 8, np.random.default_rng(0), train=False)[0]
+    # displayed upright the image is 20 wide, 40 tall: blue on top, red at the bottom
+    assert out[2, 0].mean() > 0.5 and out[0, -1].mean() > 0.5

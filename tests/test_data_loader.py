@@ -162,3 +162,15 @@ def test_field_loader_without_trainer_counts_epochs():
     first = _fingerprint(loader)
     loader.set_epoch(0)
     assert _fingerprint(loader) == first
+
+
+def test_no_validation_split_gives_no_val_loader():
+    dm = _dm(val_fraction=0.0)
+    assert len(dm.val_indices) == 0 and dm.val_dataloader() == []
+    with pytest.raises(ValueError, match="val_fraction must be in"):
+        _dm(val_fraction=1.5)
+
+
+def test_too_few_examples_for_one_batch():
+    with pytest.raises(ValueError, match="fewer than one batch of 8"):
+        _dm(source=GaussianBlobs(length=10), val_size=4).train_dataloader()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .convert import random_crop, resize_center_crop, to_float, to_rgb_or_gray
 from .sources import ImageSource
@@ -174,7 +174,7 @@ class ImageFolder(ImageSource):
             if not (train and self.crop == "random"):
                 img.draft(None, (resolution, resolution))
             img.load()  # decode before the file closes
-            img = to_rgb_or_gray(img, self.channels)
+            img = to_rgb_or_gray(ImageOps.exif_transpose(img), self.channels)
         if train and self.crop == "random":
             out = random_crop(img, resolution, rng)
         else:
