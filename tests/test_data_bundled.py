@@ -63,7 +63,7 @@ def test_animal_silhouettes():
 @pytest.mark.parametrize("res", [17, 64])
 def test_skimage_photos_any_resolution(res):
     src = SkimagePhotos(length=64)
-    assert len(src.photos) == len(SKIMAGE_PHOTOS) == 15 and src.num_classes is None
+    assert len(src.photos) == len(SKIMAGE_PHOTOS) == 14 and src.num_classes is None
     _check_batch(FieldDataModule(src, resolution=res, batch_size=8), res, 3, False)
     a = src.load(3, res, np.random.default_rng(0), True)[0]
     b = src.load(3, res, np.random.default_rng(1), True)[0]

