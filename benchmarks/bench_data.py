@@ -87,6 +87,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(1)  # workers and the main process share 2 cores
+    load_before = os.getloadavg()[0]
 
     with tempfile.TemporaryDirectory() as tmp:
         n_files = (args.batches + 2) * args.batch_size
@@ -125,6 +126,7 @@ def main() -> None:
         "repeats": args.repeats,
         "step_rate_standin": STEP_RATE,
         "cpu_count": os.cpu_count(),
+        "loadavg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "torch": torch.__version__,
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -137,7 +139,9 @@ def main() -> None:
         "",
         f"Median over {args.repeats} repeats of {args.batches} steady-state batches; "
         f"`x step` divides by {STEP_RATE} steps/s (5.85M-param conv U-Net at 32x32, batch 32, fp32, "
-        "design notes); target >= 5x. Command: `.venv/bin/python benchmarks/bench_data.py`.",
+        "design notes); target >= 5x. Command: `.venv/bin/python benchmarks/bench_data.py`. "
+        f"1-min load average before/after: {meta['loadavg_1min_before_after']} on {os.cpu_count()} "
+        "cores (other jobs on the machine lower these numbers).",
         "",
         "| source | batches/s | images/s | first batch (s) | x step |",
         "|---|---:|---:|---:|---:|",
