@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from jsonargparse import lazy_instance
 from torch import Tensor
 
 from .coords import check_grid, gather, index_to_coords, scatter
@@ -83,8 +84,8 @@ class GaussianProcess:
 
     def __init__(
         self,
-        schedule: Schedule | None = None,
-        operator: NoiseOperator | None = None,
+        schedule: Schedule = lazy_instance(CosineSchedule),
+        operator: NoiseOperator = lazy_instance(IdentityOperator),
         parametrisation: str = "v",
         weighting: str | Weighting = "unit",
         multiscale: bool = False,
@@ -137,6 +138,7 @@ class GaussianProcess:
         cond: Tensor | None = None,
         logsnr: Tensor | None = None,
         generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
     ) -> Tensor:
         """Per-example weighted loss over the sampled coordinates, ``(B,)``.
 
@@ -147,12 +149,15 @@ class GaussianProcess:
             cond: optional condition passed to the denoiser.
             logsnr: noise levels ``(B,)``; drawn from the schedule when ``None``.
             generator: optional generator for the noise levels and the noise.
+            noise: optional standard-normal draw ``xi`` of ``x0``'s shape (e.g. fixed validation
+                noise); it is scaled by the operator's noise scale here.
         """
         b = x0.shape[0]
         grid = check_grid((x0.shape[-2], x0.shape[-1]))
         if logsnr is None:
             logsnr = self.sample_logsnr(b, grid, x0.device, generator)
-        c = self.corrupt(x0, logsnr, generator=generator)
+        white = None if noise is None else noise.to(x0.device).float() * self.operator.noise_scale(grid)
+        c = self.corrupt(x0, logsnr, white=white, generator=generator)
         target = self.target(x0, c)
         coords = full_coords(b, grid, x0.device) if indices is None else index_to_coords(indices, grid)
         out = denoiser(gather(c.x_t, indices).to(x0.dtype), coords, logsnr, grid, cond).float()

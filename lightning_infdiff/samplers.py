@@ -5,7 +5,8 @@ process schedule *bound to the sampling grid* at ``t_i = 1 - i/K``, start from m
 ``c T xi``, and finish by returning the denoised estimate ``T x0_hat`` at ``lambda_K`` (as in
 simple diffusion's appendix A). Noise is drawn per sample from its own seed, so sample ``i``
 depends only on ``seeds[i]`` (not on the batch size or the number of processes). State and
-coefficients are float32 (autocast off); only the network may run in reduced precision.
+coefficients are float32: the update maths are elementwise (never autocast) and the operator
+turns autocast off itself, so an outer autocast makes only the network run in reduced precision.
 
 With ``r = SNR_t / SNR_s`` and ``alpha, sigma`` from logSNR:
 
@@ -197,32 +198,31 @@ def sample(
         raise ValueError(f"unknown spacing {spacing!r}; expected 'time' or 'logsnr'")
     x = fresh()
     prev_y0, prev_h = None, None
-    with torch.autocast(device_type=device.type, enabled=False):
-        for i in tqdm(range(steps), disable=not progress, desc=f"{sampler} {grid[0]}x{grid[1]}", leave=False):
-            lt, ls = lams[i], lams[i + 1]
-            a_t, s_t = alpha_sigma(lt)
-            a_s, s_s = alpha_sigma(ls)
-            one_minus_r = -torch.expm1(lt - ls)
-            y0, n_hat = denoise(x, lt)
-            if sampler == "ddpm":
-                mean = (1.0 - one_minus_r) * (a_s / a_t) * x + one_minus_r * a_s * y0
-                g = variance_interp
-                logv = g * torch.log(one_minus_r * s_t**2) + (1 - g) * torch.log(one_minus_r * s_s**2)
-                x = mean + torch.exp(0.5 * logv) * fresh()
-            elif sampler == "ddim":
-                var_eta = eta**2 * one_minus_r * s_s**2
-                x = a_s * y0 + torch.sqrt((s_s**2 - var_eta).clamp(min=0)) * n_hat
-                if eta > 0:
-                    x = x + torch.sqrt(var_eta) * fresh()
-            else:
-                h = 0.5 * (ls - lt)
-                d = y0
-                if prev_y0 is not None and not (i == steps - 1 and steps < 15):
-                    # second order except on the first step and, for short runs, the last one
-                    # (DPM-Solver++'s lower_order_final: the last, longest step is unstable)
-                    q = prev_h / h
-                    d = (1.0 + 0.5 / q) * y0 - (0.5 / q) * prev_y0
-                x = (s_s / s_t) * x - a_s * torch.expm1(-h) * d
-                prev_y0, prev_h = y0, h
-        y0, _ = denoise(x, lams[-1])
+    for i in tqdm(range(steps), disable=not progress, desc=f"{sampler} {grid[0]}x{grid[1]}", leave=False):
+        lt, ls = lams[i], lams[i + 1]
+        a_t, s_t = alpha_sigma(lt)
+        a_s, s_s = alpha_sigma(ls)
+        one_minus_r = -torch.expm1(lt - ls)
+        y0, n_hat = denoise(x, lt)
+        if sampler == "ddpm":
+            mean = (1.0 - one_minus_r) * (a_s / a_t) * x + one_minus_r * a_s * y0
+            g = variance_interp
+            logv = g * torch.log(one_minus_r * s_t**2) + (1 - g) * torch.log(one_minus_r * s_s**2)
+            x = mean + torch.exp(0.5 * logv) * fresh()
+        elif sampler == "ddim":
+            var_eta = eta**2 * one_minus_r * s_s**2
+            x = a_s * y0 + torch.sqrt((s_s**2 - var_eta).clamp(min=0)) * n_hat
+            if eta > 0:
+                x = x + torch.sqrt(var_eta) * fresh()
+        else:
+            h = 0.5 * (ls - lt)
+            d = y0
+            if prev_y0 is not None and not (i == steps - 1 and steps < 15):
+                # second order except on the first step and, for short runs, the last one
+                # (DPM-Solver++'s lower_order_final: the last, longest step is unstable)
+                q = prev_h / h
+                d = (1.0 + 0.5 / q) * y0 - (0.5 / q) * prev_y0
+            x = (s_s / s_t) * x - a_s * torch.expm1(-h) * d
+            prev_y0, prev_h = y0, h
+    y0, _ = denoise(x, lams[-1])
     return y0

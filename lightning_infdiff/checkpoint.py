@@ -1,0 +1,103 @@
+"""Safe checkpoint loading and safetensors export/import.
+
+Checkpoints are read with ``torch.load(weights_only=True)``: a crafted file that would run code
+while unpickling is refused. The module is rebuilt from the configuration LightningCLI stored in
+the checkpoint (plain data: class paths and arguments), never from pickled objects.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.cli import instantiate_module
+from safetensors.torch import load_file, save_file
+
+from .lit.module import DiffusionModule
+
+__all__ = ["load_checkpoint", "load_module", "export_safetensors", "load_safetensors", "module_config"]
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with weights-only unpickling.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: if the file is not a checkpoint or holds objects that are not plain data.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"refusing to load {path}: it holds objects that weights-only unpickling does not allow "
+            f"(a checkpoint from an untrusted source could run code). Details: {str(err).splitlines()[0]}"
+        ) from err
+    except Exception as err:  # noqa: BLE001 - any other failure means "not a readable checkpoint"
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {err}") from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict')")
+    return ckpt
+
+
+def module_config(ckpt: dict[str, Any], path: str | Path = "<checkpoint>") -> dict[str, Any]:
+    """The model configuration stored by LightningCLI (``hyper_parameters`` without the instantiator)."""
+    hp = dict(ckpt.get("hyper_parameters") or {})
+    if "_instantiator" not in hp or "denoiser" not in hp:
+        raise ValueError(
+            f"{path} has no model configuration (it was not written by `infdiff fit`): build the "
+            "DiffusionModule yourself and load its 'state_dict'"
+        )
+    hp.pop("_instantiator")
+    return hp
+
+
+def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> DiffusionModule:
+    """Rebuild the :class:`DiffusionModule` of a checkpoint and load its (EMA, if used) weights."""
+    ckpt = load_checkpoint(path, map_location)
+    config = module_config(ckpt, path)
+    try:
+        module = instantiate_module(DiffusionModule, config)
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"the model configuration stored in {path} could not be instantiated: {err}") from err
+    try:
+        missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise ValueError(f"{path} does not match its own configuration: {str(err)[:500]}") from err
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not match its own configuration: missing keys {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    return module.eval()
+
+
+def export_safetensors(path: str | Path, out: str | Path) -> Path:
+    """Write a checkpoint's weights (EMA weights when EMA was used) and config to safetensors."""
+    ckpt = load_checkpoint(path)
+    config = module_config(ckpt, path)
+    tensors = {k: v.contiguous() for k, v in ckpt["state_dict"].items() if isinstance(v, torch.Tensor)}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out), metadata={"infdiff_config": json.dumps(config), "format": "lightning_infdiff/1"})
+    return out
+
+
+def load_safetensors(path: str | Path) -> DiffusionModule:
+    """Rebuild a module from a file written by :func:`export_safetensors`."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"safetensors file not found: {path}")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "infdiff_config" not in meta:
+        raise ValueError(f"{path} has no lightning_infdiff configuration in its metadata")
+    module = instantiate_module(DiffusionModule, json.loads(meta["infdiff_config"]))
+    module.load_state_dict(load_file(str(path)), strict=True)
+    return module.eval()

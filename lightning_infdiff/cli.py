@@ -1,0 +1,187 @@
+"""The ``infdiff`` command: LightningCLI (fit/validate/test/predict) plus ``sample`` and ``export``.
+
+Examples::
+
+    infdiff fit --config configs/base.yaml --config configs/data/digits.yaml --config configs/denoisers/sparse_operator.yaml
+    infdiff fit --config configs/quickstart.yaml --print_config
+    infdiff sample --ckpt_path runs/quickstart/version_0/checkpoints/last.ckpt --scale 2 --num 16 --out samples/
+    infdiff export --ckpt_path last.ckpt --out model.safetensors
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+
+import torch
+from jsonargparse import ArgumentParser
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from .data.datamodule import FieldDataModule
+from .lit.module import DiffusionModule
+
+__all__ = ["InfDiffCLI", "main", "sample_command", "export_command", "parse_grid"]
+
+TOOLS = ("sample", "export")
+
+
+class InfDiffCLI(LightningCLI):
+    """LightningCLI for :class:`DiffusionModule` and :class:`FieldDataModule`.
+
+    The data decides the denoiser's input channels (``data.channels`` is linked to
+    ``model.denoiser.init_args.in_channels``), so one denoiser overlay serves grey and RGB data.
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.channels", "model.denoiser.init_args.in_channels", apply_on="instantiate")
+
+
+def parse_grid(text: str) -> tuple[int, int]:
+    """``"64"`` -> (64, 64); ``"48x80"`` -> (48, 80)."""
+    parts = str(text).lower().replace("×", "x").split("x")
+    try:
+        vals = [int(p) for p in parts]
+    except ValueError as err:
+        raise ValueError(f"grid must look like 64 or 48x80, got {text!r}") from err
+    if len(vals) == 1:
+        vals = vals * 2
+    if len(vals) != 2 or min(vals) < 2:
+        raise ValueError(f"grid must be H or HxW with sides >= 2, got {text!r}")
+    return vals[0], vals[1]
+
+
+def _train_grid(module: DiffusionModule) -> tuple[int, int]:
+    res = getattr(module.denoiser, "train_resolution", None)
+    if res is None:
+        raise ValueError("this denoiser does not record its training resolution: pass --grid instead of --scale")
+    return int(res), int(res)
+
+
+def sample_command(
+    ckpt_path: str,
+    out: str = "samples",
+    grid: str | None = None,
+    scale: float | None = None,
+    num: int = 16,
+    sampler: Literal["ddpm", "ddim", "dpmpp_2m"] = "dpmpp_2m",
+    steps: int = 25,
+    eta: float = 0.0,
+    guidance_scale: float = 1.0,
+    labels: list[int] | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    clip: Literal["none", "static", "dynamic"] = "static",
+    deblur: bool = True,
+    precision: Literal["32", "bf16"] = "32",
+    device: str = "cpu",
+) -> Path:
+    """Draw samples from a checkpoint at any resolution and aspect ratio.
+
+    Writes one PNG per sample (``<out>/<H>x<W>/seed<k>.png``) and a grid image
+    (``<out>/grid_<H>x<W>.png``). Sample ``i`` uses seed ``seed + i`` whatever the batch size.
+
+    Args:
+        ckpt_path: checkpoint written by ``infdiff fit`` (loaded with weights-only unpickling).
+        out: output folder.
+        grid: sampling grid, ``H`` or ``HxW`` (e.g. ``64`` or ``48x96``).
+        scale: alternatively, a factor of the training resolution (e.g. 2 for 2x).
+        num: number of samples.
+        sampler: ``ddpm``, ``ddim`` or ``dpmpp_2m``.
+        steps: solver steps.
+        eta: DDIM stochasticity.
+        guidance_scale: classifier-free guidance scale (conditional models; 1 = none).
+        labels: class labels (cycled over the samples); default ``0, 1, 2, ...`` for conditional models.
+        seed: first seed.
+        batch_size: samples per forward batch.
+        clip: x0 clipping during sampling.
+        deblur: Wiener-deblur mollified samples for display.
+        precision: ``32`` or ``bf16`` (autocast for the network only).
+        device: ``cpu``, ``cuda``, ``cuda:1``, ...
+    """
+    from tqdm.auto import tqdm
+
+    from .checkpoint import load_module
+    from .images import save_grid, save_images
+
+    if num < 1 or steps < 1 or batch_size < 1:
+        raise ValueError(f"num, steps and batch_size must be positive, got {num}, {steps}, {batch_size}")
+    if (grid is None) == (scale is None):
+        raise ValueError("give exactly one of --grid (e.g. 64 or 48x96) and --scale (e.g. 2)")
+    module = load_module(ckpt_path).to(device)
+    if grid is not None:
+        hw = parse_grid(grid)
+    else:
+        if scale is None or scale <= 0:
+            raise ValueError(f"--scale must be positive, got {scale}")
+        base = _train_grid(module)
+        hw = (max(2, round(base[0] * scale)), max(2, round(base[1] * scale)))
+    if labels and not module.denoiser.num_classes:
+        raise ValueError("--labels given but the model is unconditional")
+    if labels:
+        bad = [lb for lb in labels if not 0 <= lb < module.denoiser.num_classes]
+        if bad:
+            raise ValueError(f"--labels must be in [0, {module.denoiser.num_classes}), got {bad}")
+    out_dir = Path(out)
+    images = []
+    dev = torch.device(device)
+    for start in tqdm(range(0, num, batch_size), desc=f"sampling {hw[0]}x{hw[1]}"):
+        seeds = list(range(seed + start, seed + min(num, start + batch_size)))
+        if module.denoiser.num_classes:
+            pool = labels or list(range(module.denoiser.num_classes))
+            lab = torch.tensor([pool[(s - seed) % len(pool)] for s in seeds], device=dev)
+        else:
+            lab = None
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            x = module.generate(hw, seeds, sampler, steps, eta, guidance_scale, lab, clip, deblur)
+        save_images(x, out_dir / f"{hw[0]}x{hw[1]}", [f"seed{s}" for s in seeds])
+        images.append(x)
+    grid_path = out_dir / f"grid_{hw[0]}x{hw[1]}.png"
+    save_grid(torch.cat(images), grid_path)
+    print(f"wrote {num} samples at {hw[0]}x{hw[1]} to {out_dir / f'{hw[0]}x{hw[1]}'} and the grid {grid_path}")
+    return grid_path
+
+
+def export_command(ckpt_path: str, out: str) -> Path:
+    """Export a checkpoint's weights (EMA weights if EMA was used) and config to safetensors.
+
+    Args:
+        ckpt_path: checkpoint written by ``infdiff fit``.
+        out: output ``.safetensors`` file.
+    """
+    from .checkpoint import export_safetensors
+
+    path = export_safetensors(ckpt_path, out)
+    print(f"wrote {path}")
+    return path
+
+
+def _run_tool(name: str, argv: list[str]) -> None:
+    fn = sample_command if name == "sample" else export_command
+    parser = ArgumentParser(prog=f"infdiff {name}", description=fn.__doc__.split("\n")[0])
+    parser.add_function_arguments(fn, fail_untyped=True)
+    cfg = parser.parse_args(argv)
+    kwargs = {k: v for k, v in cfg.as_dict().items() if k != "__path__"}
+    try:
+        fn(**kwargs)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"infdiff {name}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``infdiff`` and ``python -m lightning_infdiff``."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in TOOLS:
+        _run_tool(argv[0], argv[1:])
+        return
+    InfDiffCLI(
+        DiffusionModule,
+        FieldDataModule,
+        args=argv,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={
+            "description": "lightning_infdiff: resolution-independent diffusion. Extra commands: "
+            "'infdiff sample --help' and 'infdiff export --help'.",
+        },
+    )

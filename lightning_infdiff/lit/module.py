@@ -1,0 +1,308 @@
+"""The LightningModule: wires a process, a denoiser and an optimiser together, nothing more.
+
+Training minimises :meth:`GaussianProcess.loss` on the batch's sampled coordinates (with
+condition dropout for classifier-free guidance). Validation measures the loss at fixed,
+seeded noise levels in ``val_logsnr_bins`` bins (a loss-versus-noise-level curve) and, on the
+first batch, draws sample grids at several resolutions. Sampling happens in
+``validation_step`` so that an EMA callback's weights, swapped in for validation, are used.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from jsonargparse import lazy_instance
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from torch import Tensor
+
+from ..batch import FieldBatch
+from ..denoisers.base import Denoiser
+from ..images import save_grid, to_uint8
+from ..processes import GaussianProcess
+from ..samplers import sample
+
+__all__ = ["DiffusionModule", "warmup_cosine"]
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """LR factor: linear warm-up over ``warmup`` steps, then cosine decay to ``min_ratio`` at ``total``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class DiffusionModule(L.LightningModule):
+    """Diffusion training and sampling for any denoiser and process.
+
+    Args:
+        denoiser: the network (any :class:`~lightning_infdiff.denoisers.Denoiser`).
+        process: the diffusion process (schedule, noise operator, parametrisation, weighting).
+        optimizer: optimiser factory (default: AdamW, lr 2e-4, no weight decay).
+        lr_schedule: ``cosine`` (warm-up then cosine decay over the run) or ``constant`` (after warm-up).
+        warmup_steps: linear learning-rate warm-up steps.
+        min_lr_ratio: final learning rate of the cosine schedule as a fraction of the peak.
+        cond_drop_prob: probability of replacing a class label by the null class in training
+            (classifier-free guidance; simple diffusion uses 0.1). Ignored for unconditional denoisers.
+        val_logsnr_bins: number of fixed noise levels (bins uniform in ``t``) for the validation loss.
+        val_seed: seed of the validation noise (the same noise every validation).
+        sample_every_n_val: draw sample grids every this many validation runs (0 = never).
+        num_samples: samples per grid.
+        sample_grids: grids ``[H, W]`` to sample at; default: the validation grid, twice it, and
+            a non-square ``[R, 2R]``.
+        sampler: ``ddpm``, ``ddim`` or ``dpmpp_2m`` for the validation samples.
+        sample_steps: solver steps for the validation samples.
+        guidance_scale: classifier-free guidance scale for validation samples of conditional models.
+        sample_seed: first seed of the validation samples (sample ``i`` uses ``sample_seed + i``).
+    """
+
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        process: GaussianProcess = lazy_instance(GaussianProcess),
+        optimizer: OptimizerCallable | None = None,
+        lr_schedule: Literal["cosine", "constant"] = "cosine",
+        warmup_steps: int = 200,
+        min_lr_ratio: float = 0.1,
+        cond_drop_prob: float = 0.1,
+        val_logsnr_bins: int = 8,
+        val_seed: int = 1234,
+        sample_every_n_val: int = 1,
+        num_samples: int = 16,
+        sample_grids: list[list[int]] | None = None,
+        sampler: Literal["ddpm", "ddim", "dpmpp_2m"] = "dpmpp_2m",
+        sample_steps: int = 25,
+        guidance_scale: float = 1.0,
+        sample_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        checks = {
+            "warmup_steps": warmup_steps >= 0,
+            "min_lr_ratio": 0.0 <= min_lr_ratio <= 1.0,
+            "cond_drop_prob": 0.0 <= cond_drop_prob < 1.0,
+            "val_logsnr_bins": val_logsnr_bins >= 1,
+            "sample_every_n_val": sample_every_n_val >= 0,
+            "num_samples": num_samples >= 1,
+            "sample_steps": sample_steps >= 1,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid model.{bad[0]}={locals()[bad[0]]!r}")
+        for g in sample_grids or []:
+            if len(g) != 2 or min(g) < 2:
+                raise ValueError(f"model.sample_grids entries must be [H, W] with H, W >= 2, got {g!r}")
+        if _given_hyperparameters.get() is not None:
+            # built by LightningCLI: the hyperparameters are the parsed config (plain data), so the
+            # checkpoint reloads with weights-only unpickling
+            self.save_hyperparameters()
+        else:
+            self.save_hyperparameters(ignore=["denoiser", "process", "optimizer"])
+        self.denoiser = denoiser
+        self.process = process if process is not None else GaussianProcess()
+        self.optimizer_factory = optimizer
+        self.lr_schedule, self.warmup_steps, self.min_lr_ratio = lr_schedule, warmup_steps, min_lr_ratio
+        self.cond_drop_prob = cond_drop_prob
+        self.val_logsnr_bins, self.val_seed = val_logsnr_bins, val_seed
+        self.sample_every_n_val, self.num_samples = sample_every_n_val, num_samples
+        self.sample_grids = [tuple(int(v) for v in g) for g in sample_grids] if sample_grids else None
+        self.sampler, self.sample_steps, self.guidance_scale = sampler, sample_steps, guidance_scale
+        self.sample_seed = sample_seed
+        self._val_runs = 0
+        self._val_curve: dict[int, list[Tensor]] = {}
+
+    # ---------------------------------------------------------------- set-up checks
+    def setup(self, stage: str) -> None:
+        """Check that the data and the denoiser agree (channels, classes) before any step runs."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None:
+            return
+        channels = getattr(dm, "channels", None)
+        if channels is not None and channels != self.denoiser.in_channels:
+            raise ValueError(
+                f"model.denoiser.init_args.in_channels={self.denoiser.in_channels} but the data has "
+                f"{channels} channel(s): set in_channels to {channels}"
+            )
+        classes = getattr(dm, "num_classes", None)
+        if self.denoiser.num_classes and not classes:
+            raise ValueError(
+                f"model.denoiser.init_args.num_classes={self.denoiser.num_classes} but the data has no labels"
+            )
+        if self.denoiser.num_classes and classes and classes != self.denoiser.num_classes:
+            raise ValueError(
+                f"model.denoiser.init_args.num_classes={self.denoiser.num_classes} but the data has {classes} classes"
+            )
+
+    # ---------------------------------------------------------------- training
+    def _condition(self, batch: FieldBatch, train: bool) -> Tensor | None:
+        if not self.denoiser.num_classes or batch.label is None:
+            return None
+        cond = batch.label.long()
+        if train and self.cond_drop_prob > 0:
+            drop = torch.rand(cond.shape, device=cond.device) < self.cond_drop_prob
+            cond = torch.where(drop, torch.full_like(cond, self.denoiser.num_classes), cond)
+        return cond
+
+    def training_step(self, batch: FieldBatch, batch_idx: int) -> Tensor:
+        """Mean process loss over the batch's sampled coordinates."""
+        loss = self.process.loss(self.denoiser, batch.image, batch.indices, self._condition(batch, True)).mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
+        return loss
+
+    # ---------------------------------------------------------------- validation
+    def val_levels(self, grid: tuple[int, int]) -> Tensor:
+        """Fixed validation logSNRs: the schedule on ``grid`` at bin centres ``t = (k + 1/2) / K``."""
+        t = (torch.arange(self.val_logsnr_bins, dtype=torch.float64) + 0.5) / self.val_logsnr_bins
+        return self.process.schedule.logsnr(t, grid).float()
+
+    def validation_step(self, batch: FieldBatch, batch_idx: int) -> Tensor:
+        """Loss per noise-level bin with seeded noise; sample grids on the first batch."""
+        b = len(batch)
+        levels = self.val_levels(batch.grid).to(self.device)
+        cond = self._condition(batch, False)
+        losses = []
+        for k, lam in enumerate(levels):
+            gen = torch.Generator(device="cpu").manual_seed(self.val_seed + 7919 * batch_idx + k)
+            white = torch.randn(batch.image.shape, generator=gen).to(self.device)
+            loss = self.process.loss(
+                self.denoiser, batch.image, batch.indices, cond, logsnr=lam.expand(b), noise=white
+            ).mean()
+            losses.append(loss)
+            self._val_curve.setdefault(k, []).append(loss.detach())
+        total = torch.stack(losses).mean()
+        self.log("val/loss", total, prog_bar=True, batch_size=b, sync_dist=True)
+        if batch_idx == 0 and self._should_sample():
+            self.log_samples(batch.grid)
+        return total
+
+    def on_validation_epoch_end(self) -> None:
+        """Log the loss-versus-noise-level curve and write it as JSON next to the logs."""
+        if not self._val_curve:
+            return
+        grid = self._val_grid or (32, 32)
+        levels = self.val_levels(grid)
+        curve = []
+        for k in sorted(self._val_curve):
+            value = torch.stack(self._val_curve[k]).mean()
+            value = self.all_gather(value).mean() if self.trainer.world_size > 1 else value
+            curve.append({"logsnr": float(levels[k]), "loss": float(value)})
+            self.log(f"val_loss_by_logsnr/bin{k:02d}", value, sync_dist=False, rank_zero_only=True)
+        self._val_curve.clear()
+        self._val_runs += 1
+        log_dir = self._log_dir()
+        if log_dir is not None and self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            path = Path(log_dir) / "val_loss_by_logsnr.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as f:
+                f.write(json.dumps({"step": int(self.global_step), "curve": curve}) + "\n")
+
+    _val_grid: tuple[int, int] | None = None
+
+    def on_validation_batch_start(self, batch: FieldBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Remember the validation grid (for the curve's logSNR values)."""
+        self._val_grid = batch.grid
+
+    # ---------------------------------------------------------------- sampling
+    def _should_sample(self) -> bool:
+        t = self._trainer
+        if t is None or t.sanity_checking or not self.sample_every_n_val or not t.is_global_zero:
+            return False
+        return self._val_runs % self.sample_every_n_val == 0
+
+    def _log_dir(self) -> str | None:
+        logger = self.logger
+        return getattr(logger, "log_dir", None) if logger is not None else None
+
+    @torch.no_grad()
+    def generate(
+        self,
+        grid: Sequence[int],
+        seeds: Sequence[int],
+        sampler: str | None = None,
+        steps: int | None = None,
+        eta: float = 0.0,
+        guidance_scale: float | None = None,
+        labels: Tensor | None = None,
+        clip: Literal["none", "static", "dynamic"] = "static",
+        deblur: bool = True,
+        progress: bool = False,
+    ) -> Tensor:
+        """Draw samples ``(B, C, H, W)`` in ``[-1, 1]`` on any grid, one per seed.
+
+        Mollified models are Wiener-deblurred (``deblur=True``) for display and metrics. The
+        caller's autocast (if any) applies to the network only.
+        """
+        was_training = self.denoiser.training
+        self.denoiser.eval()
+        try:
+            x = sample(
+                self.process, self.denoiser, (int(grid[0]), int(grid[1])), list(seeds),
+                channels=self.denoiser.in_channels, steps=steps or self.sample_steps,
+                sampler=sampler or self.sampler, eta=eta, clip=clip, cond=labels,
+                guidance_scale=self.guidance_scale if guidance_scale is None else guidance_scale,
+                device=self.device, progress=progress,
+            )
+        finally:
+            self.denoiser.train(was_training)
+        if deblur:
+            x = self.process.display(x)
+        return x.clamp(-1.0, 1.0)
+
+    def default_labels(self, n: int) -> Tensor | None:
+        """Labels ``0, 1, 2, ...`` (cycling) for conditional models, else ``None``."""
+        if not self.denoiser.num_classes:
+            return None
+        return torch.arange(n, device=self.device) % self.denoiser.num_classes
+
+    def log_samples(self, grid: tuple[int, int]) -> None:
+        """Sample grids at every configured resolution; log to TensorBoard and save as PNG."""
+        r_h, r_w = grid
+        grids = self.sample_grids or [(r_h, r_w), (2 * r_h, 2 * r_w), (r_h, 2 * r_w)]
+        seeds = list(range(self.sample_seed, self.sample_seed + self.num_samples))
+        log_dir = self._log_dir()
+        for g in grids:
+            x = self.generate(g, seeds, labels=self.default_labels(len(seeds)))
+            img = save_grid(x, None)
+            exp = getattr(self.logger, "experiment", None)
+            if exp is not None and hasattr(exp, "add_image"):
+                exp.add_image(f"samples/{g[0]}x{g[1]}", img, self.global_step, dataformats="HWC")
+            if log_dir is not None:
+                out = Path(log_dir) / "samples" / f"step{self.global_step:07d}_{g[0]}x{g[1]}.png"
+                save_grid(x, out)
+
+    # ---------------------------------------------------------------- optimisation
+    def configure_optimizers(self) -> Any:
+        """AdamW (or the configured optimiser) with warm-up and cosine or constant LR."""
+        params = [p for p in self.denoiser.parameters() if p.requires_grad]
+        if self.optimizer_factory is None:
+            opt = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0)
+        else:
+            opt = self.optimizer_factory(params)
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 0
+        if self.lr_schedule == "cosine" and total <= 0:
+            raise ValueError("lr_schedule 'cosine' needs a finite run: set trainer.max_steps or max_epochs")
+
+        def factor(step: int) -> float:
+            if self.lr_schedule == "constant":
+                return (step + 1) / self.warmup_steps if step < self.warmup_steps else 1.0
+            return warmup_cosine(step, self.warmup_steps, total, self.min_lr_ratio)
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
+        """Call the denoiser."""
+        return self.denoiser(*args, **kwargs)
+
+    @staticmethod
+    def uint8_images(x: Tensor) -> Tensor:
+        """``[-1, 1]`` images -> uint8 ``(B, H, W, C)``."""
+        return to_uint8(x)

@@ -1,0 +1,243 @@
+"""Lightning smoke tier: CLI fit/resume/sample/export, EMA in validation, config errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+from lightning_infdiff.callbacks import EMA, decay_from_half_life
+from lightning_infdiff.checkpoint import load_checkpoint, load_module, load_safetensors
+from lightning_infdiff.cli import InfDiffCLI, main, parse_grid
+from lightning_infdiff.data import FieldDataModule, GaussianBlobs
+from lightning_infdiff.data.datamodule import FieldDataModule as DM
+from lightning_infdiff.denoisers import SparseNeuralOperator
+from lightning_infdiff.lit import DiffusionModule, warmup_cosine
+from lightning_infdiff.processes import GaussianProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_DENOISER = {
+    "class_path": "lightning_infdiff.denoisers.SparseNeuralOperator",
+    "init_args": {
+        "train_resolution": 16, "channels": 8, "depth": 1, "kernel_size": 3, "inner_resolution": 8,
+        "inner_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [],
+        "emb_dim": 32, "head_channels": 8,
+    },
+}
+
+
+def tiny_config(tmp_path: Path, **overrides) -> Path:
+    cfg = {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu", "devices": 1, "precision": "32-true", "max_steps": 4,
+            "val_check_interval": 2, "check_val_every_n_epoch": None, "num_sanity_val_steps": 0,
+            "log_every_n_steps": 1, "enable_progress_bar": False, "enable_model_summary": False,
+            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                       "init_args": {"save_dir": str(tmp_path / "runs"), "name": "t"}},
+            "callbacks": [
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                 "init_args": {"save_last": True, "monitor": "val/loss", "mode": "min"}},
+                {"class_path": "lightning_infdiff.callbacks.EMA", "init_args": {"half_life_images": 50}},
+            ],
+        },
+        "model": {
+            "denoiser": TINY_DENOISER,
+            "num_samples": 2, "sample_steps": 2, "warmup_steps": 1, "val_logsnr_bins": 2,
+            "sample_grids": [[16, 16], [12, 20]],
+        },
+        "data": {
+            "source": {"class_path": "lightning_infdiff.data.GaussianBlobs", "init_args": {"length": 48, "channels": 1}},
+            "resolution": 16, "batch_size": 4, "subsample_rate": 2, "num_workers": 0, "val_size": 8,
+        },
+    }
+    for key, value in overrides.items():
+        node = cfg
+        *path, last = key.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = value
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_fit(cfg: Path, *extra: str) -> InfDiffCLI:
+    return InfDiffCLI(DiffusionModule, FieldDataModule, args=["fit", "--config", str(cfg), *extra])
+
+
+def test_fast_dev_run(tmp_path):
+    cli = run_fit(tiny_config(tmp_path), "--trainer.fast_dev_run", "true")
+    assert cli.trainer.state.finished
+
+
+def test_fit_checkpoint_sample_export_round_trip(tmp_path, capsys):
+    cli = run_fit(tiny_config(tmp_path))
+    assert cli.trainer.global_step == 4
+    log_dir = Path(cli.trainer.logger.log_dir)
+    assert (log_dir / "config.yaml").is_file()
+    assert sorted(p.name for p in (log_dir / "samples").iterdir()) == [
+        "step0000002_12x20.png", "step0000002_16x16.png", "step0000004_12x20.png", "step0000004_16x16.png"]
+    curve = (log_dir / "val_loss_by_logsnr.jsonl").read_text().splitlines()
+    assert len(curve) == 2 and '"logsnr"' in curve[0]
+    ckpt = Path(cli.trainer.checkpoint_callback.last_model_path)
+    module = load_module(ckpt)
+    # the reloaded (EMA) weights are the ones saved
+    state = load_checkpoint(ckpt)["state_dict"]
+    assert all(torch.equal(v, state[k]) for k, v in module.state_dict().items())
+    out = tmp_path / "samples"
+    main(["sample", "--ckpt_path", str(ckpt), "--grid", "12x20", "--num", "3", "--steps", "2",
+          "--batch_size", "2", "--out", str(out)])
+    pngs = sorted((out / "12x20").glob("*.png"))
+    assert [p.name for p in pngs] == ["seed0.png", "seed1.png", "seed2.png"]
+    from PIL import Image
+
+    assert Image.open(pngs[0]).size == (20, 12)
+    assert (out / "grid_12x20.png").is_file()
+    main(["sample", "--ckpt_path", str(ckpt), "--scale", "2", "--num", "1", "--steps", "1", "--out", str(out)])
+    assert (out / "32x32" / "seed0.png").is_file()
+    st = tmp_path / "m.safetensors"
+    main(["export", "--ckpt_path", str(ckpt), "--out", str(st)])
+    again = load_safetensors(st)
+    a = module.generate((8, 8), [5], steps=2)
+    b = again.generate((8, 8), [5], steps=2)
+    assert torch.equal(a, b)
+
+
+def test_resume_continues_global_step(tmp_path):
+    cfg = tiny_config(tmp_path)
+    first = run_fit(cfg)
+    ckpt = first.trainer.checkpoint_callback.last_model_path
+    seen = []
+
+    class Probe(L.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            seen.append(trainer.global_step)
+
+    second = InfDiffCLI(DiffusionModule, FieldDataModule, run=False,
+                        args=["--config", str(cfg), "--trainer.max_steps", "6"])
+    second.trainer.callbacks.append(Probe())
+    second.trainer.fit(second.model, datamodule=second.datamodule, ckpt_path=ckpt)
+    assert seen[0] == 4 and second.trainer.global_step == 6
+
+
+def test_ema_weights_are_used_in_validation_sampling():
+    torch.manual_seed(0)
+    den = SparseNeuralOperator(1, **{k: v for k, v in TINY_DENOISER["init_args"].items()})
+    module = DiffusionModule(den, GaussianProcess(), num_samples=1, sample_steps=1, warmup_steps=1,
+                             val_logsnr_bins=1, sample_grids=[[8, 8]], lr_schedule="constant")
+    dm = DM(GaussianBlobs(32, 1), resolution=16, batch_size=4, num_workers=0, val_size=4)
+    ema = EMA(half_life_images=8)
+    record = {}
+    key = "denoiser.lift.weight"
+
+    class Probe(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            record["avg"] = ema.average_state_dict()[key].clone()
+            record["raw"] = pl_module.state_dict()[key].clone()
+
+    seen = []
+    original = module.log_samples
+
+    def spy(grid):
+        seen.append(module.state_dict()[key].clone())
+        return original(grid)
+
+    module.log_samples = spy
+    trainer = L.Trainer(accelerator="cpu", max_steps=3, val_check_interval=3, check_val_every_n_epoch=None,
+                        num_sanity_val_steps=0, callbacks=[ema, Probe()], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, datamodule=dm)
+    assert len(seen) == 1
+    assert torch.equal(seen[0], record["avg"]) and not torch.equal(seen[0], record["raw"])
+
+
+def test_ema_decay_from_half_life():
+    assert decay_from_half_life(100, 100) == pytest.approx(0.5)
+    assert decay_from_half_life(1000, 10) == pytest.approx(0.5 ** 0.01)
+    with pytest.raises(ValueError, match="half_life"):
+        EMA(half_life_images=0)
+
+
+def test_warmup_cosine():
+    assert warmup_cosine(0, 10, 100, 0.1) == pytest.approx(0.1)
+    assert warmup_cosine(9, 10, 100, 0.1) == pytest.approx(1.0)
+    assert warmup_cosine(10, 10, 100, 0.1) == pytest.approx(1.0)
+    assert warmup_cosine(100, 10, 100, 0.1) == pytest.approx(0.1)
+    assert warmup_cosine(55, 10, 100, 0.1) == pytest.approx(0.55)
+
+
+def test_classifier_free_guidance_end_to_end(tmp_path):
+    den = {"class_path": TINY_DENOISER["class_path"], "init_args": {**TINY_DENOISER["init_args"], "num_classes": 4}}
+    cfg = tiny_config(tmp_path, **{"model.denoiser": den, "model.guidance_scale": 2.0, "model.cond_drop_prob": 0.5})
+    cli = run_fit(cfg)
+    ckpt = cli.trainer.checkpoint_callback.last_model_path
+    out = tmp_path / "cfg"
+    main(["sample", "--ckpt_path", ckpt, "--grid", "16", "--num", "2", "--steps", "2", "--labels", "[1, 3]",
+          "--guidance_scale", "3.0", "--out", str(out)])
+    assert len(list((out / "16x16").glob("*.png"))) == 2
+    with pytest.raises(SystemExit):
+        main(["sample", "--ckpt_path", ckpt, "--grid", "16", "--labels", "[7]", "--out", str(out)])
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--model.no_such_key", "1"], "no_such_key"),
+        (["--model.denoiser.class_path", "lightning_infdiff.denoisers.NoSuchNet"], "NoSuchNet"),
+        (["--model.sample_steps", "-1"], "model.sample_steps"),
+        (["--data.subsample_rate", "1000"], "1000"),
+    ],
+)
+def test_bad_config_fails_before_training(tmp_path, capsys, args, message):
+    cfg = tiny_config(tmp_path)
+    with pytest.raises((SystemExit, ValueError)) as err:
+        InfDiffCLI(DiffusionModule, FieldDataModule, run=False, args=["--config", str(cfg), *args])
+    text = str(err.value) + capsys.readouterr().err
+    assert message in text
+
+
+def test_data_decides_channels(tmp_path):
+    cfg = tiny_config(tmp_path)
+    cli = InfDiffCLI(DiffusionModule, FieldDataModule, run=False,
+                     args=["--config", str(cfg), "--data.source.init_args.channels", "3"])
+    assert cli.model.denoiser.in_channels == 3
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path):
+    cli = run_fit(tiny_config(tmp_path))
+    ckpt = load_checkpoint(cli.trainer.checkpoint_callback.last_model_path)
+    ckpt["hyper_parameters"]["denoiser"]["init_args"]["channels"] = 16
+    bad = tmp_path / "other.ckpt"
+    torch.save(ckpt, bad)
+    with pytest.raises(ValueError, match="does not match"):
+        load_module(bad)
+
+
+def test_crafted_checkpoint_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    bad = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "x": Evil()}, bad)
+    with pytest.raises(ValueError, match="refusing to load"):
+        load_module(bad)
+
+
+def test_print_config(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["fit", "--config", str(tiny_config(tmp_path)), "--print_config"])
+    assert err.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("SparseNeuralOperator", "GaussianProcess", "CosineSchedule", "IdentityOperator", "EMA"):
+        assert name in out, name
+
+
+def test_parse_grid():
+    assert parse_grid("64") == (64, 64) and parse_grid("48x80") == (48, 80)
+    with pytest.raises(ValueError, match="grid"):
+        parse_grid("1x5")
