@@ -186,3 +186,18 @@ def test_exif_orientation_is_applied(tmp_path):
     out = src.load(0, 8, np.random.default_rng(0), train=False)[0]
     # displayed upright the image is 20 wide, 40 tall: blue on top, red at the bottom
     assert out[2, 0].mean() > 0.5 and out[0, -1].mean() > 0.5
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "expected"),
+    [
+        ("la.png", lambda: Image.new("LA", (16, 16), (0, 0)), 1.0),  # transparent -> white
+        ("bits.png", lambda: Image.new("1", (16, 16), 1), 1.0),
+        ("int32.tif", lambda: Image.fromarray(np.full((16, 16), 65535, dtype=np.int32)), 1.0),
+        ("float.tif", lambda: Image.fromarray(np.full((16, 16), 0.5, dtype=np.float32)), 0.0),
+    ],
+)
+def test_more_modes(tmp_path, name, make, expected):
+    make().save(tmp_path / name)
+    (img,) = _load(tmp_path, channels=3, res=8)
+    np.testing.assert_allclose(img, expected, atol=0.01)
