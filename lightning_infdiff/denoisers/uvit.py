@@ -1,0 +1,178 @@
+"""U-ViT grid denoiser (Hoogeboom, Heek and Salimans 2023, "simple diffusion", section 3.5, B.2).
+
+A small convolutional U-Net brings the image down to a low-resolution level (16² for the
+training grid by default), a stack of transformer blocks runs there, and convolutional stages
+bring it back up with skip connections::
+
+    [patch p] ─ ResBlocks ─ down ─ … ─ tokens + Linear(γ(token centres)) ─ Transformer ×L ─ … ─ up ─ ResBlocks ─ [unpatch]
+                   └──────────────── skips (only around the conv stages) ───────────────┘
+
+Resolution independence: the number of downsamplings is fixed, so a 2x larger grid gives a 2x
+larger token grid; positions are Fourier features of the tokens' continuous pixel-centre
+coordinates in ``[0, 1]^2`` (never a learned table, which would tie the model to one token
+count: the paper's ``pos_emb`` parameter is the one part we replace). Grids that are not a
+multiple of the total stride are zero-padded at the bottom/right (the mask channel is 0 there,
+i.e. "no data") and the output is cropped back. Dropout is used only at levels whose side at
+the nominal ``resolution`` is at most ``dropout_resolution`` (section 3.4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import GridDenoiser
+from .layers import NoiseEmbedding
+from .layers_adm import ResBlock, group_norm
+from .layers_fourier import FourierFeatures, TransformerBlock, zero_module
+
+__all__ = ["UViTDenoiser"]
+
+
+class _Up(nn.Module):
+    """Nearest upsampling to an exact size, then a 3x3 conv (sizes may be odd)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1)
+
+    def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
+        return self.conv(F.interpolate(x, size=size, mode="nearest"))
+
+
+class UViTDenoiser(GridDenoiser):
+    """U-ViT: conv stages down to ``transformer_resolution``, transformer, conv stages up.
+
+    Args:
+        in_channels: channels of the noisy field.
+        out_channels: prediction channels (defaults to ``in_channels``).
+        num_classes: classes for conditioning (``0``: none; label ``num_classes`` = null).
+        resolution: nominal training side (sets the number of downsamplings and where dropout goes).
+        transformer_resolution: side of the token grid at ``resolution`` (paper: 16).
+        patch_size: stride of a patching conv at the input (transposed conv at the output;
+            section 3.3's simpler alternative to the DWT); 1 disables it.
+        channels: width of the first conv level.
+        channel_mult: width multipliers of the conv levels; the transformer width is
+            ``channels * transformer_mult``.
+        transformer_mult: transformer width multiplier.
+        num_res_blocks: ResBlocks per conv level (down and up).
+        num_transformer_blocks: transformer blocks at the token level.
+        heads: attention heads.
+        mlp_ratio: transformer MLP expansion (paper: 4).
+        dropout: conv-level dropout, only where the side is ``<= dropout_resolution``.
+        transformer_dropout: dropout in the transformer MLPs (paper: 0.2 at 512²).
+        dropout_resolution: largest side (at ``resolution``) with dropout.
+        pos_freqs: octaves of the positional Fourier features (lowest: 1/2 cycle per side).
+        emb_dim: width of the logSNR/class embedding.
+        zero_init_output: zero-initialise the output layer.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int | None = None,
+        num_classes: int = 0,
+        resolution: int = 32,
+        transformer_resolution: int = 16,
+        patch_size: int = 1,
+        channels: int = 64,
+        channel_mult: Sequence[int] = (1,),
+        transformer_mult: int = 2,
+        num_res_blocks: int = 2,
+        num_transformer_blocks: int = 6,
+        heads: int = 4,
+        mlp_ratio: int = 4,
+        dropout: float = 0.0,
+        transformer_dropout: float = 0.1,
+        dropout_resolution: int = 16,
+        pos_freqs: int = 6,
+        emb_dim: int = 256,
+        zero_init_output: bool = True,
+    ) -> None:
+        super().__init__(in_channels, out_channels, num_classes)
+        side = resolution // patch_size
+        downs = 0
+        while side > transformer_resolution:
+            side, downs = side // 2, downs + 1
+        if side != transformer_resolution or len(channel_mult) != downs:
+            raise ValueError(
+                f"resolution/patch_size = {resolution // patch_size} must reach transformer_resolution "
+                f"{transformer_resolution} by halvings, with one channel_mult entry per halving "
+                f"({downs} needed, got {len(channel_mult)})"
+            )
+        self.patch_size, self.stride = patch_size, patch_size * 2**downs
+        self.embed = NoiseEmbedding(emb_dim, num_classes)
+        widths = [channels * m for m in channel_mult]
+        tw = channels * transformer_mult
+        first = widths[0] if widths else tw
+        self.in_conv = nn.Conv2d(self.grid_in_channels, first, patch_size if patch_size > 1 else 3,
+                                 stride=patch_size, padding=0 if patch_size > 1 else 1)
+        self.down_blocks, self.down_samples = nn.ModuleList(), nn.ModuleList()
+        self.up_samples, self.up_blocks = nn.ModuleList(), nn.ModuleList()
+        ch, side = first, resolution // patch_size
+        for i, wdt in enumerate(widths):
+            drop = dropout if side <= dropout_resolution else 0.0
+            self.down_blocks.append(nn.ModuleList(ResBlock(ch if j == 0 else wdt, wdt, emb_dim, drop)
+                                                  for j in range(num_res_blocks)))
+            nxt = widths[i + 1] if i + 1 < len(widths) else tw
+            self.down_samples.append(nn.Conv2d(wdt, nxt, 3, stride=2, padding=1))
+            ch, side = nxt, side // 2
+        self.pos = FourierFeatures(2, pos_freqs, 0.5)
+        self.pos_proj = nn.Linear(self.pos.out_dim, tw)
+        tdrop = transformer_dropout if side <= dropout_resolution else 0.0
+        self.transformer = nn.ModuleList(TransformerBlock(tw, emb_dim, heads, mlp_ratio, tdrop)
+                                         for _ in range(num_transformer_blocks))
+        self.mid_norm = nn.LayerNorm(tw)
+        ch = tw
+        for i in reversed(range(len(widths))):
+            wdt = widths[i]
+            side *= 2
+            drop = dropout if side <= dropout_resolution else 0.0
+            self.up_samples.append(_Up(ch, wdt))
+            self.up_blocks.append(nn.ModuleList(ResBlock(2 * wdt, wdt, emb_dim, drop) for _ in range(num_res_blocks)))
+            ch = wdt
+        self.out_norm = group_norm(ch)
+        if patch_size > 1:
+            self.out = nn.ConvTranspose2d(ch, self.out_channels, patch_size, stride=patch_size)
+        else:
+            self.out = nn.Conv2d(ch, self.out_channels, 3, padding=1)
+        if zero_init_output:
+            zero_module(self.out)
+
+    def token_coords(self, size: tuple[int, int], grid: tuple[int, int], device: torch.device) -> Tensor:
+        """Continuous ``(y, x)`` centres of the token cells, in units of the unpadded grid."""
+        ys = (torch.arange(size[0], device=device, dtype=torch.float32) + 0.5) * self.stride / grid[0]
+        xs = (torch.arange(size[1], device=device, dtype=torch.float32) + 0.5) * self.stride / grid[1]
+        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+        return torch.stack([yy, xx], dim=-1).reshape(-1, 2)
+
+    def forward_grid(self, canvas: Tensor, logsnr: Tensor, cond: Tensor | None = None) -> Tensor:
+        """``(B, C_in + 1, H, W)`` -> ``(B, C_out, H, W)``."""
+        b, _, h, w = canvas.shape
+        emb = self.embed(logsnr, cond)
+        ph, pw = (-h) % self.stride, (-w) % self.stride
+        x = F.pad(canvas, (0, pw, 0, ph)).contiguous(memory_format=torch.channels_last)
+        x = self.in_conv(x)
+        skips = []
+        for blocks, down in zip(self.down_blocks, self.down_samples, strict=True):
+            for blk in blocks:
+                x = blk(x, emb)
+                skips.append(x)
+            x = down(x)
+        th, tw = x.shape[-2:]
+        tokens = x.flatten(2).transpose(1, 2)
+        pos = self.pos_proj(self.pos(self.token_coords((th, tw), (h, w), x.device)))
+        tokens = tokens + pos.to(tokens.dtype)
+        for blk in self.transformer:
+            tokens = blk(tokens, emb)
+        x = self.mid_norm(tokens).transpose(1, 2).reshape(b, -1, th, tw)
+        x = x.contiguous(memory_format=torch.channels_last)
+        for up, blocks in zip(self.up_samples, self.up_blocks, strict=True):
+            x = up(x, tuple(skips[-1].shape[-2:]))
+            for blk in blocks:
+                x = blk(torch.cat([x, skips.pop().to(x.dtype)], dim=1), emb)
+        x = self.out(F.silu(self.out_norm(x)))
+        return x[..., :h, :w].contiguous()
