@@ -1,0 +1,187 @@
+"""Cost of every denoiser's "small" config: parameters, train step (fp32/bf16), sampling step.
+
+For each denoiser (FNO, UNO, U-ViT, coordinate-MLP baseline and improved, SIID, ADM U-Net and
+∞-Diff's sparse neural operator), at 32², 64² and 128² on full grids, 1-channel, 10 classes:
+
+* train step: forward + backward + Adam step of ``GaussianProcess(v).loss``, batch ``B``,
+  fp32 and under ``torch.autocast("cpu", torch.bfloat16)``; median over repeats after warm-up;
+* sampling: ``lightning_infdiff.samplers.sample`` (DDIM) with a few steps, reported as seconds
+  per image per denoiser call (``steps + 1`` calls), fp32, eval mode;
+* the exponent ``p`` of ``time ∝ pixels^p`` fitted by least squares in log-log space.
+
+Run (about 15-25 minutes on 2 cores; ``--quick`` takes a couple of minutes)::
+
+    .venv/bin/python benchmarks/bench_denoisers.py [--quick] [--only fno,uvit]
+
+Writes ``benchmarks/results/denoisers[_quick].json`` and ``.md``. The ``SMALL_CONFIGS`` below are
+the proposed ``configs/`` entries (``class_path`` + ``init_args``) for 1-channel 32² digits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from lightning_infdiff.processes import GaussianProcess
+from lightning_infdiff.samplers import sample
+
+SMALL_CONFIGS: dict[str, dict] = {
+    "fno": {"class_path": "lightning_infdiff.denoisers.fno.FNODenoiser", "init_args": {
+        "in_channels": 1, "num_classes": 10, "width": 32, "modes": 10, "depth": 4, "levels": 1, "emb_dim": 128}},
+    "uno": {"class_path": "lightning_infdiff.denoisers.fno.FNODenoiser", "init_args": {
+        "in_channels": 1, "num_classes": 10, "width": 20, "modes": 12, "depth": 1, "levels": 3,
+        "channel_mult": [1, 2, 3], "emb_dim": 128}},
+    "uvit": {"class_path": "lightning_infdiff.denoisers.uvit.UViTDenoiser", "init_args": {
+        "in_channels": 1, "num_classes": 10, "resolution": 32, "transformer_resolution": 16, "channels": 64,
+        "channel_mult": [1], "transformer_mult": 2, "num_res_blocks": 2, "num_transformer_blocks": 4,
+        "heads": 4, "transformer_dropout": 0.1, "emb_dim": 128}},
+    "coord_mlp_baseline": {"class_path": "lightning_infdiff.denoisers.coord_mlp.CoordMLPBaseline", "init_args": {
+        "in_channels": 1, "num_classes": 10, "hidden": 960, "depth": 3}},
+    "coord_mlp": {"class_path": "lightning_infdiff.denoisers.coord_mlp.CoordMLPDenoiser", "init_args": {
+        "in_channels": 1, "num_classes": 10, "hidden": 272, "depth": 5, "emb_dim": 128}},
+    "siid": {"class_path": "lightning_infdiff.denoisers.siid.SIIDDenoiser", "init_args": {
+        "in_channels": 1, "num_classes": 10, "channels": 128, "depth": 7, "heads": 4, "emb_dim": 128}},
+    "unet": {"class_path": "lightning_infdiff.denoisers.unet_denoiser.ADMUNetDenoiser", "init_args": {
+        "in_channels": 1, "num_classes": 10, "resolution": 32, "channels": 32, "channel_mult": [1, 2, 2],
+        "attention_resolutions": [16, 8], "head_channels": 32, "emb_dim": 128}},
+    "sparse_operator": {"class_path": "lightning_infdiff.denoisers.sparse_operator.SparseNeuralOperator", "init_args": {
+        "in_channels": 1, "num_classes": 10, "train_resolution": 32, "channels": 32, "inner_resolution": 16,
+        "inner_channels": 32, "channel_mult": [1, 2, 2], "emb_dim": 128}},
+}
+
+
+def build(name: str) -> torch.nn.Module:
+    """Instantiate a small config (the way LightningCLI resolves ``class_path``/``init_args``)."""
+    cfg = SMALL_CONFIGS[name]
+    module, cls = cfg["class_path"].rsplit(".", 1)
+    return getattr(importlib.import_module(module), cls)(**cfg["init_args"])
+
+
+def n_params(model: torch.nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _median_time(fn, repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def train_step_time(model: torch.nn.Module, res: int, batch: int, bf16: bool, repeats: int, warmup: int) -> float:
+    """Median seconds of one optimisation step on a full ``res x res`` grid."""
+    process = GaussianProcess(parametrisation="v")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x0 = torch.rand(batch, 1, res, res) * 2 - 1
+    cond = torch.arange(batch) % 10
+    model.train()
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = process.loss(model, x0, None, cond=cond).mean()
+        loss.backward()
+        opt.step()
+
+    return _median_time(step, repeats, warmup)
+
+
+def sample_step_time(model: torch.nn.Module, res: int, images: int, steps: int, repeats: int) -> float:
+    """Median seconds per image per denoiser call of a DDIM sampling run."""
+    model.eval()
+    process = GaussianProcess(parametrisation="v")
+
+    def run() -> None:
+        sample(process, model, (res, res), list(range(images)), channels=1, steps=steps,
+               cond=torch.arange(images) % 10)
+
+    return _median_time(run, repeats, 1) / (steps + 1) / images
+
+
+def fit_exponent(pixels: list[int], times: list[float]) -> float:
+    """Least-squares slope of ``log time`` against ``log pixels``."""
+    if len(pixels) < 2:
+        return float("nan")
+    lx, ly = [math.log(p) for p in pixels], [math.log(t) for t in times]
+    mx, my = statistics.fmean(lx), statistics.fmean(ly)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / sum((a - mx) ** 2 for a in lx)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="32² and 64² only, batch 2, fewer repeats")
+    parser.add_argument("--only", default="", help="comma-separated subset of denoisers")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    names = [n for n in SMALL_CONFIGS if not args.only or n in args.only.split(",")]
+    resolutions = [32, 64] if args.quick else [32, 64, 128]
+    batch, repeats, warmup, steps = (2, 2, 1, 2) if args.quick else (4, 3, 1, 3)
+    results = {"config": {"resolutions": resolutions, "batch": batch, "repeats": repeats, "sample_steps": steps,
+                          "threads": args.threads, "torch": torch.__version__, "machine": platform.processor(),
+                          "loadavg_start": os.getloadavg()}, "denoisers": {}}
+    for name in names:
+        model = build(name)
+        row = {"class_path": SMALL_CONFIGS[name]["class_path"], "params": n_params(model), "by_res": {}}
+        for res in resolutions:
+            r = {
+                "train_fp32_s": train_step_time(model, res, batch, False, repeats, warmup),
+                "train_bf16_s": train_step_time(model, res, batch, True, repeats, warmup),
+                "sample_step_per_image_s": sample_step_time(model, res, min(batch, 2), steps, repeats),
+            }
+            row["by_res"][res] = r
+            print(f"{name:20s} {res:4d}² " + " ".join(f"{k}={v:.4f}" for k, v in r.items()), flush=True)
+        px = [res * res for res in resolutions]
+        row["exponent"] = {k: fit_exponent(px, [row["by_res"][res][k] for res in resolutions])
+                           for k in ("train_fp32_s", "train_bf16_s", "sample_step_per_image_s")}
+        results["denoisers"][name] = row
+    results["config"]["loadavg_end"] = os.getloadavg()
+    out = Path(__file__).parent / "results" / ("denoisers_quick" if args.quick else "denoisers")
+    out.parent.mkdir(exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    out.with_suffix(".md").write_text(to_markdown(results))
+    print(to_markdown(results))
+
+
+def to_markdown(results: dict) -> str:
+    """Table: params, then per resolution train fp32 / bf16 and sample step (ms), then exponents."""
+    cfg = results["config"]
+    res = cfg["resolutions"]
+    head = ["denoiser", "params (M)"] + [f"{r}² train fp32/bf16 (ms)" for r in res] + \
+        [f"{r}² sample ms/img/step" for r in res] + ["exp train fp32", "exp train bf16", "exp sample"]
+    lines = [
+        f"Small configs, 1 channel, 10 classes; train batch {cfg['batch']} (full grid, Adam step), sampling DDIM "
+        f"{cfg['sample_steps']} steps; medians of {cfg['repeats']}; torch {cfg['torch']}, {cfg['threads']} threads; "
+        f"load average {cfg['loadavg_start'][0]:.1f} -> {cfg['loadavg_end'][0]:.1f} (shared machine: noisy).",
+        "Exponent p: time ∝ pixels^p fitted over the resolutions.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for name, row in results["denoisers"].items():
+        cells = [name, f"{row['params'] / 1e6:.2f}"]
+        cells += [f"{1e3 * row['by_res'][r]['train_fp32_s']:.0f} / {1e3 * row['by_res'][r]['train_bf16_s']:.0f}"
+                  for r in res]
+        cells += [f"{1e3 * row['by_res'][r]['sample_step_per_image_s']:.1f}" for r in res]
+        cells += [f"{row['exponent'][k]:.2f}" for k in ("train_fp32_s", "train_bf16_s", "sample_step_per_image_s")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
