@@ -65,6 +65,10 @@ class ImageFolder(ImageSource):
         if crop not in ("center", "random"):
             raise ValueError(f"ImageFolder: crop must be 'center' or 'random', got {crop!r}")
         self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise FileNotFoundError(
+                f"ImageFolder: root {str(root)!r} is not a directory (set data.source.init_args.root to your images)"
+            )
         self.channels = channels
         self.crop = crop
         self.labels = labels
