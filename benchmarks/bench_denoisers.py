@@ -72,6 +72,7 @@ def n_params(model: torch.nn.Module) -> int:
 
 
 def _median_time(fn, repeats: int, warmup: int) -> float:
+    """Median wall time of ``fn`` after ``warmup`` calls (oneDNN builds kernels per shape)."""
     for _ in range(warmup):
         fn()
     times = []
@@ -125,13 +126,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="32² and 64² only, batch 2, fewer repeats")
     parser.add_argument("--only", default="", help="comma-separated subset of denoisers")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads; use 1 on a shared, loaded machine (2 threads then stall on each other)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     names = [n for n in SMALL_CONFIGS if not args.only or n in args.only.split(",")]
     resolutions = [32, 64] if args.quick else [32, 64, 128]
-    batch, repeats, warmup, steps = (2, 2, 1, 2) if args.quick else (4, 3, 1, 3)
+    batch, repeats, warmup, steps = (2, 3, 2, 2) if args.quick else (4, 5, 2, 3)
     results = {"config": {"resolutions": resolutions, "batch": batch, "repeats": repeats, "sample_steps": steps,
                           "threads": args.threads, "torch": torch.__version__, "machine": platform.processor(),
                           "loadavg_start": os.getloadavg()}, "denoisers": {}}
