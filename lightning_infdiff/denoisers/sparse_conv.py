@@ -3,13 +3,16 @@
 The sparse level of ∞-Diff applies a translation-invariant, depthwise kernel to the sampled
 points only and normalises by the number of sampled neighbours, a Monte-Carlo estimate of
 
-    x(c) = ∫_{N(c)} κ(c - y) v(y) dy   ≈   (k² / n(c)) Σ_{y ∈ N(c) ∩ sample} w(c - y) v(y),
+    x(c) = ∫_{N(c)} κ(c - y) v(y) dy  ≈  k² / (s_y s_x n(c)) · Σ_{y ∈ N(c) ∩ sample} w(c - y) v(y),
 
-where ``k²`` is the number of taps of the kernel at the training resolution and ``n(c)`` the
-number of sampled points inside the (resized) window around ``c``. With every point present
-at the training resolution ``n(c) = k²`` away from the border, so the operator is a plain
-depthwise convolution there; near the border and on sparse subsets it re-weights the sum so
-that its response to a constant field stays the same.
+where ``w`` is the kernel resized to the grid (``k`` its size at the training resolution,
+``s = grid / training grid`` per axis) and ``n(c)`` the number of sampled points inside the
+window around ``c``, in training-pixel area units (each neighbour weighted by the resampled
+all-ones window ``b``: at ``s = 1`` simply the count).
+At the training resolution with every point present, ``n(c) = k²`` away from the border and
+the operator is exactly a plain depthwise convolution; on subsets, near borders and at other
+resolutions it is the Monte-Carlo estimate of the same integral (its response to a constant
+field is ``Σ w_train`` everywhere).
 
 Backends (all exact, selected by name, e.g. from YAML):
 
@@ -24,7 +27,8 @@ Backends (all exact, selected by name, e.g. from YAML):
 * ``"torchsparse"``: optional accelerator for CUDA users; raises a clear error when missing.
 
 Resolution transfer: at a grid ``H' x W'`` the kernel is resampled bilinearly to an odd size
-per axis (:func:`resized_kernel_size`), and the normalisation keeps the response consistent.
+per axis (:func:`resized_kernel_size`, :func:`resize_kernel`), and the normalisation keeps
+the response consistent.
 """
 
 from __future__ import annotations
@@ -64,33 +68,58 @@ def torchsparse_available() -> bool:
     return True
 
 
-def resized_kernel_size(kernel_size: int, train_size: int, size: int) -> int:
-    """Odd kernel size at a new resolution.
+def _axis_scale(train_size: int, size: int) -> float:
+    return size / train_size
 
-    The taps of a kernel of radius ``r = (k - 1) / 2`` sit at ``-r..r`` training pixels, i.e.
-    ``-r·s..r·s`` pixels at a grid ``s = size / train_size`` times finer, so the new radius is
-    ``round(r·s)`` (halves rounded up) and the size ``2·round(r·s) + 1`` (≈ ``k·s``). At
-    integer scale factors the new taps include the old tap positions exactly.
+
+def resized_kernel_size(kernel_size: int, train_size: int, size: int) -> int:
+    """Odd kernel size at a grid ``s = size / train_size`` times finer than the training grid.
+
+    The resized kernel (:func:`resize_kernel`) is the bilinear interpolant of the zero-padded
+    training kernel, so its support reaches ``r + h`` training pixels (``r = (k - 1) / 2``,
+    ``h = max(1, 1/s)`` the half-width of the interpolation tent), i.e.
+    ``r' = ceil((r + h)·s) - 1`` new pixels and ``k' = 2r' + 1`` (≈ ``k·s``: 7 -> 15 at 2x,
+    31 at 4x, 5 at 0.5x; ``k`` itself at ``s = 1``).
     """
     if kernel_size % 2 != 1:
         raise ValueError(f"kernel_size must be odd, got {kernel_size}")
     if size == train_size:
         return kernel_size
-    radius = (kernel_size - 1) / 2 * size / train_size
-    return 2 * int(math.floor(radius + 0.5)) + 1
+    s = _axis_scale(train_size, size)
+    r = (kernel_size - 1) / 2
+    return 2 * (math.ceil((r + max(1.0, 1.0 / s)) * s - 1e-9) - 1) + 1
 
 
-def resize_kernel(weight: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinearly resample a depthwise kernel ``(C, 1, k, k)`` to ``(C, 1, kh, kw)``.
+def _resample_matrix(k: int, k_new: int, s: float, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``(k_new, k)`` tent weights: new tap ``i`` sits at ``(i - r') / s`` training pixels."""
+    r, r_new = (k - 1) / 2, (k_new - 1) / 2
+    hw = max(1.0, 1.0 / s)
+    p = (torch.arange(k_new, device=device, dtype=torch.float64) - r_new) / s
+    q = torch.arange(k, device=device, dtype=torch.float64) - r
+    m = (1.0 - (p[:, None] - q[None, :]).abs() / hw).clamp_min(0.0) * min(1.0, s)
+    return m.to(dtype)
 
-    ``align_corners=True`` maps the outer taps onto the outer taps, so the kernel keeps its
-    extent in domain units (paper, section 5: "bi-linearly interpolating kernels").
+
+def resize_kernel(weight: Tensor, size: tuple[int, int], scale: tuple[float, float]) -> Tensor:
+    """Resample a depthwise kernel ``(C, 1, k, k)`` to ``(C, 1, kh, kw)`` for a finer grid.
+
+    Bilinear interpolation of the zero-padded kernel at the new tap positions (a triangle
+    filter of half-width ``1/s`` when coarsening, i.e. antialiased). The tent weights of every
+    old tap sum to ``s`` per axis, so the kernel's mass scales by exactly ``s_y·s_x`` at integer
+    factors (the normalisation in :class:`PointLattice` divides it out) and at integer
+    upsampling the old taps are reproduced exactly (paper, section 5: bilinear kernels).
+
+    Args:
+        weight: ``(C, 1, k, k)`` kernel at the training resolution.
+        size: ``(kh, kw)`` from :func:`resized_kernel_size`.
+        scale: ``(s_y, s_x)`` grid-size ratios to the training resolution.
     """
-    if tuple(weight.shape[-2:]) == tuple(size):
+    k = weight.shape[-1]
+    if tuple(size) == (k, k) and tuple(scale) == (1.0, 1.0):
         return weight
-    if min(weight.shape[-2:]) == 1 or min(size) == 1:
-        return F.interpolate(weight, size=size, mode="bilinear", align_corners=False)
-    return F.interpolate(weight, size=size, mode="bilinear", align_corners=True)
+    my = _resample_matrix(k, size[0], scale[0], weight.device, weight.dtype)
+    mx = _resample_matrix(k, size[1], scale[1], weight.device, weight.dtype)
+    return torch.einsum("ik,cakl,jl->caij", my, weight, mx)
 
 
 @dataclass
@@ -103,7 +132,9 @@ class PointLattice:
         indices: ``(B, N)`` flat row-major pixel indices of the points.
         grid: ``(H, W)``.
         kernel_size: ``(kh, kw)`` resized kernel size at this grid.
-        norm: ``(B, N, 1)`` factor ``k_train² / n(c)`` (fp32).
+        scale: ``(s_y, s_x) = (H, W) / train_resolution``.
+        norm: ``(B, N, 1)`` factor ``k² / (s_y·s_x·n(c))`` (fp32), ``n(c)`` the sampled
+            neighbours weighted by the resampled window (the plain count at ``s = 1``).
         backend: resolved backend (``"dense"``, ``"pairs"`` or ``"torchsparse"``).
         pairs: for ``"pairs"``: ``(out, inp, tap)`` flat indices into ``B·N`` points and taps.
     """
@@ -111,6 +142,7 @@ class PointLattice:
     indices: Tensor
     grid: tuple[int, int]
     kernel_size: tuple[int, int]
+    scale: tuple[float, float]
     norm: Tensor
     backend: str
     pairs: tuple[Tensor, Tensor, Tensor] | None = None
@@ -148,17 +180,24 @@ class PointLattice:
         kh = resized_kernel_size(kernel_size, train_resolution, h)
         kw = resized_kernel_size(kernel_size, train_resolution, w)
         pairs = _kernel_map(indices, (h, w), (kh, kw)) if backend in ("pairs", "torchsparse") else None
+        sy, sx = _axis_scale(train_resolution, h), _axis_scale(train_resolution, w)
         with torch.no_grad():
+            # Sampled-neighbour count, each neighbour weighted by the resampled window (all ones
+            # at the training resolution, tapering over the interpolation tent elsewhere), so
+            # that the count estimates the same window area at every resolution.
+            box = torch.ones(1, 1, kernel_size, kernel_size, device=indices.device)
+            box = resize_kernel(box, (kh, kw), (sy, sx)) / (sy * sx)
             if pairs is not None:
-                count = torch.bincount(pairs[0], minlength=b * n).view(b, n, 1).float()
+                count = torch.zeros(b * n, device=indices.device)
+                count.index_add_(0, pairs[0], box.reshape(-1)[pairs[2]])
+                count = count.view(b, n, 1)
             else:
                 mask = torch.zeros(b, h * w, device=indices.device)
                 mask.scatter_(1, indices, 1.0)
-                ones = torch.ones(1, 1, kh, kw, device=indices.device)
-                count = F.conv2d(mask.view(b, 1, h, w), ones, padding=(kh // 2, kw // 2))
+                count = F.conv2d(mask.view(b, 1, h, w), box, padding=(kh // 2, kw // 2))
                 count = torch.gather(count.view(b, h * w), 1, indices).unsqueeze(-1)
-            norm = float(kernel_size**2) / count.clamp_min(1.0)
-        return cls(indices, (h, w), (kh, kw), norm, backend, pairs)
+            norm = float(kernel_size**2) / (sy * sx * count.clamp_min(1e-6))
+        return cls(indices, (h, w), (kh, kw), (sy, sx), norm, backend, pairs)
 
 
 def _kernel_map(indices: Tensor, grid: tuple[int, int], ksize: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
@@ -215,19 +254,24 @@ def _conv_dense(x: Tensor, weight: Tensor, lat: PointLattice) -> Tensor:
     h, w = lat.grid
     kh, kw = lat.kernel_size
     idx = lat.indices.unsqueeze(-1).expand(b, n, c)
-    # (B, H*W, C) is the channels-last layout of (B, C, H, W): no copies around the conv.
-    canvas = torch.zeros(b, h * w, c, dtype=x.dtype, device=x.device).scatter(1, idx, x)
-    canvas = canvas.view(b, h, w, c).permute(0, 3, 1, 2)
-    out = F.conv2d(canvas, weight.to(canvas.dtype), padding=(kh // 2, kw // 2), groups=c)
-    out = out.permute(0, 2, 3, 1).reshape(b, h * w, c)
-    return torch.gather(out, 1, idx)
+    # fp32 with autocast off: oneDNN's bf16 channels-last depthwise conv hangs for some
+    # kernel sizes on CPU (seen at 15x15 with torch 2.13), and the conv is memory-bound.
+    dt = torch.promote_types(x.dtype, torch.float32)
+    with torch.autocast(x.device.type, enabled=False):
+        # (B, H*W, C) is the channels-last layout of (B, C, H, W): no copies around the conv.
+        canvas = torch.zeros(b, h * w, c, dtype=dt, device=x.device).scatter(1, idx, x.to(dt))
+        canvas = canvas.view(b, h, w, c).permute(0, 3, 1, 2)
+        out = F.conv2d(canvas, weight.to(dt), padding=(kh // 2, kw // 2), groups=c)
+        out = out.permute(0, 2, 3, 1).reshape(b, h * w, c)
+        return torch.gather(out, 1, idx).to(x.dtype)
 
 
 def _conv_pairs(x: Tensor, weight: Tensor, lat: PointLattice) -> Tensor:
     b, n, c = x.shape
     assert lat.pairs is not None
-    wflat = weight.reshape(c, -1).t().float().contiguous()  # (K, C)
-    out = _PairsConv.apply(x.reshape(b * n, c).float(), wflat, *lat.pairs)
+    dt = torch.promote_types(x.dtype, torch.float32)  # accumulate in fp32 (fp64 if given)
+    wflat = weight.reshape(c, -1).t().to(dt).contiguous()  # (K, C)
+    out = _PairsConv.apply(x.reshape(b * n, c).to(dt), wflat, *lat.pairs)
     return out.view(b, n, c).to(x.dtype)
 
 
@@ -297,10 +341,10 @@ class SparseDepthwiseConv2d(nn.Module):
         self.weight = nn.Parameter(torch.empty(channels, 1, kernel_size, kernel_size))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # as nn.Conv2d, fan_in = k²
 
-    def kernel(self, size: tuple[int, int]) -> Tensor:
-        """The kernel resampled to ``size`` (identity at the training size)."""
-        return resize_kernel(self.weight, size)
+    def kernel(self, size: tuple[int, int], scale: tuple[float, float]) -> Tensor:
+        """The kernel resampled to ``size`` at grid ratio ``scale`` (identity at ``s = 1``)."""
+        return resize_kernel(self.weight, size, scale)
 
     def forward(self, x: Tensor, lattice: PointLattice) -> Tensor:
         """``(B, N, C)`` -> ``(B, N, C)`` on the points described by ``lattice``."""
-        return sparse_depthwise_conv(x, self.kernel(lattice.kernel_size), lattice)
+        return sparse_depthwise_conv(x, self.kernel(lattice.kernel_size, lattice.scale), lattice)

@@ -1,0 +1,182 @@
+"""Sparse depthwise convolution (∞-Diff eq. 16): exactness, backends, kernel resizing."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_infdiff.denoisers.sparse_conv import (
+    PointLattice,
+    SparseDepthwiseConv2d,
+    resize_kernel,
+    resized_kernel_size,
+    sparse_depthwise_conv,
+    torchsparse_available,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tests run many small ops: on a shared 2-core machine a second OpenMP thread that
+    is descheduled stalls every op by a time slice (measured 50x slower under load)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def masked_reference(x, idx, grid, weight, k_train, scale):
+    """Explicit loops in float64: K/(s² n) Σ_{sampled neighbours} w v, n weighted by the window."""
+    b, n, c = x.shape
+    h, w = grid
+    kh, kw = weight.shape[-2:]
+    box = resize_kernel(torch.ones(1, 1, k_train, k_train, dtype=torch.float64), (kh, kw), scale)
+    box = box[0, 0] / (scale[0] * scale[1])
+    out = torch.zeros(b, n, c, dtype=torch.float64)
+    for bi in range(b):
+        where = {int(p): j for j, p in enumerate(idx[bi])}
+        for j in range(n):
+            y, xx = divmod(int(idx[bi, j]), w)
+            acc, cnt = torch.zeros(c, dtype=torch.float64), 0.0
+            for a in range(kh):
+                for bb in range(kw):
+                    yy, xq = y + a - kh // 2, xx + bb - kw // 2
+                    if 0 <= yy < h and 0 <= xq < w and yy * w + xq in where:
+                        acc += weight[:, 0, a, bb].double() * x[bi, where[yy * w + xq]].double()
+                        cnt += float(box[a, bb])
+            out[bi, j] = acc * k_train**2 / (scale[0] * scale[1] * cnt)
+    return out
+
+
+@pytest.mark.parametrize("backend", ["dense", "pairs"])
+@pytest.mark.parametrize(("grid", "train_res", "n"), [((9, 11), 9, 30), ((8, 8), 8, 64), ((12, 10), 6, 50)])
+def test_equals_masked_reference_on_random_subsets(backend, grid, train_res, n):
+    h, w = grid
+    idx = torch.stack([torch.randperm(h * w)[:n] for _ in range(2)])
+    conv = SparseDepthwiseConv2d(3, kernel_size=5, train_resolution=train_res)
+    lat = PointLattice.build(idx, grid, 5, train_res, backend)
+    assert lat.backend == backend
+    x = torch.randn(2, n, 3)
+    weight = conv.kernel(lat.kernel_size, lat.scale)
+    ref = masked_reference(x, idx, grid, weight.detach(), 5, lat.scale)
+    out = conv(x, lat)
+    assert torch.allclose(out.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["dense", "pairs"])
+def test_full_grid_interior_is_plain_conv_of_resized_kernel(backend):
+    """Non-square grid: the width axis is at 13/16 of the training side, so the kernel is resized."""
+    h, w, c, k = 16, 13, 4, 7
+    img = torch.randn(1, c, h, w)
+    perm = torch.randperm(h * w)[None]  # any order of the points
+    x = img.reshape(1, c, h * w)[:, :, perm[0]].transpose(1, 2)
+    conv = SparseDepthwiseConv2d(c, kernel_size=k, train_resolution=h)
+    lat = PointLattice.build(perm, (h, w), k, train_resolution=h, backend=backend)
+    assert lat.kernel_size == (7, resized_kernel_size(7, h, w))
+    out = conv(x, lat)
+    dense = torch.zeros(1, c, h * w)
+    dense[:, :, perm[0]] = out.transpose(1, 2)
+    dense = dense.view(1, c, h, w)
+    kernel = conv.kernel(lat.kernel_size, lat.scale)
+    ref = F.conv2d(img, kernel, padding=(kernel.shape[-2] // 2, kernel.shape[-1] // 2), groups=c)
+    r0, r1 = kernel.shape[-2] // 2, kernel.shape[-1] // 2
+    interior = (slice(None), slice(None), slice(r0, h - r0), slice(r1, w - r1))
+    scale = lat.scale[0] * lat.scale[1]
+    assert torch.allclose(dense[interior], ref[interior] / scale, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["dense", "pairs"])
+def test_square_training_grid_is_plain_conv_inside(backend):
+    h = w = 14
+    c = 3
+    img = torch.randn(2, c, h, w)
+    idx = torch.stack([torch.randperm(h * w) for _ in range(2)])
+    x = torch.gather(img.reshape(2, c, -1), 2, idx[:, None].expand(2, c, -1)).transpose(1, 2)
+    conv = SparseDepthwiseConv2d(c, 7, train_resolution=h)
+    lat = PointLattice.build(idx, (h, w), 7, h, backend)
+    out = conv(x, lat)
+    ref = F.conv2d(img, conv.weight, padding=3, groups=c).reshape(2, c, -1)
+    ref = torch.gather(ref, 2, idx[:, None].expand(2, c, -1)).transpose(1, 2)
+    rows, cols = idx // w, idx % w
+    inside = (rows >= 3) & (rows < h - 3) & (cols >= 3) & (cols < w - 3)
+    assert torch.allclose(out[inside], ref[inside], atol=1e-5)
+    assert not torch.allclose(out[~inside], ref[~inside], atol=1e-3)  # the border is renormalised
+
+
+def test_backends_agree_in_values_and_gradients():
+    h, w, c = 20, 17, 5
+    idx = torch.stack([torch.randperm(h * w)[:60] for _ in range(3)])
+    x = torch.randn(3, 60, c, dtype=torch.float64, requires_grad=True)
+    conv = SparseDepthwiseConv2d(c, 7, train_resolution=10).double()
+    outs, grads = [], []
+    for backend in ["dense", "pairs"]:
+        lat = PointLattice.build(idx, (h, w), 7, 10, backend)
+        y = conv(x, lat)
+        gx, gw = torch.autograd.grad((y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum(), (x, conv.weight))
+        outs.append(y)
+        grads.append((gx, gw))
+    assert torch.allclose(outs[0], outs[1], atol=1e-10)
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-10)
+    assert torch.allclose(grads[0][1], grads[1][1], atol=1e-10)
+
+
+def test_pairs_backward_passes_gradcheck():
+    idx = torch.stack([torch.randperm(36)[:12] for _ in range(2)])
+    lat = PointLattice.build(idx, (6, 6), 3, 6, "pairs")
+    x = torch.randn(2, 12, 2, dtype=torch.float64, requires_grad=True)
+    wt = torch.randn(2, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: sparse_depthwise_conv(a, b, lat), (x, wt))
+
+
+def test_auto_backend_switches_on_density():
+    full = torch.arange(256)[None]
+    sparse = torch.randperm(256)[None, :20]
+    assert PointLattice.build(full, (16, 16), 7, 16, "auto").backend == "dense"
+    assert PointLattice.build(sparse, (16, 16), 7, 16, "auto").backend == "pairs"
+
+
+@pytest.mark.parametrize(("size", "expected"), [(64, 7), (128, 15), (256, 31), (32, 5), (96, 11)])
+def test_resized_kernel_size_is_odd_and_scales(size, expected):
+    k = resized_kernel_size(7, 64, size)
+    assert k == expected and k % 2 == 1
+
+
+def test_resize_keeps_old_taps_and_mass():
+    w = torch.randn(3, 1, 7, 7)
+    w2 = resize_kernel(w, (15, 15), (2.0, 2.0))
+    assert torch.allclose(w2[..., 1::2, 1::2], w)  # integer upsampling reproduces the taps
+    assert torch.allclose(w2.sum((-1, -2)), 4 * w.sum((-1, -2)), atol=1e-5)  # mass x s²
+    w_half = resize_kernel(w, (5, 5), (0.5, 0.5))
+    assert torch.allclose(w_half.sum((-1, -2)), 0.25 * w.sum((-1, -2)), atol=1e-5)
+    assert resize_kernel(w, (7, 7), (1.0, 1.0)) is w
+
+
+def test_constant_field_response_is_resolution_independent():
+    conv = SparseDepthwiseConv2d(2, 7, train_resolution=16)
+    for n in (16, 32, 64, 8):
+        idx = torch.arange(n * n)[None]
+        lat = PointLattice.build(idx, (n, n), 7, 16, "dense")
+        out = conv(torch.ones(1, n * n, 2), lat).view(n, n, 2)
+        mid = out[n // 2, n // 2]
+        assert torch.allclose(mid, conv.weight.sum((1, 2, 3)), atol=1e-5), n
+
+
+def test_unknown_backend_is_rejected():
+    with pytest.raises(ValueError, match="unknown sparse backend"):
+        PointLattice.build(torch.arange(16)[None], (4, 4), 3, 4, "cuda_magic")
+
+
+@pytest.mark.skipif(torchsparse_available(), reason="torchsparse is installed")
+def test_torchsparse_missing_gives_clear_error():
+    with pytest.raises(ImportError, match="torchsparse is not importable"):
+        PointLattice.build(torch.arange(16)[None], (4, 4), 3, 4, "torchsparse")
+
+
+@pytest.mark.skipif(not torchsparse_available(), reason="torchsparse is not importable (optional CUDA accelerator)")
+def test_torchsparse_parity_with_dense():  # pragma: no cover - needs torchsparse
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    idx = torch.stack([torch.randperm(400)[:100] for _ in range(2)]).to(dev)
+    conv = SparseDepthwiseConv2d(8, 7, train_resolution=20).to(dev)
+    x = torch.randn(2, 100, 8, device=dev)
+    ref = conv(x, PointLattice.build(idx, (20, 20), 7, 20, "dense"))
+    out = conv(x, PointLattice.build(idx, (20, 20), 7, 20, "torchsparse"))
+    assert torch.allclose(out, ref, atol=1e-4)

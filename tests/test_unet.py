@@ -1,0 +1,81 @@
+"""ADM U-Net: shapes, attention/dropout placement, gradients, grid-denoiser wrapper."""
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_infdiff.coords import index_to_coords
+from lightning_infdiff.denoisers.layers_adm import AttentionBlock, ResBlock
+from lightning_infdiff.denoisers.unet import ADMUNet, UNetDenoiser
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small ops: a descheduled second OpenMP thread stalls each op on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def small_unet(**kw):
+    args = dict(in_channels=5, out_channels=4, emb_dim=16, resolution=16, channels=16, channel_mult=(1, 2, 2),
+                num_res_blocks=1, attention_resolutions=(8, 4), dropout=0.2, dropout_resolution=8, head_channels=16)
+    args.update(kw)
+    return ADMUNet(**args)
+
+
+@pytest.mark.parametrize("size", [(16, 16), (8, 8), (32, 20)])
+def test_unet_shapes(size):
+    net = small_unet()
+    out = net(torch.randn(2, 5, *size), torch.randn(2, 16))
+    assert out.shape == (2, 4, *size)
+
+
+def test_unet_rejects_indivisible_grid():
+    with pytest.raises(ValueError, match="divisible"):
+        small_unet()(torch.randn(1, 5, 10, 10), torch.randn(1, 16))
+
+
+def test_attention_and_dropout_only_at_low_resolutions():
+    net = small_unet()
+    # resolutions: 16 (level 0), 8 (level 1), 4 (level 2 + middle)
+    n_attn = sum(isinstance(m, AttentionBlock) for m in net.modules())
+    # down: 1 at 8, 1 at 4; middle: 1; up: 2 at 4, 2 at 8
+    assert n_attn == 7
+    for mods in list(net.down)[:1]:  # first level, 16x16
+        for m in mods.modules():
+            if isinstance(m, nn.Dropout):
+                assert m.p == 0.0
+    ps = {m.p for m in net.modules() if isinstance(m, nn.Dropout)}
+    assert ps == {0.0, 0.2}
+
+
+def test_unet_every_parameter_gets_a_gradient():
+    net = small_unet(dropout=0.0)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    x, emb = torch.randn(2, 5, 16, 16), torch.randn(2, 16)
+    for step in range(3):  # zero-initialised convs block upstream gradients at first
+        opt.zero_grad()
+        (net(x, emb) - 1).pow(2).mean().backward()
+        if step < 2:
+            opt.step()
+    missing = [n for n, p in net.named_parameters() if p.grad is None or p.grad.abs().max() == 0]
+    assert not missing, missing
+
+
+def test_resblock_starts_as_identity():
+    blk = ResBlock(8, 8, 4)
+    x = torch.randn(2, 8, 6, 6)
+    assert torch.equal(blk(x, torch.randn(2, 4)), x)
+
+
+def test_unet_denoiser_interface_on_subsets_and_other_grids():
+    model = UNetDenoiser(in_channels=3, channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                         attention_resolutions=(8,), resolution=16, emb_dim=32, num_classes=2)
+    for grid in [(16, 16), (32, 24)]:
+        h, w = grid
+        idx = torch.stack([torch.randperm(h * w)[: h * w // 4] for _ in range(2)])
+        out = model(torch.randn(2, idx.shape[1], 3), index_to_coords(idx, grid), torch.randn(2), grid,
+                    torch.tensor([0, 2]))
+        assert out.shape == (2, idx.shape[1], 3)
