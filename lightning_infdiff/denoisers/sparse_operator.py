@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from ..coords import coords_to_index, interpolate_at
 from .base import Denoiser
@@ -160,21 +161,27 @@ class SparseNeuralOperator(Denoiser):
         h, w = self.check_inputs(values, coords, logsnr, grid)
         b = values.shape[0]
         g = self.inner_resolution
-        indices = coords_to_index(coords, (h, w))
-        lattice = self.lattice(indices, (h, w))
-        nbr, weight = lattice_knn(indices, (h, w), (g, g), self.knn_neighbours)
+        with record_function("sno/neighbours"):  # no-grad index work, once per call
+            indices = coords_to_index(coords, (h, w))
+            lattice = self.lattice(indices, (h, w))
+            nbr, weight = lattice_knn(indices, (h, w), (g, g), self.knn_neighbours)
         emb = self.embed(logsnr, cond)
 
-        x = self.lift(values)
-        skips = []
-        for blk in self.down:
-            x = blk(x, emb, lattice)
-            skips.append(x)
+        with record_function("sno/down"):
+            x = self.lift(values)
+            skips = []
+            for blk in self.down:
+                x = blk(x, emb, lattice)
+                skips.append(x)
         # Points -> fixed grid (inverse-distance kNN), grid network, grid -> points (bilinear).
-        z = knn_interpolate(x, nbr, weight)  # (B, G*G, C), row-major = channels-last layout
-        z = z.view(b, g, g, -1).permute(0, 3, 1, 2)
-        z = self.from_grid(self.unet(self.to_grid(z), emb))
-        x = interpolate_at(z.contiguous(), coords)
-        for blk in self.up:
-            x = blk(x, emb, lattice, skip=skips.pop())
-        return self.out(F.gelu(self.out_norm(x)))
+        with record_function("sno/to_grid"):
+            z = knn_interpolate(x, nbr, weight)  # (B, G*G, C), row-major = channels-last layout
+            z = self.to_grid(z.view(b, g, g, -1).permute(0, 3, 1, 2))
+        with record_function("sno/unet"):
+            z = self.from_grid(self.unet(z, emb))
+        with record_function("sno/read_back"):
+            x = interpolate_at(z.contiguous(), coords)
+        with record_function("sno/up"):
+            for blk in self.up:
+                x = blk(x, emb, lattice, skip=skips.pop())
+            return self.out(F.gelu(self.out_norm(x)))
