@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..coords import check_grid
+from .sno_kernel_map import kernel_map, pairs_depthwise_conv
 
 __all__ = [
     "AUTO_PAIRS_MAX_DENSITY",
@@ -179,7 +180,7 @@ class PointLattice:
             backend = "pairs" if n <= AUTO_PAIRS_MAX_DENSITY * h * w else "dense"
         kh = resized_kernel_size(kernel_size, train_resolution, h)
         kw = resized_kernel_size(kernel_size, train_resolution, w)
-        pairs = _kernel_map(indices, (h, w), (kh, kw)) if backend in ("pairs", "torchsparse") else None
+        pairs = kernel_map(indices, (h, w), (kh, kw)) if backend in ("pairs", "torchsparse") else None
         sy, sx = _axis_scale(train_resolution, h), _axis_scale(train_resolution, w)
         with torch.no_grad():
             # Sampled-neighbour count, each neighbour weighted by the resampled window (all ones
@@ -200,55 +201,6 @@ class PointLattice:
         return cls(indices, (h, w), (kh, kw), (sy, sx), norm, backend, pairs)
 
 
-def _kernel_map(indices: Tensor, grid: tuple[int, int], ksize: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
-    """All (output point, input point, tap) triples with both points sampled.
-
-    Follows ``conv2d``'s cross-correlation: tap ``(i, j)`` of output pixel ``(y, x)`` reads
-    input pixel ``(y + i - kh//2, x + j - kw//2)``. Point ids are flat over the batch.
-    """
-    h, w = grid
-    kh, kw = ksize
-    ry, rx = kh // 2, kw // 2
-    b, n = indices.shape
-    dev = indices.device
-    with torch.no_grad():
-        hp, wp = h + 2 * ry, w + 2 * rx
-        pid = torch.full((b, hp * wp), -1, dtype=torch.long, device=dev)
-        rows, cols = indices // w, indices % w
-        padded = (rows + ry) * wp + (cols + rx)  # (B, N) flat positions on the padded canvas
-        ids = torch.arange(b * n, device=dev).view(b, n)
-        pid.scatter_(1, padded, ids)
-        dy = torch.arange(kh, device=dev) - ry
-        dx = torch.arange(kw, device=dev) - rx
-        offsets = (dy[:, None] * wp + dx[None, :]).reshape(-1)  # (K,)
-        taps = padded.unsqueeze(-1) + offsets  # (B, N, K)
-        nbr = torch.gather(pid, 1, taps.view(b, -1)).view(b * n, kh * kw)
-        out_idx, tap_idx = torch.nonzero(nbr >= 0, as_tuple=True)
-        inp_idx = nbr[out_idx, tap_idx]
-    return out_idx, inp_idx, tap_idx
-
-
-class _PairsConv(torch.autograd.Function):
-    """Kernel-map depthwise conv that saves only its inputs (no ``(M, C)`` activations)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, wflat: Tensor, out_idx: Tensor, inp_idx: Tensor, tap_idx: Tensor) -> Tensor:  # noqa: ANN001
-        ctx.save_for_backward(x, wflat, out_idx, inp_idx, tap_idx)
-        prod = x.index_select(0, inp_idx).mul_(wflat.index_select(0, tap_idx))
-        return torch.zeros_like(x).index_add_(0, out_idx, prod)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
-        x, wflat, out_idx, inp_idx, tap_idx = ctx.saved_tensors
-        g = grad.index_select(0, out_idx)
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.zeros_like(x).index_add_(0, inp_idx, g * wflat.index_select(0, tap_idx))
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.zeros_like(wflat).index_add_(0, tap_idx, g.mul_(x.index_select(0, inp_idx)))
-        return grad_x, grad_w, None, None, None
-
-
 def _conv_dense(x: Tensor, weight: Tensor, lat: PointLattice) -> Tensor:
     b, n, c = x.shape
     h, w = lat.grid
@@ -264,15 +216,6 @@ def _conv_dense(x: Tensor, weight: Tensor, lat: PointLattice) -> Tensor:
         out = F.conv2d(canvas, weight.to(dt), padding=(kh // 2, kw // 2), groups=c)
         out = out.permute(0, 2, 3, 1).reshape(b, h * w, c)
         return torch.gather(out, 1, idx).to(x.dtype)
-
-
-def _conv_pairs(x: Tensor, weight: Tensor, lat: PointLattice) -> Tensor:
-    b, n, c = x.shape
-    assert lat.pairs is not None
-    dt = torch.promote_types(x.dtype, torch.float32)  # accumulate in fp32 (fp64 if given)
-    wflat = weight.reshape(c, -1).t().to(dt).contiguous()  # (K, C)
-    out = _PairsConv.apply(x.reshape(b * n, c).to(dt), wflat, *lat.pairs)
-    return out.view(b, n, c).to(x.dtype)
 
 
 def _conv_torchsparse(x: Tensor, weight: Tensor, lat: PointLattice) -> Tensor:  # pragma: no cover
@@ -317,7 +260,7 @@ def sparse_depthwise_conv(x: Tensor, weight: Tensor, lattice: PointLattice) -> T
     if lattice.backend == "dense":
         out = _conv_dense(x, weight, lattice)
     elif lattice.backend == "pairs":
-        out = _conv_pairs(x, weight, lattice)
+        out = pairs_depthwise_conv(x, weight, lattice.pairs)
     else:
         out = _conv_torchsparse(x, weight, lattice)
     return out * lattice.norm.to(out.dtype)
