@@ -109,7 +109,9 @@ def run_child(spec: dict) -> dict:
                          env=env, check=False)
     if out.returncode:
         raise RuntimeError(f"setting {spec} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["load_1min"] = os.getloadavg()[0]  # other processes on the machine (noise indicator)
+    return result
 
 
 def markdown(rows: list[dict], args: argparse.Namespace) -> str:
@@ -119,15 +121,18 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
         f"Command: `python benchmarks/bench_sparse.py{' --quick' if args.quick else ''} --threads {args.threads} "
         f"--batch {args.batch} --repeats {args.repeats}`; batch {args.batch}, {args.threads} thread(s), "
         f"median of {args.repeats} steps after {args.warmup} warm-up; peak = extra RSS high-water mark of a "
-        "fresh process per setting. Speed-up and memory reduction are relative to rate 1 of the same row group.",
+        "fresh process per setting. Speed-up and memory reduction are relative to rate 1 of the same row group. "
+        "`load` is the 1-minute load average after the setting: the machine is shared, so above ~1.5 other "
+        "processes competed for the 2 cores and times are noisier (memory is unaffected).",
         "",
-        "| data | inner | precision | rate | points/img | backend | step (ms) | speed-up | peak (MB) | mem. reduction |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| data | inner | precision | rate | points/img | backend | step (ms) | speed-up | peak (MB) | mem. reduction | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['res']}² | {r['inner']}² | {r['precision']} | {r['rate']}× | {r['n_points']} | {r['backend']} | "
-            f"{1e3 * r['step_s']:.0f} | {r['speedup']:.2f}× | {r['peak_mb']:.0f} | {r['mem_reduction']:.2f}× |"
+            f"{1e3 * r['step_s']:.0f} | {r['speedup']:.2f}× | {r['peak_mb']:.0f} | {r['mem_reduction']:.2f}× | "
+            f"{r['load_1min']:.1f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -54,12 +54,16 @@ class _PairsConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
         x, wflat, out_idx, inp_idx, tap_idx = ctx.saved_tensors
-        g = grad.index_select(0, out_idx)
+        g = grad.index_select(0, out_idx)  # (M, C)
         grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.zeros_like(x).index_add_(0, inp_idx, g * wflat.index_select(0, tap_idx))
+        # At most two (M, C) temporaries alive at once: weight gradient first, then g is
+        # scaled in place for the input gradient.
         if ctx.needs_input_grad[1]:
-            grad_w = torch.zeros_like(wflat).index_add_(0, tap_idx, g.mul_(x.index_select(0, inp_idx)))
+            gx = x.index_select(0, inp_idx).mul_(g)
+            grad_w = torch.zeros_like(wflat).index_add_(0, tap_idx, gx)
+            del gx
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.zeros_like(x).index_add_(0, inp_idx, g.mul_(wflat.index_select(0, tap_idx)))
         return grad_x, grad_w, None, None, None
 
 
