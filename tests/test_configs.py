@@ -53,3 +53,21 @@ def test_overlays_compose():
 def test_folder_overlay_needs_a_root():
     with pytest.raises((SystemExit, ValueError, FileNotFoundError)):
         instantiate(CONFIGS / "base.yaml", CONFIGS / "data/folder.yaml")
+
+
+DENOISERS = sorted((CONFIGS / "denoisers").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("overlay", DENOISERS, ids=lambda p: p.stem)
+def test_each_denoiser_config_fast_dev_run(overlay, tmp_path):
+    """fit with fast_dev_run (one training and one validation batch, with sampling) per denoiser."""
+    cli = InfDiffCLI(
+        DiffusionModule, FieldDataModule,
+        args=["fit", "--config", str(CONFIGS / "base.yaml"), "--config", str(CONFIGS / "data/blobs.yaml"),
+              "--config", str(overlay), "--trainer.fast_dev_run", "true", "--trainer.precision", "32-true",
+              "--trainer.enable_progress_bar", "false", "--data.batch_size", "4", "--data.val_size", "4",
+              "--data.num_workers", "0", "--data.source.init_args.length", "16",
+              "--model.num_samples", "1", "--model.sample_steps", "1",
+              "--model.sample_grids", "[[32, 32], [24, 40]]"],
+    )
+    assert cli.trainer.state.finished and cli.trainer.global_step == 1

@@ -6,7 +6,8 @@ from torch import nn
 
 from lightning_infdiff.coords import index_to_coords
 from lightning_infdiff.denoisers.layers_adm import AttentionBlock, ResBlock
-from lightning_infdiff.denoisers.unet import ADMUNet, UNetDenoiser
+from lightning_infdiff.denoisers.unet import ADMUNet
+from lightning_infdiff.denoisers.unet_denoiser import ADMUNetDenoiser
 
 
 @pytest.fixture(autouse=True)
@@ -71,9 +72,9 @@ def test_resblock_starts_as_identity():
 
 
 def test_unet_denoiser_interface_on_subsets_and_other_grids():
-    model = UNetDenoiser(in_channels=3, channels=16, channel_mult=(1, 2), num_res_blocks=1,
-                         attention_resolutions=(8,), resolution=16, emb_dim=32, num_classes=2)
-    for grid in [(16, 16), (32, 24)]:
+    model = ADMUNetDenoiser(in_channels=3, channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                            attention_resolutions=(8,), resolution=16, emb_dim=32, num_classes=2)
+    for grid in [(16, 16), (32, 24), (15, 21)]:
         h, w = grid
         idx = torch.stack([torch.randperm(h * w)[: h * w // 4] for _ in range(2)])
         out = model(torch.randn(2, idx.shape[1], 3), index_to_coords(idx, grid), torch.randn(2), grid,

@@ -1,7 +1,27 @@
 """Denoisers behind one interface (see :mod:`lightning_infdiff.denoisers.base`)."""
 
 from .base import Denoiser, GridDenoiser, logsnr_embedding
+from .coord_mlp import CoordMLPBaseline, CoordMLPDenoiser
+from .fno import FNODenoiser
+from .siid import SIIDDenoiser
+from .sparse_conv import PointLattice, SparseDepthwiseConv2d
 from .sparse_operator import SparseNeuralOperator
 from .unet import ADMUNet
+from .unet_denoiser import ADMUNetDenoiser
+from .uvit import UViTDenoiser
 
-__all__ = ["ADMUNet", "Denoiser", "GridDenoiser", "SparseNeuralOperator", "logsnr_embedding"]
+__all__ = [
+    "ADMUNet",
+    "ADMUNetDenoiser",
+    "CoordMLPBaseline",
+    "CoordMLPDenoiser",
+    "Denoiser",
+    "FNODenoiser",
+    "GridDenoiser",
+    "PointLattice",
+    "SIIDDenoiser",
+    "SparseDepthwiseConv2d",
+    "SparseNeuralOperator",
+    "UViTDenoiser",
+    "logsnr_embedding",
+]

@@ -3,7 +3,7 @@
 ∞-Diff appendix A: the grid part is ADM's U-Net at a fixed resolution (128² for 256² data),
 128 channels doubled per level up to 8x, attention at 16² and 8², dropout at those
 resolutions only (Hoogeboom et al. 2023). :class:`ADMUNet` is the bare network on an
-embedding; :class:`UNetDenoiser` wraps it as a :class:`~.base.GridDenoiser` so it can also be
+embedding; :class:`~.unet_denoiser.ADMUNetDenoiser` wraps it as a grid denoiser so it can also be
 trained directly on pixel grids (it then ties its receptive field to the pixel size).
 """
 
@@ -14,11 +14,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import GridDenoiser
-from .layers import NoiseEmbedding
 from .layers_adm import AttentionBlock, Downsample, ResBlock, Upsample, group_norm
 
-__all__ = ["ADMUNet", "UNetDenoiser"]
+__all__ = ["ADMUNet"]
 
 
 class ADMUNet(nn.Module):
@@ -115,46 +113,3 @@ class ADMUNet(nn.Module):
         for mods in self.up:
             h = self._run(mods, torch.cat([h, hs.pop()], dim=1), emb)
         return self.out_conv(torch.nn.functional.silu(self.out_norm(h)))
-
-
-class UNetDenoiser(GridDenoiser):
-    """ADM U-Net as a grid denoiser: scatter points (+ mask channel), U-Net, gather.
-
-    Args:
-        in_channels: channels of the noisy field.
-        out_channels: channels of the prediction (defaults to ``in_channels``).
-        num_classes: classes for conditioning (``0``: none; label ``num_classes`` = null).
-        channels: first-level width.
-        channel_mult: per-level width multipliers.
-        num_res_blocks: residual blocks per level.
-        attention_resolutions: sides with self-attention, relative to ``resolution``.
-        dropout: dropout probability at sides ``<= dropout_resolution``.
-        dropout_resolution: largest side with dropout.
-        resolution: nominal training side (for attention/dropout placement only).
-        emb_dim: embedding width.
-    """
-
-    def __init__(
-        self,
-        in_channels: int = 3,
-        out_channels: int | None = None,
-        num_classes: int = 0,
-        channels: int = 64,
-        channel_mult: Sequence[int] = (1, 2, 2),
-        num_res_blocks: int = 2,
-        attention_resolutions: Sequence[int] = (16, 8),
-        dropout: float = 0.1,
-        dropout_resolution: int = 16,
-        resolution: int = 32,
-        emb_dim: int = 256,
-    ) -> None:
-        super().__init__(in_channels, out_channels, num_classes)
-        self.embed = NoiseEmbedding(emb_dim, num_classes)
-        self.net = ADMUNet(
-            self.grid_in_channels, self.out_channels, emb_dim, resolution, channels, channel_mult,
-            num_res_blocks, attention_resolutions, dropout, dropout_resolution,
-        )
-
-    def forward_grid(self, canvas: Tensor, logsnr: Tensor, cond: Tensor | None = None) -> Tensor:
-        """``(B, C_in + 1, H, W)`` -> ``(B, C_out, H, W)``."""
-        return self.net(canvas, self.embed(logsnr, cond)).contiguous()
