@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .coords import gather, index_to_coords
+from .coords import full_coords, gather, index_to_coords
 
 __all__ = ["FieldBatch"]
 
@@ -59,12 +59,9 @@ class FieldBatch:
     @property
     def coords(self) -> Tensor:
         """Pixel-centre coordinates ``(B, N, 2)`` as ``(y, x)`` in ``[0, 1]^2``."""
-        b = self.image.shape[0]
-        h, w = self.grid
-        idx = self.indices
-        if idx is None:
-            idx = torch.arange(h * w, device=self.image.device).expand(b, h * w)
-        return index_to_coords(idx, self.grid, dtype=torch.float32)
+        if self.indices is None:
+            return full_coords(len(self), self.grid, self.image.device)
+        return index_to_coords(self.indices, self.grid)
 
     def gather(self, dense: Tensor) -> Tensor:
         """Values of any dense ``(B, C, H, W)`` tensor at this batch's points: ``(B, N, C)``."""

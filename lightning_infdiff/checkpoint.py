@@ -73,6 +73,9 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> D
         raise ValueError(
             f"{path} does not match its own configuration: missing keys {missing[:5]}, unexpected {unexpected[:5]}"
         )
+    # the grid the data was served at (for "sample at 2x"); absent when trained without a DataModule
+    res = (ckpt.get("datamodule_hyper_parameters") or {}).get("resolution")
+    module.data_resolution = int(res) if res is not None else None
     return module.eval()
 
 

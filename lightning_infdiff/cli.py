@@ -52,9 +52,9 @@ def parse_grid(text: str) -> tuple[int, int]:
 
 
 def _train_grid(module: DiffusionModule) -> tuple[int, int]:
-    res = getattr(module.denoiser, "train_resolution", None)
+    res = getattr(module, "data_resolution", None)
     if res is None:
-        raise ValueError("this denoiser does not record its training resolution: pass --grid instead of --scale")
+        raise ValueError("the checkpoint does not record the data resolution: pass --grid instead of --scale")
     return int(res), int(res)
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "index_to_coords",
     "coords_to_index",
     "full_indices",
+    "full_coords",
     "gather",
     "scatter",
     "to_grid_sample",
@@ -78,6 +79,11 @@ def full_indices(batch: int, grid: tuple[int, int], device: torch.device | None 
     """Indices of every pixel for each example: shape ``(B, H*W)``."""
     h, w = check_grid(grid)
     return torch.arange(h * w, device=device).expand(batch, h * w)
+
+
+def full_coords(batch: int, grid: tuple[int, int], device: torch.device | None = None) -> Tensor:
+    """Pixel-centre coordinates of every pixel for each example: shape ``(B, H*W, 2)``."""
+    return index_to_coords(full_indices(batch, grid, device), grid)
 
 
 def gather(dense: Tensor, indices: Tensor | None) -> Tensor:

@@ -19,13 +19,13 @@ import torch
 from jsonargparse import lazy_instance
 from torch import Tensor
 
-from .coords import check_grid, gather, index_to_coords, scatter
+from .coords import check_grid, full_coords, gather, index_to_coords, scatter
 from .losses import UnitWeighting, Weighting, build_weighting, multiscale_mse
 from .operators import IdentityOperator, NoiseOperator
 from .parametrisations import Parametrisation, build_parametrisation
 from .schedules import CosineSchedule, Schedule, alpha_sigma
 
-__all__ = ["GaussianProcess", "Corruption", "posterior", "full_coords"]
+__all__ = ["GaussianProcess", "Corruption", "posterior"]
 
 
 @dataclass
@@ -60,13 +60,6 @@ def posterior(logsnr_t: Tensor, logsnr_s: Tensor) -> tuple[Tensor, Tensor, Tenso
     one_minus_r = -torch.expm1(logsnr_t - logsnr_s)
     r = 1.0 - one_minus_r
     return one_minus_r * a_s, r * a_s / a_t, one_minus_r * s_s**2
-
-
-def full_coords(batch: int, grid: tuple[int, int], device: torch.device | None = None) -> Tensor:
-    """Pixel-centre coordinates of every pixel, ``(B, H*W, 2)``."""
-    h, w = check_grid(grid)
-    idx = torch.arange(h * w, device=device).expand(batch, h * w)
-    return index_to_coords(idx, (h, w))
 
 
 class GaussianProcess:

@@ -31,8 +31,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .coords import check_grid
-from .processes import GaussianProcess, full_coords
+from .coords import check_grid, full_coords
+from .processes import GaussianProcess
 from .schedules import alpha_sigma
 
 __all__ = ["SeededNoise", "make_model_fn", "clip_x0", "sample", "SAMPLERS"]

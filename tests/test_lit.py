@@ -241,3 +241,16 @@ def test_parse_grid():
     assert parse_grid("64") == (64, 64) and parse_grid("48x80") == (48, 80)
     with pytest.raises(ValueError, match="grid"):
         parse_grid("1x5")
+
+
+def test_sample_scale_uses_the_data_resolution(tmp_path):
+    """--scale works for any denoiser: the training grid comes from the checkpoint's data config."""
+    unet = {"class_path": "lightning_infdiff.denoisers.ADMUNetDenoiser",
+            "init_args": {"resolution": 12, "channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
+                          "attention_resolutions": [], "head_channels": 8, "emb_dim": 32}}
+    cfg = tiny_config(tmp_path, **{"model.denoiser": unet, "data.resolution": 12, "data.subsample_rate": 1,
+                                   "model.sample_grids": [[12, 12]], "trainer.max_steps": 2})
+    ckpt = run_fit(cfg).trainer.checkpoint_callback.last_model_path
+    out = tmp_path / "scaled"
+    main(["sample", "--ckpt_path", ckpt, "--scale", "1.5", "--num", "1", "--steps", "1", "--out", str(out)])
+    assert (out / "18x18" / "seed0.png").is_file()

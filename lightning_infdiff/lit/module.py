@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..batch import FieldBatch
 from ..denoisers.base import Denoiser
-from ..images import save_grid, to_uint8
+from ..images import save_grid
 from ..processes import GaussianProcess
 from ..samplers import sample
 
@@ -118,6 +118,7 @@ class DiffusionModule(L.LightningModule):
         self.sample_seed = sample_seed
         self._val_runs = 0
         self._val_curve: dict[int, list[Tensor]] = {}
+        self._val_levels: Tensor | None = None
 
     # ---------------------------------------------------------------- set-up checks
     def setup(self, stage: str) -> None:
@@ -167,6 +168,7 @@ class DiffusionModule(L.LightningModule):
         """Loss per noise-level bin with seeded noise; sample grids on the first batch."""
         b = len(batch)
         levels = self.val_levels(batch.grid).to(self.device)
+        self._val_levels = levels
         cond = self._condition(batch, False)
         losses = []
         for k, lam in enumerate(levels):
@@ -187,8 +189,7 @@ class DiffusionModule(L.LightningModule):
         """Log the loss-versus-noise-level curve and write it as JSON next to the logs."""
         if not self._val_curve:
             return
-        grid = self._val_grid or (32, 32)
-        levels = self.val_levels(grid)
+        levels = self._val_levels
         curve = []
         for k in sorted(self._val_curve):
             value = torch.stack(self._val_curve[k]).mean()
@@ -203,12 +204,6 @@ class DiffusionModule(L.LightningModule):
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("a") as f:
                 f.write(json.dumps({"step": int(self.global_step), "curve": curve}) + "\n")
-
-    _val_grid: tuple[int, int] | None = None
-
-    def on_validation_batch_start(self, batch: FieldBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Remember the validation grid (for the curve's logSNR values)."""
-        self._val_grid = batch.grid
 
     # ---------------------------------------------------------------- sampling
     def _should_sample(self) -> bool:
@@ -301,8 +296,3 @@ class DiffusionModule(L.LightningModule):
     def forward(self, *args: Any, **kwargs: Any) -> Tensor:
         """Call the denoiser."""
         return self.denoiser(*args, **kwargs)
-
-    @staticmethod
-    def uint8_images(x: Tensor) -> Tensor:
-        """``[-1, 1]`` images -> uint8 ``(B, H, W, C)``."""
-        return to_uint8(x)
