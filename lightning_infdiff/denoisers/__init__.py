@@ -1,8 +1,10 @@
 """Denoisers behind one interface (see :mod:`lightning_infdiff.denoisers.base`)."""
 
+from .autoencoder import SparseAutoencoder, SparseEncoder
 from .base import Denoiser, GridDenoiser, logsnr_embedding
 from .coord_mlp import CoordMLPBaseline, CoordMLPDenoiser
 from .fno import FNODenoiser
+from .latent_prior import LatentPrior
 from .siid import SIIDDenoiser
 from .sparse_conv import PointLattice, SparseDepthwiseConv2d
 from .sparse_operator import SparseNeuralOperator
@@ -18,8 +20,11 @@ __all__ = [
     "Denoiser",
     "FNODenoiser",
     "GridDenoiser",
+    "LatentPrior",
     "PointLattice",
     "SIIDDenoiser",
+    "SparseAutoencoder",
+    "SparseEncoder",
     "SparseDepthwiseConv2d",
     "SparseNeuralOperator",
     "UViTDenoiser",

@@ -51,23 +51,38 @@ class SparseConvBlock(nn.Module):
 
     def __init__(
         self, channels: int, emb_dim: int, kernel_size: int = 7, train_resolution: int = 64,
-        mlp_ratio: int = 2, skip: bool = False,
+        mlp_ratio: int = 2, skip: bool = False, latent_dim: int = 0,
     ) -> None:
         super().__init__()
         self.fuse = nn.Linear(2 * channels, channels) if skip else None
+        # Diffusion-autoencoder latent: scales the normalised features of both branches,
+        # ``h·(1 + W z)`` (Preechakul et al. 2022, eq. 7's z_s ⊙ AdaGN), zero-initialised.
+        self.zscale = nn.Linear(latent_dim, 2 * channels) if latent_dim > 0 else None
+        if self.zscale is not None:
+            nn.init.zeros_(self.zscale.weight)
+            nn.init.zeros_(self.zscale.bias)
         self.norm1 = ModulatedLayerNorm(channels, emb_dim)
         self.conv = SparseDepthwiseConv2d(channels, kernel_size, train_resolution)
         self.norm2 = ModulatedLayerNorm(channels, emb_dim)
         self.mlp = PointMLP(channels, mlp_ratio)
 
-    def forward(self, x: Tensor, emb: Tensor, lattice: PointLattice, skip: Tensor | None = None) -> Tensor:
-        """``x (B, N, C)`` on ``lattice``, ``emb (B, E)`` -> ``(B, N, C)``."""
+    def forward(
+        self, x: Tensor, emb: Tensor, lattice: PointLattice, skip: Tensor | None = None, latent: Tensor | None = None
+    ) -> Tensor:
+        """``x (B, N, C)`` on ``lattice``, ``emb (B, E)``, optional ``latent (B, D)`` -> ``(B, N, C)``."""
         if self.fuse is not None:
             if skip is None:
                 raise ValueError("this block expects a skip connection")
             x = self.fuse(torch.cat([x, skip.to(x.dtype)], dim=-1))
-        x = x + self.conv(self.norm1(x, emb), lattice).to(x.dtype)
-        return x + self.mlp(self.norm2(x, emb)).to(x.dtype)
+        h1 = self.norm1(x, emb)
+        if self.zscale is not None and latent is not None:
+            s1, s2 = self.zscale(latent).unsqueeze(1).chunk(2, dim=-1)
+            h1 = h1 * (1 + s1.to(h1.dtype))
+        x = x + self.conv(h1, lattice).to(x.dtype)
+        h2 = self.norm2(x, emb)
+        if self.zscale is not None and latent is not None:
+            h2 = h2 * (1 + s2.to(h2.dtype))
+        return x + self.mlp(h2).to(x.dtype)
 
 
 class SparseNeuralOperator(Denoiser):
@@ -98,6 +113,10 @@ class SparseNeuralOperator(Denoiser):
         sparse_backend: ``"auto"``, ``"dense"``, ``"pairs"`` or ``"torchsparse"``
             (see :mod:`.sparse_conv`).
         zero_init_output: zero-initialise the output projection (prediction starts at 0).
+        latent_dim: width ``D`` of a diffusion-autoencoder latent ``z`` passed as ``cond``
+            (``(B, D)`` floats), ``0`` for none. It scales the features of every sparse block
+            and is added to the inner U-Net's embedding. Exclusive with ``num_classes``; see
+            :class:`~.autoencoder.SparseAutoencoder` for the encoder and the latent prior.
     """
 
     def __init__(
@@ -122,8 +141,15 @@ class SparseNeuralOperator(Denoiser):
         emb_dim: int = 256,
         sparse_backend: str = "auto",
         zero_init_output: bool = True,
+        latent_dim: int = 0,
     ) -> None:
         super().__init__(in_channels, out_channels, num_classes)
+        if latent_dim < 0 or (latent_dim and num_classes):
+            raise ValueError(
+                f"latent_dim must be >= 0 and cannot be combined with num_classes (got latent_dim={latent_dim}, "
+                f"num_classes={num_classes}): a model is conditioned either on a class or on a latent"
+            )
+        self.latent_dim = latent_dim
         if sparse_backend not in SPARSE_BACKENDS:
             raise ValueError(f"sparse_backend must be one of {SPARSE_BACKENDS}, got {sparse_backend!r}")
         if inner_resolution % 2 ** (len(channel_mult) - 1):
@@ -136,14 +162,15 @@ class SparseNeuralOperator(Denoiser):
         self.embed = NoiseEmbedding(emb_dim, num_classes)
         self.lift = nn.Linear(in_channels, channels)
         block_args = (channels, emb_dim, kernel_size, train_resolution, mlp_ratio)
-        self.down = nn.ModuleList([SparseConvBlock(*block_args) for _ in range(depth)])
+        self.down = nn.ModuleList([SparseConvBlock(*block_args, latent_dim=latent_dim) for _ in range(depth)])
         self.to_grid = nn.Conv2d(channels, inner_channels, 1)
         self.unet = ADMUNet(
             inner_channels, inner_channels, emb_dim, inner_resolution, inner_channels, channel_mult,
             num_res_blocks, attention_resolutions, dropout, dropout_resolution, head_channels, zero_out=False,
         )
         self.from_grid = nn.Conv2d(inner_channels, channels, 1)
-        self.up = nn.ModuleList([SparseConvBlock(*block_args, skip=True) for _ in range(depth)])
+        self.up = nn.ModuleList([SparseConvBlock(*block_args, skip=True, latent_dim=latent_dim) for _ in range(depth)])
+        self.latent_emb = nn.Linear(latent_dim, emb_dim) if latent_dim else None
         self.out_norm = nn.LayerNorm(channels)
         self.out = nn.Linear(channels, self.out_channels)
         if zero_init_output:
@@ -161,27 +188,34 @@ class SparseNeuralOperator(Denoiser):
         h, w = self.check_inputs(values, coords, logsnr, grid)
         b = values.shape[0]
         g = self.inner_resolution
+        latent = None
+        if self.latent_dim:
+            latent, cond = cond, None
+            if latent is None or latent.shape != (b, self.latent_dim) or not latent.is_floating_point():
+                got = None if latent is None else (tuple(latent.shape), latent.dtype)
+                raise ValueError(f"this model needs a latent cond of shape ({b}, {self.latent_dim}) floats, got {got}")
         with record_function("sno/neighbours"):  # no-grad index work, once per call
             indices = coords_to_index(coords, (h, w))
             lattice = self.lattice(indices, (h, w))
             nbr, weight = lattice_knn(indices, (h, w), (g, g), self.knn_neighbours)
         emb = self.embed(logsnr, cond)
+        unet_emb = emb if latent is None else emb + self.latent_emb(latent).to(emb.dtype)
 
         with record_function("sno/down"):
             x = self.lift(values)
             skips = []
             for blk in self.down:
-                x = blk(x, emb, lattice)
+                x = blk(x, emb, lattice, latent=latent)
                 skips.append(x)
         # Points -> fixed grid (inverse-distance kNN), grid network, grid -> points (bilinear).
         with record_function("sno/to_grid"):
             z = knn_interpolate(x, nbr, weight)  # (B, G*G, C), row-major = channels-last layout
             z = self.to_grid(z.view(b, g, g, -1).permute(0, 3, 1, 2))
         with record_function("sno/unet"):
-            z = self.from_grid(self.unet(z, emb))
+            z = self.from_grid(self.unet(z, unet_emb))
         with record_function("sno/read_back"):
             x = interpolate_at(z.contiguous(), coords)
         with record_function("sno/up"):
             for blk in self.up:
-                x = blk(x, emb, lattice, skip=skips.pop())
+                x = blk(x, emb, lattice, skip=skips.pop(), latent=latent)
             return self.out(F.gelu(self.out_norm(x)))

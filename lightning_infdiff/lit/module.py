@@ -23,6 +23,7 @@ from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor
 
 from ..batch import FieldBatch
+from ..coords import full_coords, gather, index_to_coords
 from ..denoisers.base import Denoiser
 from ..images import save_grid
 from ..processes import GaussianProcess
@@ -63,6 +64,9 @@ class DiffusionModule(L.LightningModule):
         sample_steps: solver steps for the validation samples.
         guidance_scale: classifier-free guidance scale for validation samples of conditional models.
         sample_seed: first seed of the validation samples (sample ``i`` uses ``sample_seed + i``).
+        latent_prior_weight: weight of the latent prior's loss for diffusion-autoencoder
+            denoisers (those with an ``encode`` method, e.g.
+            :class:`~lightning_infdiff.denoisers.SparseAutoencoder`); ignored otherwise.
     """
 
     def __init__(
@@ -83,6 +87,7 @@ class DiffusionModule(L.LightningModule):
         sample_steps: int = 25,
         guidance_scale: float = 1.0,
         sample_seed: int = 0,
+        latent_prior_weight: float = 1.0,
     ) -> None:
         super().__init__()
         checks = {
@@ -93,6 +98,7 @@ class DiffusionModule(L.LightningModule):
             "sample_every_n_val": sample_every_n_val >= 0,
             "num_samples": num_samples >= 1,
             "sample_steps": sample_steps >= 1,
+            "latent_prior_weight": latent_prior_weight >= 0.0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -116,6 +122,7 @@ class DiffusionModule(L.LightningModule):
         self.sample_grids = [tuple(int(v) for v in g) for g in sample_grids] if sample_grids else None
         self.sampler, self.sample_steps, self.guidance_scale = sampler, sample_steps, guidance_scale
         self.sample_seed = sample_seed
+        self.latent_prior_weight = latent_prior_weight
         self._val_runs = 0
         self._val_curve: dict[int, list[Tensor]] = {}
         self._val_levels: Tensor | None = None
@@ -152,10 +159,36 @@ class DiffusionModule(L.LightningModule):
             cond = torch.where(drop, torch.full_like(cond, self.denoiser.num_classes), cond)
         return cond
 
+    @property
+    def is_autoencoder(self) -> bool:
+        """Whether the denoiser is a diffusion autoencoder (conditioned on its own latent)."""
+        return callable(getattr(self.denoiser, "encode", None))
+
+    def encode_batch(self, batch: FieldBatch, train: bool) -> Tensor:
+        """Latents of the clean images (diffusion autoencoders only).
+
+        In training the encoder sees an independent random coordinate subset of the same size
+        as the denoiser's (∞-Diff section 4.4); otherwise it sees the full grid.
+        """
+        image, grid = batch.image, batch.grid
+        b, n = len(batch), batch.num_points
+        enc_idx = None
+        if train and batch.indices is not None:
+            enc_idx = torch.rand(b, grid[0] * grid[1], device=image.device).argsort(dim=1)[:, :n]
+        coords = full_coords(b, grid, image.device) if enc_idx is None else index_to_coords(enc_idx, grid)
+        return self.denoiser.encode(gather(image, enc_idx), coords, grid)
+
     def training_step(self, batch: FieldBatch, batch_idx: int) -> Tensor:
-        """Mean process loss over the batch's sampled coordinates."""
-        loss = self.process.loss(self.denoiser, batch.image, batch.indices, self._condition(batch, True)).mean()
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
+        """Mean process loss over the batch's sampled coordinates (+ the latent prior's loss)."""
+        b = len(batch)
+        z = self.encode_batch(batch, True) if self.is_autoencoder else None
+        cond = z if z is not None else self._condition(batch, True)
+        loss = self.process.loss(self.denoiser, batch.image, batch.indices, cond).mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=b)
+        if z is not None:
+            prior = self.denoiser.prior_loss(z).mean()
+            self.log("train/prior_loss", prior, batch_size=b)
+            loss = loss + self.latent_prior_weight * prior
         return loss
 
     # ---------------------------------------------------------------- validation
@@ -169,7 +202,12 @@ class DiffusionModule(L.LightningModule):
         b = len(batch)
         levels = self.val_levels(batch.grid).to(self.device)
         self._val_levels = levels
-        cond = self._condition(batch, False)
+        z = self.encode_batch(batch, False) if self.is_autoencoder else None
+        cond = z if z is not None else self._condition(batch, False)
+        if z is not None:
+            gen = torch.Generator(device="cpu").manual_seed(self.val_seed + 7919 * batch_idx)
+            prior = self.denoiser.prior.loss(z.detach(), generator=gen).mean()
+            self.log("val/prior_loss", prior, batch_size=b, sync_dist=True)
         losses = []
         for k, lam in enumerate(levels):
             gen = torch.Generator(device="cpu").manual_seed(self.val_seed + 7919 * batch_idx + k)
@@ -229,15 +267,28 @@ class DiffusionModule(L.LightningModule):
         clip: Literal["none", "static", "dynamic"] = "static",
         deblur: bool = True,
         progress: bool = False,
+        latents: Tensor | None = None,
     ) -> Tensor:
         """Draw samples ``(B, C, H, W)`` in ``[-1, 1]`` on any grid, one per seed.
 
         Mollified models are Wiener-deblurred (``deblur=True``) for display and metrics. The
-        caller's autocast (if any) applies to the network only.
+        caller's autocast (if any) applies to the network only. Diffusion autoencoders decode
+        ``latents (B, D)`` when given (e.g. from :meth:`encode_images`), else latents drawn
+        from their prior with the same seeds; they take no labels and no guidance.
         """
         was_training = self.denoiser.training
         self.denoiser.eval()
         try:
+            if self.is_autoencoder:
+                if labels is not None:
+                    raise ValueError("a diffusion autoencoder takes no labels: pass latents (or none) instead")
+                if latents is None:
+                    latents = self.denoiser.sample_latents(list(seeds), self.device)
+                if latents.shape[0] != len(seeds):
+                    raise ValueError(f"got {latents.shape[0]} latents for {len(seeds)} seeds")
+                labels, guidance_scale = latents.to(self.device), 1.0
+            elif latents is not None:
+                raise ValueError("latents were given but the denoiser is not a diffusion autoencoder")
             x = sample(
                 self.process, self.denoiser, (int(grid[0]), int(grid[1])), list(seeds),
                 channels=self.denoiser.in_channels, steps=steps or self.sample_steps,
@@ -250,6 +301,13 @@ class DiffusionModule(L.LightningModule):
         if deblur:
             x = self.process.display(x)
         return x.clamp(-1.0, 1.0)
+
+    @torch.no_grad()
+    def encode_images(self, images: Tensor) -> Tensor:
+        """Latents ``(B, D)`` of images ``(B, C, H, W)`` in ``[-1, 1]`` at their own grid."""
+        if not self.is_autoencoder:
+            raise ValueError("encode_images needs a diffusion-autoencoder denoiser (e.g. SparseAutoencoder)")
+        return self.encode_batch(FieldBatch(images.to(self.device).float()), False)
 
     def default_labels(self, n: int) -> Tensor | None:
         """Labels ``0, 1, 2, ...`` (cycling) for conditional models, else ``None``."""
