@@ -15,10 +15,11 @@ __all__ = ["kernel_map", "pairs_depthwise_conv"]
 
 
 def kernel_map(indices: Tensor, grid: tuple[int, int], ksize: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
-    """All (output point, input point, tap) triples with both points sampled.
+    """All (output point, input point, tap) triples with both points sampled, grouped by tap.
 
     Follows ``conv2d``'s cross-correlation: tap ``(i, j)`` of output pixel ``(y, x)`` reads
-    input pixel ``(y + i - kh//2, x + j - kw//2)``. Point ids are flat over the batch.
+    input pixel ``(y + i - kh//2, x + j - kw//2)``. Point ids are flat over the batch. The
+    triples are sorted by tap (stable), so each tap's pairs are one contiguous run.
     """
     h, w = grid
     kh, kw = ksize
@@ -37,43 +38,66 @@ def kernel_map(indices: Tensor, grid: tuple[int, int], ksize: tuple[int, int]) -
         offsets = (dy[:, None] * wp + dx[None, :]).reshape(-1)  # (K,)
         taps = padded.unsqueeze(-1) + offsets  # (B, N, K)
         nbr = torch.gather(pid, 1, taps.view(b, -1)).view(b * n, kh * kw)
-        out_idx, tap_idx = torch.nonzero(nbr >= 0, as_tuple=True)
+        # (K, B·N) order: nonzero then walks tap by tap
+        tap_idx, out_idx = torch.nonzero(nbr.t() >= 0, as_tuple=True)
         inp_idx = nbr[out_idx, tap_idx]
     return out_idx, inp_idx, tap_idx
 
 
+def _tap_runs(tap_idx: Tensor, taps: int) -> list[tuple[int, int, int]]:
+    """``(tap, start, stop)`` of each non-empty contiguous run of a tap-sorted ``tap_idx``."""
+    counts = torch.bincount(tap_idx, minlength=taps).tolist()
+    runs, start = [], 0
+    for k, c in enumerate(counts):
+        if c:
+            runs.append((k, start, start + c))
+        start += c
+    return runs
+
+
 class _PairsConv(torch.autograd.Function):
-    """Kernel-map depthwise conv that saves only its inputs (no ``(M, C)`` activations)."""
+    """Kernel-map depthwise conv, one tap at a time.
+
+    Per tap ``k``: ``out[o] += w_k ⊙ x[i]`` over its ``(o, i)`` pairs. Looping over the ``K``
+    taps instead of gathering all ``M`` pairs at once keeps temporaries at ``M/K`` rows (the
+    all-pairs form held two ``(M, C)`` fp32 buffers, the largest allocations of a subsampled
+    training step) and needs no per-pair gather of the weights. Saves only its inputs.
+    """
 
     @staticmethod
     def forward(ctx, x: Tensor, wflat: Tensor, out_idx: Tensor, inp_idx: Tensor, tap_idx: Tensor) -> Tensor:  # noqa: ANN001
-        ctx.save_for_backward(x, wflat, out_idx, inp_idx, tap_idx)
-        prod = x.index_select(0, inp_idx).mul_(wflat.index_select(0, tap_idx))
-        return torch.zeros_like(x).index_add_(0, out_idx, prod)
+        runs = _tap_runs(tap_idx, wflat.shape[0])
+        ctx.runs = runs
+        ctx.save_for_backward(x, wflat, out_idx, inp_idx)
+        dt = wflat.dtype
+        out = torch.zeros(x.shape, dtype=dt, device=x.device)
+        for k, a, e in runs:
+            out.index_add_(0, out_idx[a:e], x.index_select(0, inp_idx[a:e]).to(dt).mul_(wflat[k]))
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
-        x, wflat, out_idx, inp_idx, tap_idx = ctx.saved_tensors
-        g = grad.index_select(0, out_idx)  # (M, C)
-        grad_x = grad_w = None
-        # At most two (M, C) temporaries alive at once: weight gradient first, then g is
-        # scaled in place for the input gradient.
-        if ctx.needs_input_grad[1]:
-            gx = x.index_select(0, inp_idx).mul_(g)
-            grad_w = torch.zeros_like(wflat).index_add_(0, tap_idx, gx)
-            del gx
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.zeros_like(x).index_add_(0, inp_idx, g.mul_(wflat.index_select(0, tap_idx)))
-        return grad_x, grad_w, None, None, None
+        x, wflat, out_idx, inp_idx = ctx.saved_tensors
+        grad = grad.to(wflat.dtype)
+        grad_x = torch.zeros(x.shape, dtype=wflat.dtype, device=x.device) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros_like(wflat) if ctx.needs_input_grad[1] else None
+        for k, a, e in ctx.runs:
+            g = grad.index_select(0, out_idx[a:e])  # (M_k, C)
+            if grad_w is not None:
+                grad_w[k] = (x.index_select(0, inp_idx[a:e]).to(g.dtype) * g).sum(0)
+            if grad_x is not None:
+                grad_x.index_add_(0, inp_idx[a:e], g.mul_(wflat[k]))
+        return (None if grad_x is None else grad_x.to(x.dtype)), grad_w, None, None, None
 
 
 def pairs_depthwise_conv(x: Tensor, weight: Tensor, pairs: tuple[Tensor, Tensor, Tensor]) -> Tensor:
     """Un-normalised depthwise conv ``Σ_taps w·x`` of ``(B, N, C)`` points over a kernel map.
 
-    Accumulates in fp32 (fp64 for fp64 inputs) and returns the input dtype.
+    The input is kept (and saved for backward) in its own dtype, e.g. bf16 under autocast;
+    products and sums are accumulated in fp32 (fp64 for fp64 inputs). Returns the input dtype.
     """
     b, n, c = x.shape
     dt = torch.promote_types(x.dtype, torch.float32)  # accumulate in fp32 (fp64 if given)
     wflat = weight.reshape(c, -1).t().to(dt).contiguous()  # (K, C)
-    out = _PairsConv.apply(x.reshape(b * n, c).to(dt), wflat, *pairs)
+    out = _PairsConv.apply(x.reshape(b * n, c), wflat, *pairs)
     return out.view(b, n, c).to(x.dtype)
