@@ -116,10 +116,11 @@ def test_prior_loss_does_not_reach_the_encoder():
 
 
 def test_latent_ddim_recovers_gaussian_latents():
-    """Exact ε-predictor of N(m, s²) latents: DDIM (the probability-flow ODE) maps z_T to m + s·z_T.
+    """Exact v-predictor of N(m, s²) latents: DDIM (the probability-flow ODE) maps z_T to m + s·z_T.
 
-    For ``z_0 ~ N(m, s²)``, ``E[ε | z_t] = σ (z_t - α m) / (α² s² + σ²)`` (Gaussian conditioning),
-    and the exact ODE flow is the affine map ``z_T -> m + s z_T``. DDIM is first order: the
+    For ``z_0 ~ N(m, s²)``, Gaussian conditioning gives ``E[ε | z_t] = σ (z_t - α m) / (α² s² + σ²)``
+    and ``E[z_0 | z_t] = m + α s² (z_t - α m) / (α² s² + σ²)``, so ``E[v | z_t] = α E[ε|z_t] - σ E[z_0|z_t]``;
+    the exact ODE flow is the affine map ``z_T -> m + s z_T``. DDIM is first order: the
     error must shrink about linearly with the number of steps (measured: relative std error
     0.23 / 0.12 / 0.016 at 25 / 50 / 400 time-uniform cosine steps for the narrowest dimension).
     """
@@ -127,16 +128,17 @@ def test_latent_ddim_recovers_gaussian_latents():
     s = torch.tensor([0.3, 1.0, 2.0, 0.1])
     sched = CosineSchedule()
 
-    def eps_fn(z_t, lam):
-        a2 = torch.sigmoid(lam.double())[:, None]
+    def v_fn(z_t, lam):
+        a = torch.sigmoid(lam.double()).sqrt()[:, None]
         sig = torch.sigmoid(-lam.double()).sqrt()[:, None]
-        return (sig * (z_t.double() - a2.sqrt() * m) / (a2 * s**2 + sig**2)).float()
+        resid = (z_t.double() - a * m) / (a**2 * s**2 + sig**2)
+        return (a * sig * resid - sig * (m + a * s**2 * resid)).float()
 
     z = latent_noise(range(2000), 4)
     errors = []
     for steps, tol in [(25, 0.25), (50, 0.13), (400, 0.02)]:
         lams = sched.logsnr(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64))
-        out = ddim_vectors(eps_fn, z, lams)
+        out = ddim_vectors(v_fn, z, lams)
         torch.testing.assert_close(out.mean(0), m + s * z.mean(0), atol=0.01, rtol=0)
         rel = ((out - m).std(0) / (s * z.std(0)) - 1).abs().max().item()
         assert rel < tol, f"std error {rel:.4f} at {steps} steps"
@@ -152,7 +154,11 @@ def test_latent_noise_is_per_seed():
 
 
 def test_prior_learns_a_gaussian():
-    """A few hundred steps bring the ε-MSE well below its value at initialisation (= 1)."""
+    """A few hundred steps bring the v-MSE well below its value at initialisation.
+
+    At initialisation ``v̂ = 0``, so the loss is ``E|v|² = α² + σ² (m² + s²)`` per entry; with
+    ``E_t[α²] = E_t[σ²] = 1/2`` on the cosine schedule and ``mean(m² + s²) = 0.6025`` it is 0.80.
+    """
     torch.manual_seed(0)
     prior = LatentPrior(4, hidden=32, depth=2, emb_dim=16)
     m, s = torch.tensor([1.0, -1.0, 0.5, 0.0]), torch.tensor([0.2, 0.2, 0.2, 0.2])
@@ -166,7 +172,7 @@ def test_prior_learns_a_gaussian():
         loss.backward()
         opt.step()
     after = prior.loss(eval_z, generator=torch.Generator().manual_seed(1)).mean().item()
-    assert math.isclose(before, 1.0, rel_tol=0.15)
+    assert math.isclose(before, 0.80, rel_tol=0.1), before
     assert after < 0.5 * before, (before, after)
 
 

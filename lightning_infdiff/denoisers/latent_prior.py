@@ -9,9 +9,15 @@ drawn as ``z ~ p(z)`` then ``x ~ p(x | z)``. Following Preechakul et al. (sectio
 
 The latent process is Gaussian diffusion on ``R^D`` with a cosine logSNR schedule:
 ``z_t = α_t z_0 + σ_t ε`` with ``α_t² = sigmoid(λ_t)``, ``σ_t² = sigmoid(-λ_t)`` (Kingma et al.
-2021, eq. 3 in logSNR form); the network predicts ``ε`` and is trained with
-``E ||ε̂(z_t, λ_t) - ε||²``. Sampling is deterministic DDIM (Song et al. 2021, eq. 12 with
-``η = 0``): ``ẑ_0 = (z_t - σ_t ε̂) / α_t``, ``z_s = α_s ẑ_0 + σ_s ε̂``.
+2021, eq. 3 in logSNR form). The network predicts ``v = α_t ε - σ_t z_0`` (Salimans and Ho
+2022, section 4) and is trained with ``E ||v̂(z_t, λ_t) - v||²``. Sampling is deterministic DDIM
+(Song et al. 2021, eq. 12 with ``η = 0``): ``ẑ_0 = α_t z_t - σ_t v̂``, ``ε̂ = σ_t z_t + α_t v̂``,
+``z_s = α_s ẑ_0 + σ_s ε̂``.
+
+Why v and not Preechakul et al.'s ε: with ε-prediction ``ẑ_0 = (z_t - σ_t ε̂) / α_t`` divides
+the network's error by ``α_t ≈ e^{λ/2}``, about 5e-4 at the cosine schedule's ``λ_min = -15``;
+an ε-prior trained here drew latents with a standard deviation of 215 instead of 1. The
+v-form's ``ẑ_0`` and ``ε̂`` are bounded maps of ``(z_t, v̂)`` at every noise level.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from .base import logsnr_embedding
 
 __all__ = ["LatentPrior", "ddim_vectors", "latent_noise"]
 
-EpsFn = Callable[[Tensor, Tensor], Tensor]
+VFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def latent_noise(seeds: Sequence[int], dim: int, device: torch.device | str | None = None) -> Tensor:
@@ -43,11 +49,11 @@ def latent_noise(seeds: Sequence[int], dim: int, device: torch.device | str | No
 
 
 @torch.no_grad()
-def ddim_vectors(eps_fn: EpsFn, z: Tensor, logsnrs: Tensor) -> Tensor:
-    """Deterministic DDIM (Song et al. 2021, eq. 12, ``η = 0``) on vectors.
+def ddim_vectors(v_fn: VFn, z: Tensor, logsnrs: Tensor) -> Tensor:
+    """Deterministic DDIM (Song et al. 2021, eq. 12, ``η = 0``) on vectors, from a v-predictor.
 
     Args:
-        eps_fn: ``(z_t (B, D), logsnr (B,)) -> ε̂ (B, D)``.
+        v_fn: ``(z_t (B, D), logsnr (B,)) -> v̂ (B, D)``.
         z: starting noise ``(B, D)`` at ``logsnrs[0]``.
         logsnrs: increasing noise levels ``λ_0 < λ_1 < ... < λ_K`` (fp64 or fp32).
 
@@ -61,14 +67,15 @@ def ddim_vectors(eps_fn: EpsFn, z: Tensor, logsnrs: Tensor) -> Tensor:
         lam_t, lam_s = logsnrs[k].double(), logsnrs[k + 1].double()
         a_t, s_t = alpha_sigma(lam_t)
         a_s, s_s = alpha_sigma(lam_s)
-        eps = eps_fn(z.float(), lam_t.float().expand(b)).double()
-        x0 = (z - s_t * eps) / a_t
+        v = v_fn(z.float(), lam_t.float().expand(b)).double()
+        x0 = a_t * z - s_t * v
+        eps = s_t * z + a_t * v
         z = a_s * x0 + s_s * eps
     return x0.float()
 
 
 class LatentPrior(nn.Module):
-    """MLP-with-skips ε-predictor and its diffusion (see the module docstring).
+    """MLP-with-skips v-predictor and its diffusion (see the module docstring).
 
     Args:
         latent_dim: dimension ``D`` of the latents.
@@ -100,7 +107,7 @@ class LatentPrior(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, z_t: Tensor, logsnr: Tensor) -> Tensor:
-        """``ε̂(z_t, λ)``: ``(B, D)``, ``(B,)`` -> ``(B, D)``."""
+        """``v̂(z_t, λ)``: ``(B, D)``, ``(B,)`` -> ``(B, D)``."""
         if z_t.dim() != 2 or z_t.shape[1] != self.latent_dim:
             raise ValueError(f"latents must be (B, {self.latent_dim}), got {tuple(z_t.shape)}")
         emb = F.silu(self.time(logsnr_embedding(logsnr, self.emb_dim, scale=1.0)))
@@ -112,15 +119,17 @@ class LatentPrior(nn.Module):
         return self.out(torch.cat([h, z_t], dim=-1))
 
     def loss(self, z0: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Per-example ε-MSE ``(B,)`` at ``t ~ U(0, 1)`` (the latent model's training loss)."""
+        """Per-example v-MSE ``(B,)`` at ``t ~ U(0, 1)`` (the latent model's training loss)."""
         b = z0.shape[0]
         dev = z0.device
         t = torch.rand(b, generator=generator, device="cpu" if generator is not None else dev).to(dev)
         lam = self.schedule.logsnr(t.double()).float()
         eps = torch.randn(z0.shape, generator=generator, device="cpu" if generator is not None else dev).to(dev)
         a, s = alpha_sigma(lam)
-        z_t = a[:, None] * z0.float() + s[:, None] * eps
-        return (self.forward(z_t, lam).float() - eps).pow(2).mean(dim=1)
+        a, s = a[:, None], s[:, None]
+        z_t = a * z0.float() + s * eps
+        v = a * eps - s * z0.float()
+        return (self.forward(z_t, lam).float() - v).pow(2).mean(dim=1)
 
     @torch.no_grad()
     def sample(self, seeds: Sequence[int], steps: int = 50, device: torch.device | str | None = None) -> Tensor:
