@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from ..schedules import CosineSchedule, alpha_sigma
 from .base import logsnr_embedding
 
-__all__ = ["LatentPrior", "ddim_vectors", "latent_noise"]
+__all__ = ["LatentPrior", "ddim_vectors", "fit_latent_prior", "latent_noise"]
 
 VFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -141,3 +141,49 @@ class LatentPrior(nn.Module):
         lams = self.schedule.logsnr(t).to(z.device)
         with torch.autocast(z.device.type, enabled=False):
             return ddim_vectors(self.forward, z, lams)
+
+
+def fit_latent_prior(
+    prior: LatentPrior, latents: Tensor, steps: int = 2000, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
+    progress: bool = False,
+) -> list[float]:
+    """Train ``prior`` on a fixed set of latents, as ∞-Diff and Preechakul et al. do after
+    the autoencoder has been trained ("a small diffusion model is quickly trained to model
+    these latents", ∞-Diff section 4.4).
+
+    Args:
+        prior: the latent model to train (in place).
+        latents: ``(M, D)`` encoder latents of training images.
+        steps: optimiser steps (Adam, cosine decay of ``lr`` to 0).
+        batch_size: latents per step (drawn with replacement).
+        lr: peak learning rate.
+        seed: seed of the batches, noise levels and noise.
+        progress: show a progress bar.
+
+    Returns:
+        The training loss of every step.
+    """
+    from tqdm.auto import tqdm
+
+    if latents.dim() != 2 or latents.shape[1] != prior.latent_dim:
+        raise ValueError(f"latents must be (M, {prior.latent_dim}), got {tuple(latents.shape)}")
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be positive, got {steps} and {batch_size}")
+    gen = torch.Generator().manual_seed(seed)
+    device = next(prior.parameters()).device
+    data = latents.detach().float().to(device)
+    opt = torch.optim.Adam(prior.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    was_training = prior.training
+    prior.train()
+    losses = []
+    for _ in tqdm(range(steps), desc="latent prior", disable=not progress):
+        pick = torch.randint(len(data), (batch_size,), generator=gen).to(device)
+        loss = prior.loss(data[pick], generator=gen).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss))
+    prior.train(was_training)
+    return losses
