@@ -16,7 +16,12 @@ from lightning_infdiff.callbacks import EMA, FIDCallback
 from lightning_infdiff.data import FieldDataModule, GaussianBlobs
 from lightning_infdiff.denoisers import SparseNeuralOperator
 from lightning_infdiff.lit import DiffusionModule
-from lightning_infdiff.metrics import ClassifierFeatures, FeatureStats, FrechetDistance, frechet_distance
+from lightning_infdiff.metrics import (
+    ClassifierFeatures,
+    FeatureStats,
+    FrechetDistance,
+    frechet_distance,
+)
 from lightning_infdiff.metrics.classifier import SmallClassifier
 from lightning_infdiff.processes import GaussianProcess
 

@@ -11,7 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from lightning_infdiff.metrics.clip import CLIP_MEAN, CLIP_STD, CLIPFeatures, clip_preprocess, resolve_clip_weights
+from lightning_infdiff.metrics.clip import (
+    CLIP_MEAN,
+    CLIP_STD,
+    CLIPFeatures,
+    clip_preprocess,
+    resolve_clip_weights,
+)
 from lightning_infdiff.metrics.frechet import FrechetDistance
 from lightning_infdiff.metrics.inception import InceptionFeatures
 

@@ -9,7 +9,12 @@ import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from lightning_infdiff.metrics.frechet import FeatureStats, FrechetDistance, frechet_distance, gaussian_stats
+from lightning_infdiff.metrics.frechet import (
+    FeatureStats,
+    FrechetDistance,
+    frechet_distance,
+    gaussian_stats,
+)
 
 
 class Passthrough(nn.Module):

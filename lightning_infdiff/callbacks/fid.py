@@ -29,7 +29,44 @@ from ..metrics.features import FeatureExtractor, quantise
 from ..metrics.frechet import FrechetDistance
 from ..metrics.reference import Split, reference_stats
 
-__all__ = ["FIDCallback"]
+__all__ = ["FIDCallback", "sample_into"]
+
+
+@torch.no_grad()
+def sample_into(
+    module: L.LightningModule,
+    grid: tuple[int, int],
+    seeds: list[int],
+    metrics: list[FrechetDistance],
+    batch_size: int,
+    sampler: str | None = None,
+    steps: int | None = None,
+    precision: Literal["32", "bf16"] = "32",
+    first_seed: int = 0,
+    progress: bool = False,
+) -> None:
+    """Reset ``metrics``, then generate one sample per seed on ``grid`` (batch by batch),
+    quantise to uint8 and feed every metric as the generated side.
+
+    Conditional models get label ``(seed - first_seed) % num_classes`` (a balanced cycle).
+    """
+    from tqdm.auto import tqdm
+
+    num_classes = getattr(module.denoiser, "num_classes", None)
+    device = module.device
+    for m in metrics:
+        m.reset()
+    starts = range(0, len(seeds), batch_size)
+    for start in tqdm(starts, desc=f"FID samples {grid[0]}x{grid[1]}", disable=not progress):
+        chunk = seeds[start : start + batch_size]
+        labels = None
+        if num_classes:
+            labels = (torch.tensor(chunk, device=device) - first_seed) % num_classes
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            x = module.generate(grid, chunk, sampler, steps, labels=labels)
+        images = quantise(x).to(device)
+        for m in metrics:
+            m.update(images, real=False)
 
 
 class FIDCallback(L.Callback):
@@ -161,23 +198,11 @@ class FIDCallback(L.Callback):
         """Sample this rank's share at every resolution and return ``{"<metric>/<H>x<W>": value}``."""
         seeds = [self.seed + i for i in range(rank, self.num_samples, world_size)]
         grids = sorted({g for _, g in self.metrics}, key=lambda g: (g[0] * g[1], g))
-        num_classes = getattr(pl_module.denoiser, "num_classes", None)
-        device = pl_module.device
         values: dict[str, float] = {}
         for g in grids:
             metrics = {name: m for (name, grid), m in self.metrics.items() if grid == g}
-            for m in metrics.values():
-                m.reset()
-            for start in range(0, len(seeds), self.batch_size):
-                chunk = seeds[start : start + self.batch_size]
-                labels = None
-                if num_classes:
-                    labels = (torch.tensor(chunk, device=device) - self.seed) % num_classes
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-                    x = pl_module.generate(g, chunk, self.sampler, self.steps, labels=labels)
-                images = quantise(x).to(device)
-                for m in metrics.values():
-                    m.update(images, real=False)
+            sample_into(pl_module, g, seeds, list(metrics.values()), self.batch_size, self.sampler, self.steps,
+                        self.precision, self.seed)
             for name, m in metrics.items():
                 values[f"{name}/{g[0]}x{g[1]}"] = float(m.compute())
                 m.reset()
