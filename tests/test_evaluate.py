@@ -81,3 +81,26 @@ def test_train_classifier_command(offline_cache, capsys):
     main(["train_classifier", "--dataset", "digits"])
     assert (offline_cache / "classifier_digits_v1.pt").is_file()
     assert "held-out accuracy 0.5000" in capsys.readouterr().out
+
+
+def test_fid_overlay_composes_without_training_the_classifier(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from lightning_infdiff.callbacks import FIDCallback
+    from lightning_infdiff.cli import InfDiffCLI
+    from lightning_infdiff.data import FieldDataModule
+    from lightning_infdiff.lit import DiffusionModule
+    from lightning_infdiff.metrics import ClassifierFeatures
+
+    monkeypatch.setenv("LIGHTNING_INFDIFF_CACHE", str(tmp_path))
+    monkeypatch.setattr(clf, "train_classifier", lambda name: pytest.fail("trained at config time"))
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    args = []
+    for c in ("base.yaml", "data/digits.yaml", "callbacks/fid_offline.yaml"):
+        args += ["--config", str(configs / c)]
+    cli = InfDiffCLI(DiffusionModule, FieldDataModule, run=False, args=[*args, "--trainer.logger", "false"])
+    fids = [c for c in cli.trainer.callbacks if isinstance(c, FIDCallback)]
+    assert len(fids) == 1 and isinstance(fids[0].extractors[0], ClassifierFeatures)
+    assert fids[0].resolutions == [(32, 32), (64, 64)]
+    names = {type(c).__name__ for c in cli.trainer.callbacks}
+    assert {"EMA", "ModelCheckpoint", "FIDCallback"} <= names

@@ -95,15 +95,31 @@ class ClassifierFeatures(FeatureExtractor):
 
     def __init__(self, dataset: Literal["digits", "animals"] = "digits", model: SmallClassifier | None = None) -> None:
         super().__init__()
-        self.classifier = model if model is not None else load_classifier(dataset)[0]
+        if dataset not in ("digits", "animals"):
+            raise ValueError(f"ClassifierFeatures.dataset must be 'digits' or 'animals', got {dataset!r}")
+        # the cached weights are loaded (or trained, once) on first use, so building a config is cheap
+        self.classifier = model if model is not None else SmallClassifier(10)
         self.classifier.requires_grad_(False)
+        self._pending: str | None = None if model is not None else dataset
         self.name = f"classifier_{dataset}" if model is None else "classifier_custom"
         self.eval()
+
+    def _ensure_loaded(self) -> None:
+        if self._pending is not None:
+            trained, _ = load_classifier(self._pending)  # type: ignore[arg-type]
+            self.classifier.load_state_dict(trained.state_dict())
+            self._pending = None
+
+    def weights_hash(self) -> str:
+        """Hash of the (loaded) classifier weights."""
+        self._ensure_loaded()
+        return super().weights_hash()
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
         """uint8 ``(B, C, H, W)`` -> ``(B, 128)``: grey, resized to 32x32, scaled to ``[-1, 1]``."""
         check_uint8(images, "ClassifierFeatures")
+        self._ensure_loaded()
         x = images.float() / 127.5 - 1.0
         return self.classifier.embed(x).float()
 
