@@ -153,3 +153,21 @@ def test_two_process_gloo_fid_equals_single_process(tmp_path):
                        join=True, start_method="fork")
     values = [float(torch.load(tmp_path / f"fid.{r}")) for r in range(2)]
     assert values[0] == pytest.approx(single, rel=1e-9) and values[1] == pytest.approx(single, rel=1e-9)
+
+
+@pytest.mark.slow
+def test_callback_under_two_process_ddp_equals_one_process(tmp_path):
+    """Lightning DDP (gloo, forked workers): ranks split the seeds, torchmetrics sums; same FID as 1 process."""
+
+    def run(devices: int, **kw) -> dict[str, float]:
+        fid = FIDCallback([offline_features()], resolutions=[[8, 8], [12, 12]], num_samples=6, steps=1,
+                          batch_size=2, cache=str(tmp_path))
+        t = trainer([fid], devices=devices, **kw)
+        t.validate(tiny_module(), datamodule=tiny_dm())
+        return {k: float(v) for k, v in t.callback_metrics.items() if k.startswith("fid_")}
+
+    one = run(1)
+    two = run(2, strategy="ddp_fork")  # fork: no re-import of the test session in the workers
+    assert set(one) == set(two) == {"fid_offline/8x8", "fid_offline/12x12"}
+    for key in one:
+        assert two[key] == pytest.approx(one[key], rel=1e-6), key
