@@ -83,6 +83,7 @@ def speed(clip_images: int = 64, clip_weights: str | None = None, sample_images:
             out[f"clip_vitb32_fp{precision}_s_per_1000"] = wall / clip_images * 1000
             out[f"clip_vitb32_fp{precision}_cpu_s_per_1000"] = cpu / clip_images * 1000
             out[f"clip_vitb32_fp{precision}_images_per_s"] = 1000 / out[f"clip_vitb32_fp{precision}_s_per_1000"]
+            print({k: v for k, v in out.items() if f"fp{precision}" in k}, flush=True)  # partial results
     except ImportError as err:
         out["clip_skipped"] = str(err)  # type: ignore[assignment]
     # default model (configs/base.yaml denoiser), 25 dpmpp_2m steps at 32^2, fp32 and bf16 autocast
@@ -98,7 +99,9 @@ def speed(clip_images: int = 64, clip_weights: str | None = None, sample_images:
     den_cfg = dict(base["model"]["denoiser"])
     den_cfg["init_args"] = {**den_cfg["init_args"], "in_channels": 1}
     den = parser.instantiate_classes(parser.parse_object({"denoiser": den_cfg})).denoiser
-    module = DiffusionModule(den).eval()
+    from ..processes import GaussianProcess
+
+    module = DiffusionModule(den, GaussianProcess()).eval()
     for precision in ("32", "bf16"):
         seeds = list(range(sample_images))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
