@@ -116,6 +116,23 @@ def test_seeds_are_spread_over_ranks(monkeypatch):
     assert flat == [0, 1, 2, 3, 4] and calls[0] == [fid.seed, fid.seed + 2]
 
 
+def test_conditional_models_get_a_balanced_label_cycle(monkeypatch):
+    from lightning_infdiff.callbacks.fid import sample_into
+
+    module = tiny_module()
+    monkeypatch.setattr(module.denoiser, "num_classes", 3)
+    seen = []
+
+    def fake_generate(grid, seeds, sampler=None, steps=None, labels=None):
+        seen.append(labels.tolist())
+        return torch.zeros(len(seeds), 1, *grid)
+
+    monkeypatch.setattr(module, "generate", fake_generate)
+    metric = FrechetDistance(offline_features(), reference=_dummy_ref())
+    sample_into(module, (8, 8), [10, 11, 12, 13, 14], [metric], batch_size=2, first_seed=10)
+    assert seen == [[0, 1], [2, 0], [1]] and int(metric.fake_features_num_samples) == 5
+
+
 def _dummy_ref() -> FeatureStats:
     stats = FeatureStats.empty(128)
     stats.update(torch.randn(4, 128))
