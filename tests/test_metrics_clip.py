@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -77,13 +79,19 @@ def test_preprocess_rejects_float_images():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("cleanfid") is None, reason="clean-fid is not installed")
-def test_preprocess_matches_clean_fid():
-    from cleanfid.clip_features import img_preprocess_clip  # clean-fid's CLIP resize + crop
+@pytest.mark.parametrize("hw", [(32, 32), (64, 64), (48, 80)])
+def test_preprocess_matches_clean_fid(hw, monkeypatch):
+    if importlib.util.find_spec("clip") is None:
+        # clean-fid's CLIP module imports OpenAI's `clip` package at load time; the preprocessing
+        # function under test does not use it
+        monkeypatch.setitem(sys.modules, "clip", types.ModuleType("clip"))
+    from cleanfid.clip_features import img_preprocess_clip
 
-    img = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    ref = np.asarray(img_preprocess_clip(img), dtype=np.float32)
+    img = np.random.default_rng(hw[1]).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    ref = torch.from_numpy(np.asarray(img_preprocess_clip(img), dtype=np.float32))
     ours = undo_normalisation(clip_preprocess(torch.from_numpy(img).permute(2, 0, 1)[None]))[0].permute(1, 2, 0)
-    assert float((ours - torch.from_numpy(ref)).abs().max()) <= 2.0
+    err = (ours - ref).abs()
+    assert float(err.max()) <= 2.0 + 1e-3 and float(err.mean()) < 0.06
 
 
 def test_missing_clip_weights_fail_fast_with_instructions(tmp_path, monkeypatch):
