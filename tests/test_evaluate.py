@@ -104,3 +104,17 @@ def test_fid_overlay_composes_without_training_the_classifier(monkeypatch, tmp_p
     assert fids[0].resolutions == [(32, 32), (64, 64)]
     names = {type(c).__name__ for c in cli.trainer.callbacks}
     assert {"EMA", "ModelCheckpoint", "FIDCallback"} <= names
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("open_clip") is None,
+                    reason="open-clip-torch is not importable (install the clip extra in a torch+torchvision venv)")
+def test_evaluate_clip_and_offline_together(tmp_path, offline_cache, checkpoint):
+    """FID_CLIP plumbing with a random-weight ViT-B-32 (no weights here), beside the offline metric."""
+    out = tmp_path / "eval"
+    main(["evaluate", "--ckpt_path", checkpoint, "--out", str(out), "--num_samples", "4", "--steps", "1",
+          "--resolutions", "[8]", "--metrics", "[offline, clip]", "--clip_pretrained", "null",
+          "--reference_count", "6"])
+    rows = read_rows(out)
+    assert [(r["metric"], r["resolution"]) for r in rows] == [("fid_offline", [8, 8]), ("fid_clip", [8, 8])]
+    assert all(r["value"] > 0 for r in rows)
+    assert any("clip_ViT-B-32_random" in p.name for p in (offline_cache / "fid_refs").glob("*.pt"))
