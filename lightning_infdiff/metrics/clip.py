@@ -171,7 +171,9 @@ class CLIPFeatures(FeatureExtractor):
         cache_dir: Hugging Face hub cache to search instead of the default.
         allow_download: let open_clip download the tag's weights when they are not cached (only
             with ``HF_HUB_OFFLINE`` unset).
-        precision: ``32`` or ``bf16`` (autocast around the image tower).
+        precision: ``32`` or ``bf16``: the image tower's weights and activations in bf16 (2x
+            faster on this CPU and 0.9% relative feature error; autocast was 2x *slower* here).
+            The weights hash, and so the reference cache, differs between the two.
         image_size: input side (default: the model's).
     """
 
@@ -215,16 +217,18 @@ class CLIPFeatures(FeatureExtractor):
         self.precision = precision
         source = Path(weights).name if weights else (pretrained if model_config is None and pretrained else "random")
         self.name = f"clip_{model_name}_{source}"
+        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        self.visual.to(self.dtype)
         self.eval()
         with torch.no_grad():
-            self.num_features = int(self.visual(torch.zeros(1, 3, self.image_size, self.image_size)).shape[-1])
+            probe = torch.zeros(1, 3, self.image_size, self.image_size, dtype=self.dtype)
+            self.num_features = int(self.visual(probe).shape[-1])
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
         """uint8 ``(B, C, H, W)`` -> fp32 embeddings ``(B, D)`` (protocol preprocessing)."""
         x = clip_preprocess(images, self.image_size)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            return self.visual(x).float()
+        return self.visual(x.to(self.dtype)).float()
 
 
 def _side(size: int | tuple[int, int] | list[int]) -> int:
