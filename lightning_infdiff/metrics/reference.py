@@ -10,7 +10,8 @@ Cache: ``<cache>/fid_refs/<readable name>.pt`` where ``<cache>`` is ``$LIGHTNING
 or ``~/.cache/lightning_infdiff``. The file stores the full key: the source (class path, its
 init arguments found on the instance, its length and a fingerprint of a few rendered images),
 the resolution, the split (and the split's settings), the extractor (name + weights hash) and
-the image count. A file whose stored key differs from the requested one is reported (a warning
+the image count. Sources render squares: a non-square grid ``H x W`` is the centre crop of the
+square rendering at ``max(H, W)``. A file whose stored key differs from the requested one is reported (a warning
 naming the differing fields) and recomputed; it is never reused silently.
 """
 
