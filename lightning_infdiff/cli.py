@@ -6,6 +6,8 @@ Examples::
     infdiff fit --config configs/quickstart.yaml --print_config
     infdiff sample --ckpt_path runs/quickstart/version_0/checkpoints/last.ckpt --scale 2 --num 16 --out samples/
     infdiff export --ckpt_path last.ckpt --out model.safetensors
+    infdiff evaluate --ckpt_path last.ckpt --metrics [offline] --num_samples 1000 --resolutions [32,64]
+    infdiff train_classifier --dataset digits
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from .lit.module import DiffusionModule
 
 __all__ = ["InfDiffCLI", "main", "sample_command", "export_command", "parse_grid"]
 
-TOOLS = ("sample", "export")
+TOOLS = ("sample", "export", "evaluate", "train_classifier")
 
 
 class InfDiffCLI(LightningCLI):
@@ -157,14 +159,17 @@ def export_command(ckpt_path: str, out: str) -> Path:
 
 
 def _run_tool(name: str, argv: list[str]) -> None:
-    fn = sample_command if name == "sample" else export_command
+    from .evaluate import evaluate_command, train_classifier_command
+
+    fn = {"sample": sample_command, "export": export_command, "evaluate": evaluate_command,
+          "train_classifier": train_classifier_command}[name]
     parser = ArgumentParser(prog=f"infdiff {name}", description=fn.__doc__.split("\n")[0])
     parser.add_function_arguments(fn, fail_untyped=True)
     cfg = parser.parse_args(argv)
     kwargs = {k: v for k, v in cfg.as_dict().items() if k != "__path__"}
     try:
         fn(**kwargs)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ImportError) as err:
         print(f"infdiff {name}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
 
@@ -182,6 +187,7 @@ def main(args: list[str] | None = None) -> None:
         save_config_kwargs={"overwrite": True},
         parser_kwargs={
             "description": "lightning_infdiff: resolution-independent diffusion. Extra commands: "
-            "'infdiff sample --help' and 'infdiff export --help'.",
+            "'infdiff sample --help', 'infdiff export --help', 'infdiff evaluate --help' and "
+            "'infdiff train_classifier --help'.",
         },
     )

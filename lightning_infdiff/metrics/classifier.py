@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SmallClassifier", "bundled_arrays", "train_classifier", "load_classifier", "classify", "cache_dir"]
+__all__ = ["SmallClassifier", "bundled_arrays", "train_classifier", "load_classifier", "classify", "cache_dir", "classifier_path"]
 
 INPUT = 32
 
@@ -107,9 +107,14 @@ def train_classifier(
     return model, acc
 
 
+def classifier_path(name: Literal["digits", "animals"] = "digits") -> Path:
+    """Where the trained classifier of ``name`` is cached."""
+    return cache_dir() / f"classifier_{name}_v1.pt"
+
+
 def load_classifier(name: Literal["digits", "animals"] = "digits", retrain: bool = False) -> tuple[SmallClassifier, float]:
     """The cached classifier (trained on first use, about 20 s on 2 CPU cores)."""
-    path = cache_dir() / f"classifier_{name}_v1.pt"
+    path = classifier_path(name)
     if path.is_file() and not retrain:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model = SmallClassifier(state["num_classes"])

@@ -1,0 +1,188 @@
+"""``infdiff evaluate``: Fréchet distances of a checkpoint's samples, appended to a results file.
+
+For every resolution the checkpoint samples ``num_samples`` images (sample ``i`` uses seed
+``seed + i``, so results do not depend on the batch size), quantises them to uint8 and compares
+each metric's features with reference statistics of the training data rendered at that
+resolution (cached, see :mod:`lightning_infdiff.metrics.reference`). Each (metric, resolution)
+appends one JSON line to ``<out>/results.jsonl``::
+
+    {"checkpoint": ..., "metric": "fid_clip", "resolution": [H, W], "value": ..., "num_samples": ...,
+     "sampler": ..., "steps": ..., "seed": ..., "wall_seconds": ...}
+
+and one markdown table row to ``<out>/results.md``. ``wall_seconds`` is the time spent sampling
+and extracting features at that resolution (shared by the metrics evaluated together; reference
+statistics, computed once and cached, are not included).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+
+from .data.datamodule import FieldDataModule
+
+__all__ = ["evaluate_command", "train_classifier_command", "load_datamodule", "RESULT_KEYS"]
+
+RESULT_KEYS = ("checkpoint", "metric", "resolution", "value", "num_samples", "sampler", "steps", "seed", "wall_seconds")
+MD_HEADER = (
+    "| checkpoint | metric | resolution | value | samples | sampler | steps | seed | wall s |\n"
+    "|---|---|---|---|---|---|---|---|---|\n"
+)
+
+
+def load_datamodule(ckpt_path: str | Path, data_config: str | None) -> FieldDataModule:
+    """The DataModule a checkpoint was trained on, from ``data_config`` or the run's ``config.yaml``.
+
+    ``data_config`` is any YAML with a ``data:`` section (e.g. ``configs/data/digits.yaml`` or
+    the ``config.yaml`` LightningCLI writes next to ``checkpoints/``).
+    """
+    if data_config is None:
+        guess = Path(ckpt_path).resolve().parent.parent / "config.yaml"
+        if not guess.is_file():
+            raise FileNotFoundError(
+                f"no --data_config given and no {guess} next to the checkpoint: pass the data YAML "
+                "(e.g. --data_config configs/data/digits.yaml) whose images are the FID reference"
+            )
+        data_config = str(guess)
+    path = Path(data_config)
+    if not path.is_file():
+        raise FileNotFoundError(f"data config not found: {path}")
+    cfg = yaml.safe_load(path.read_text()) or {}
+    if "data" not in cfg or not isinstance(cfg["data"], dict):
+        raise ValueError(f"{path} has no 'data:' section (expected a FieldDataModule config)")
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(FieldDataModule, "data", fail_untyped=False)
+    parsed = parser.parse_object({"data": cfg["data"]})
+    return parser.instantiate_classes(parsed).data
+
+
+def evaluate_command(
+    ckpt_path: str,
+    out: str = "eval",
+    num_samples: int = 1000,
+    resolutions: list[int | str] | None = None,
+    sampler: Literal["ddpm", "ddim", "dpmpp_2m"] = "dpmpp_2m",
+    steps: int = 25,
+    metrics: list[Literal["offline", "clip", "inception"]] | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    data_config: str | None = None,
+    reference_split: Literal["train", "val", "all"] = "train",
+    reference_count: int | None = None,
+    offline_dataset: Literal["digits", "animals"] = "digits",
+    clip_model: str = "ViT-B-32",
+    clip_pretrained: str | None = "openai",
+    clip_weights: str | None = None,
+    inception_weights: str | None = None,
+    precision: Literal["32", "bf16"] = "32",
+    device: str = "cpu",
+) -> list[dict[str, Any]]:
+    """Evaluate a checkpoint's samples with Fréchet distances; append the results to ``out``.
+
+    Args:
+        ckpt_path: checkpoint written by ``infdiff fit`` (EMA weights when EMA was used).
+        out: folder of ``results.jsonl`` and ``results.md`` (appended to).
+        num_samples: generated images per resolution (the protocol uses 50,000).
+        resolutions: grids ``H`` or ``HxW`` (default: the training resolution).
+        sampler: ``ddpm``, ``ddim`` or ``dpmpp_2m``.
+        steps: solver steps.
+        metrics: ``offline`` (bundled classifier), ``clip`` (FID_CLIP) and/or ``inception``.
+        batch_size: samples per forward batch (does not change the samples).
+        seed: first seed.
+        data_config: YAML with the ``data:`` section of the reference images (default: the
+            ``config.yaml`` of the checkpoint's run).
+        reference_split: data split of the reference statistics (the protocol: ``train``).
+        reference_count: number of reference images (default: the whole split).
+        offline_dataset: bundled set of the offline classifier (``digits`` or ``animals``).
+        clip_model: open_clip architecture for ``clip``.
+        clip_pretrained: open_clip tag (looked up in the local caches only).
+        clip_weights: local CLIP weights file (see the README, "Evaluating FID_CLIP").
+        inception_weights: local Inception weights file.
+        precision: ``32`` or ``bf16`` autocast for the denoiser.
+        device: ``cpu``, ``cuda``, ...
+    """
+    from .callbacks.fid import sample_into
+    from .checkpoint import load_module
+    from .cli import parse_grid
+    from .metrics.features import build_extractor
+    from .metrics.frechet import FrechetDistance
+    from .metrics.reference import reference_stats
+
+    if num_samples < 2 or steps < 1 or batch_size < 1:
+        raise ValueError(f"num_samples must be >= 2 and steps, batch_size >= 1, got {num_samples}, {steps}, {batch_size}")
+    metrics = list(metrics or ["offline"])
+    module = load_module(ckpt_path).to(device)
+    dm = load_datamodule(ckpt_path, data_config)
+    if resolutions:
+        grids = [parse_grid(r) for r in resolutions]
+    else:
+        res = getattr(module, "data_resolution", None) or dm.resolution
+        grids = [(int(res), int(res))]
+    dev = torch.device(device)
+    extractors = [
+        build_extractor(m, offline_dataset, clip_model, clip_pretrained, clip_weights, inception_weights).to(dev)
+        for m in metrics
+    ]
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    seeds = list(range(seed, seed + num_samples))
+    for g in grids:
+        fids = [
+            FrechetDistance(e, reference=reference_stats(dm, e, g, reference_split, reference_count, batch_size, device=dev)).to(dev)
+            for e in extractors
+        ]
+        start = time.perf_counter()
+        sample_into(module, g, seeds, fids, batch_size, sampler, steps, precision, seed, progress=True)
+        values = [float(f.compute()) for f in fids]
+        wall = time.perf_counter() - start
+        for e, value in zip(extractors, values, strict=True):
+            rows.append({
+                "checkpoint": str(ckpt_path), "metric": e.metric, "resolution": [g[0], g[1]], "value": value,
+                "num_samples": num_samples, "sampler": sampler, "steps": steps, "seed": seed,
+                "wall_seconds": round(wall, 3),
+            })
+    _append(out_dir, rows)
+    for r in rows:
+        print(f"{r['metric']} {r['resolution'][0]}x{r['resolution'][1]}: {r['value']:.4f} "
+              f"({r['num_samples']} samples, {r['wall_seconds']:.1f} s)")
+    return rows
+
+
+def _append(out_dir: Path, rows: list[dict[str, Any]]) -> None:
+    with (out_dir / "results.jsonl").open("a") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    md = out_dir / "results.md"
+    new = not md.is_file()
+    with md.open("a") as f:
+        if new:
+            f.write(MD_HEADER)
+        for r in rows:
+            h, w = r["resolution"]
+            f.write(
+                f"| {r['checkpoint']} | {r['metric']} | {h}x{w} | {r['value']:.4f} | {r['num_samples']} | "
+                f"{r['sampler']} | {r['steps']} | {r['seed']} | {r['wall_seconds']:.1f} |\n"
+            )
+
+
+def train_classifier_command(dataset: Literal["digits", "animals"] = "digits", retrain: bool = False) -> Path:
+    """Train (or load) the offline-metric classifier of a bundled dataset and cache it.
+
+    Args:
+        dataset: ``digits`` or ``animals``.
+        retrain: train again even if a cached classifier exists.
+    """
+    from .metrics.classifier import classifier_path, load_classifier
+
+    _, acc = load_classifier(dataset, retrain=retrain)
+    path = classifier_path(dataset)
+    print(f"classifier for {dataset}: held-out accuracy {acc:.4f}, cached at {path}")
+    return path

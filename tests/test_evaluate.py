@@ -1,0 +1,120 @@
+"""`infdiff evaluate` and `infdiff train_classifier` on a 2-step tiny model (offline metric)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_lit import run_fit, tiny_config
+
+from lightning_infdiff.cli import main
+from lightning_infdiff.evaluate import RESULT_KEYS
+from lightning_infdiff.metrics import classifier as clf
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch):
+    """A private cache with a random 'trained' classifier (no 20 s training in tests)."""
+    monkeypatch.setenv("LIGHTNING_INFDIFF_CACHE", str(tmp_path / "cache"))
+
+    def fake_train(name):
+        torch.manual_seed(0)
+        return clf.SmallClassifier(10), 0.5
+
+    monkeypatch.setattr(clf, "train_classifier", fake_train)
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evalrun")
+    cli = run_fit(tiny_config(root, **{"trainer.max_steps": 2, "model.sample_every_n_val": 0}))
+    return cli.trainer.checkpoint_callback.last_model_path
+
+
+def read_rows(out):
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def test_evaluate_writes_jsonl_and_markdown(tmp_path, offline_cache, checkpoint, capsys):
+    out = tmp_path / "eval"
+    args = ["evaluate", "--ckpt_path", checkpoint, "--out", str(out), "--num_samples", "6", "--steps", "1",
+            "--resolutions", "[16, 8x12]", "--metrics", "[offline]", "--seed", "3"]
+    main([*args, "--batch_size", "4"])
+    rows = read_rows(out)
+    assert [tuple(r) for r in rows] == [RESULT_KEYS, RESULT_KEYS]
+    assert [r["resolution"] for r in rows] == [[16, 16], [8, 12]]
+    assert all(r["metric"] == "fid_offline" and r["value"] > 0 and r["num_samples"] == 6 for r in rows)
+    assert rows[0]["checkpoint"] == checkpoint and rows[0]["sampler"] == "dpmpp_2m" and rows[0]["seed"] == 3
+    md = (out / "results.md").read_text().splitlines()
+    assert md[0].startswith("| checkpoint | metric") and len(md) == 4 and "| fid_offline | 8x12 |" in md[3]
+    # appended, and the samples do not depend on the batch size
+    main([*args, "--batch_size", "5"])
+    again = read_rows(out)
+    assert len(again) == 4 and len((out / "results.md").read_text().splitlines()) == 6
+    for a, b in zip(rows, again[2:], strict=True):
+        assert b["value"] == pytest.approx(a["value"], rel=1e-6)
+    assert "fid_offline 16x16" in capsys.readouterr().out
+    # the reference statistics were cached once per resolution
+    assert len(list((offline_cache / "fid_refs").glob("*.pt"))) == 2
+
+
+def test_evaluate_reports_missing_clip_weights(tmp_path, checkpoint, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--ckpt_path", checkpoint, "--out", str(tmp_path / "e"), "--metrics", "[clip]"])
+    err = capsys.readouterr().err
+    assert "no local CLIP weights" in err and "--clip_weights" in err
+
+
+def test_evaluate_needs_a_data_config_without_run_dir(tmp_path, checkpoint, offline_cache, capsys):
+    lone = tmp_path / "lone.ckpt"
+    lone.write_bytes(open(checkpoint, "rb").read())
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--ckpt_path", str(lone), "--out", str(tmp_path / "e")])
+    assert "--data_config" in capsys.readouterr().err
+
+
+def test_train_classifier_command(offline_cache, capsys):
+    main(["train_classifier", "--dataset", "digits"])
+    assert (offline_cache / "classifier_digits_v1.pt").is_file()
+    assert "held-out accuracy 0.5000" in capsys.readouterr().out
+
+
+def test_fid_overlay_composes_without_training_the_classifier(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from lightning_infdiff.callbacks import FIDCallback
+    from lightning_infdiff.cli import InfDiffCLI
+    from lightning_infdiff.data import FieldDataModule
+    from lightning_infdiff.lit import DiffusionModule
+    from lightning_infdiff.metrics import ClassifierFeatures
+
+    monkeypatch.setenv("LIGHTNING_INFDIFF_CACHE", str(tmp_path))
+    monkeypatch.setattr(clf, "train_classifier", lambda name: pytest.fail("trained at config time"))
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    args = []
+    for c in ("base.yaml", "data/digits.yaml", "callbacks/fid_offline.yaml"):
+        args += ["--config", str(configs / c)]
+    cli = InfDiffCLI(DiffusionModule, FieldDataModule, run=False, args=[*args, "--trainer.logger", "false"])
+    fids = [c for c in cli.trainer.callbacks if isinstance(c, FIDCallback)]
+    assert len(fids) == 1 and isinstance(fids[0].extractors[0], ClassifierFeatures)
+    assert fids[0].resolutions == [(32, 32), (64, 64)]
+    names = {type(c).__name__ for c in cli.trainer.callbacks}
+    assert {"EMA", "ModelCheckpoint", "FIDCallback"} <= names
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("open_clip") is None,
+                    reason="open-clip-torch is not importable (install the clip extra in a torch+torchvision venv)")
+def test_evaluate_clip_and_offline_together(tmp_path, offline_cache, checkpoint):
+    """FID_CLIP plumbing with a random-weight ViT-B-32 (no weights here), beside the offline metric."""
+    out = tmp_path / "eval"
+    main(["evaluate", "--ckpt_path", checkpoint, "--out", str(out), "--num_samples", "4", "--steps", "1",
+          "--resolutions", "[8]", "--metrics", "[offline, clip]", "--clip_pretrained", "null",
+          "--reference_count", "6"])
+    rows = read_rows(out)
+    assert [(r["metric"], r["resolution"]) for r in rows] == [("fid_offline", [8, 8]), ("fid_clip", [8, 8])]
+    assert all(r["value"] > 0 for r in rows)
+    assert any("clip_ViT-B-32_random" in p.name for p in (offline_cache / "fid_refs").glob("*.pt"))
