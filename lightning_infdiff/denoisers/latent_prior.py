@@ -184,6 +184,6 @@ def fit_latent_prior(
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(loss.detach().item())
     prior.train(was_training)
     return losses
