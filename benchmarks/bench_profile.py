@@ -17,10 +17,10 @@ import argparse
 import json
 
 import torch
-from torch.profiler import ProfilerActivity, profile
-
 from bench_common import default_denoiser, default_process
 from bench_precision import make_step
+from torch.profiler import ProfilerActivity, profile
+
 from lightning_infdiff.samplers import sample
 
 
