@@ -8,6 +8,12 @@ inner U-Net has) are timed round-robin in one process, so their ratios share the
 load. ``torch.compile`` (inductor, default mode) runs in a child process with a time-out,
 against an eager twin timed round-robin in the same child; its compile time (first calls) is
 reported separately, and a failure is recorded with its error.
+
+Note: the inner ADM U-Net converts its input to channels_last itself (``denoisers/unet.py``),
+so "channels_last" here only changes the layout of the model's 4-D weights. The variant
+``bf16+gn_contiguous`` measures a *proposed* change outside this branch's files: GroupNorm on a
+channels-last CPU tensor is tens of times slower than on a contiguous one (torch 2.13), so that
+variant runs each GroupNorm of its model copy on a contiguous copy and converts back.
 """
 
 from __future__ import annotations
@@ -37,6 +43,22 @@ def tiny_denoiser() -> torch.nn.Module:
     return SparseNeuralOperator(in_channels=1, num_classes=10, train_resolution=16, channels=8, depth=1, kernel_size=3,
                                 inner_resolution=8, inner_channels=8, channel_mult=(1,), num_res_blocks=1,
                                 attention_resolutions=(), head_channels=8, emb_dim=16)
+
+
+def contiguous_group_norm(model: torch.nn.Module) -> torch.nn.Module:
+    """Proposed patch, on this model copy only: GroupNorm on a contiguous copy of channels-last input."""
+    import torch.nn.functional as F
+
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.GroupNorm):
+            def forward(x: torch.Tensor, mod: torch.nn.GroupNorm = mod) -> torch.Tensor:
+                if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+                    y = F.group_norm(x.contiguous(), mod.num_groups, mod.weight, mod.bias, mod.eps)
+                    return y.contiguous(memory_format=torch.channels_last)
+                return F.group_norm(x, mod.num_groups, mod.weight, mod.bias, mod.eps)
+
+            mod.forward = forward
+    return model
 
 
 def make_step(model: torch.nn.Module, s: dict, bf16: bool, seed: int = 0):  # noqa: ANN201
@@ -84,10 +106,12 @@ def run(quick: bool, threads: int, budget_s: float) -> dict:
     base = tiny_denoiser() if quick else default_denoiser()
     variants = {}
     for name, bf16, cl in (("fp32", False, False), ("bf16", True, False), ("fp32+channels_last", False, True),
-                           ("bf16+channels_last", True, True)):
+                           ("bf16+channels_last", True, True), ("bf16+gn_contiguous", True, False)):
         m = copy.deepcopy(base).train()
         if cl:
             m = m.to(memory_format=torch.channels_last)
+        if name.endswith("gn_contiguous"):
+            contiguous_group_norm(m)
         variants[name] = make_step(m, s, bf16)
     times = interleaved(variants, s["repeats"], warmup=1)
     eager = {k: spread(v) for k, v in times.items()}

@@ -124,7 +124,9 @@ def precision(rec: dict, out: Path, plots: list[str]) -> tuple[list[str], dict]:
     res = rec["result"]
     s = res["setting"]
     lines += [f"Model: {res['model']}; {s['res']}², batch {s['batch']}, {s['rate']}× subsampling; "
-              f"medians of {s['repeats']} round-robin steps.", "",
+              f"medians of {s['repeats']} round-robin steps. The inner U-Net converts its input to channels_last "
+              "itself, so `+channels_last` only changes the weights' layout; `bf16+gn_contiguous` is a proposed "
+              "change (GroupNorm on a contiguous copy of channels-last input), not applied in the package.", "",
               "| variant | step ms median [IQR] | min-max ms | speed-up vs fp32 |", "|---|---|---|---|"]
     fp32 = res["eager"]["fp32"]["median"]
     for k, st in res["eager"].items():

@@ -54,7 +54,7 @@ def test_suite_quick_mode(tmp_path: Path) -> None:
         assert set(row["exponent"]) == set(samp["samplers"])
 
     prec = suite["sections"]["precision"]["result"]
-    assert set(prec["eager"]) == {"fp32", "bf16", "fp32+channels_last", "bf16+channels_last"}
+    assert set(prec["eager"]) == {"fp32", "bf16", "fp32+channels_last", "bf16+channels_last", "bf16+gn_contiguous"}
     assert math.isclose(prec["ratios"]["bf16_speedup_vs_fp32"],
                         prec["eager"]["fp32"]["median"] / prec["eager"]["bf16"]["median"])
 
