@@ -8,6 +8,7 @@ one thread, bf16 autocast as the quickstart):
 
 * ``train``: one training step at the quickstart setting (32², batch 32, 2x subsampling);
 * ``sample``: ``samplers.sample`` ddim, 3 steps, 4 images at 32² with guidance 2 (8-row batch);
+* ``sample64``: the same sampling at 64² (resized 11x11 sparse kernels, full grid);
 * ``train64``: the training step at 64² (dense sparse-conv backend, resized 11x11 kernels).
 
 The ``+gn_contiguous`` patch is a *proposal* for a file outside this branch's remit
@@ -32,7 +33,7 @@ from pathlib import Path
 
 from bench_common import BENCH, ROOT, child_main, spread
 
-WORKLOADS = ("train", "sample", "train64")
+WORKLOADS = ("train", "sample", "sample64", "train64")
 
 
 def patch_group_norm() -> None:
@@ -73,10 +74,11 @@ def child(spec: dict) -> dict:
         else:
             process = default_process()
             model.eval()
+            res = 64 if wl == "sample64" else 32
 
-            def fn(process=process) -> None:  # noqa: ANN001
+            def fn(process=process, res=res) -> None:  # noqa: ANN001
                 with torch.autocast("cpu", dtype=torch.bfloat16):
-                    sample(process, model, (32, 32), list(range(4)), channels=1, steps=3, cond=torch.arange(4),
+                    sample(process, model, (res, res), list(range(4)), channels=1, steps=3, cond=torch.arange(4),
                            guidance_scale=2.0)
         out[wl] = time_calls(fn, reps, warmup=1)
     return out
