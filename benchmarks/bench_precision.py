@@ -124,7 +124,7 @@ def run(quick: bool, threads: int, budget_s: float) -> dict:
     else:
         for precision in ("bf16",):
             r = run_child(BENCH / "bench_precision.py", {"setting": s, "quick": quick, "precision": precision},
-                          threads, timeout=max(60.0, budget_s * 0.6))
+                          threads, timeout=max(60.0, budget_s * 0.7))
             compile_res[precision] = r
             msg = r.get("error", "")[-300:] or f"speed-up {r['speedup']:.2f}x, compile {r['compile_s']:.0f} s"
             print(f"  torch.compile {precision}: {msg}", flush=True)
