@@ -47,8 +47,9 @@ def lattice_knn(
     b, n = indices.shape
     k = max(1, min(k, n))
     dev = indices.device
-    pid = torch.full((b * h * w,), -1, dtype=torch.long, device=dev)
-    offs = torch.arange(b, device=dev).view(b, 1) * (h * w)
+    # Point number per pixel, one extra -1 slot per example for window taps outside the grid.
+    pid = torch.full((b * (h * w + 1),), -1, dtype=torch.long, device=dev)
+    offs = torch.arange(b, device=dev).view(b, 1) * (h * w + 1)
     pid[(indices + offs).reshape(-1)] = torch.arange(n, device=dev).repeat(b)
     # Query centres in (continuous) pixel units of the point lattice, and their nearest pixel.
     qy = (torch.arange(gh, device=dev, dtype=torch.float64) + 0.5) / gh * h - 0.5
@@ -65,18 +66,22 @@ def lattice_knn(
         ry, rx = min(math.ceil(radius * h), h), min(math.ceil(radius * w), w)
         dy = torch.arange(-ry, ry + 1, device=dev).repeat_interleave(2 * rx + 1)
         dx = torch.arange(-rx, rx + 1, device=dev).repeat(2 * ry + 1)
-        rows, cols = cy[todo_q, None] + dy, cx[todo_q, None] + dx  # (T, window)
+        # Window geometry depends on the query only, not on the example: compute it once per
+        # distinct pending query (U <= Gh*Gw rows instead of T = pending (example, query) pairs)
+        # and index it per pair; the float64 distances are bitwise those of a per-pair formula.
+        uq, inv = torch.unique(todo_q, return_inverse=True)
+        rows, cols = cy[uq, None] + dy, cx[uq, None] + dx  # (U, window)
         inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
-        flat = todo_b[:, None] * (h * w) + rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1)
-        cand = torch.where(inside, pid[flat], -1)
-        dist = ((rows - qy[todo_q, None]) / h) ** 2 + ((cols - qx[todo_q, None]) / w) ** 2
-        dist = dist.masked_fill(cand < 0, math.inf)
+        pix = torch.where(inside, rows * w + cols, h * w)
+        geo = (((rows - qy[uq, None]) / h) ** 2 + ((cols - qx[uq, None]) / w) ** 2).masked_fill(~inside, math.inf)
+        cand = pid[todo_b[:, None] * (h * w + 1) + pix[inv]]  # (T, window) point numbers or -1
+        dist = geo[inv].masked_fill_(cand < 0, math.inf)
         best, pos = torch.topk(dist, k, dim=1, largest=False, sorted=True)
         # Anything outside the window is at least (r + 1/2) pixels away along one axis.
         safe = min((ry + 0.5) / h, (rx + 0.5) / w) ** 2
         whole = ry >= h and rx >= w
         ok = torch.isfinite(best[:, -1]) if whole else best[:, -1] < safe
-        nbr[todo_b[ok], todo_q[ok]] = torch.gather(cand[ok], 1, pos[ok])
+        nbr[todo_b[ok], todo_q[ok]] = torch.gather(cand, 1, pos)[ok]
         d2[todo_b[ok], todo_q[ok]] = best[ok]
         todo_b, todo_q = todo_b[~ok], todo_q[~ok]
         radius *= 2.0

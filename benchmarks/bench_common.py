@@ -1,0 +1,201 @@
+"""Shared helpers of the benchmark suite: machine record, robust statistics, child processes.
+
+Every figure of the suite is a median over repeats with its spread (interquartile range and
+min-max); every child process measures its own peak memory as the ``ru_maxrss`` high-water
+mark above the baseline after set-up (see ``benchmarks/bench_sparse.py`` for why RSS).
+
+A section module ``benchmarks/bench_X.py`` exposes ``run(quick, threads, budget_s) -> dict``;
+settings that need a fresh process (memory) call :func:`run_child` on a script whose
+``--child JSON`` mode prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+
+def cpu_model() -> str:
+    """CPU model name from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cpu_flags() -> list[str]:
+    """The vector-unit flags that matter for matmul throughput (avx2, avx512*, amx*)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx2", "avx512", "amx")))
+    except OSError:
+        pass
+    return []
+
+
+def machine_info() -> dict:
+    """CPU model, cores, torch version and thread settings of this process."""
+    import torch
+
+    return {
+        "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "logical_cores": os.cpu_count(),
+        "affinity_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "loadavg": list(os.getloadavg()),
+    }
+
+
+def spread(times: list[float]) -> dict:
+    """Median, quartiles (inclusive method), min, max and count of a list of seconds."""
+    if not times:
+        return {"median": math.nan, "q1": math.nan, "q3": math.nan, "min": math.nan, "max": math.nan, "n": 0}
+    if len(times) >= 2:
+        q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
+    else:
+        q1 = q3 = times[0]
+    return {"median": statistics.median(times), "q1": q1, "q3": q3, "min": min(times), "max": max(times),
+            "n": len(times)}
+
+
+def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+    """Wall seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Time several variants round-robin (``a b c a b c ...``), so drifting machine load hits
+    every variant alike and their ratios stay meaningful."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            out[k].append(time.perf_counter() - t0)
+    return out
+
+
+def fit_exponent(pixels: list[int], times: list[float]) -> float:
+    """Least-squares slope ``p`` of ``log time = p log pixels + c``."""
+    pts = [(math.log(p), math.log(t)) for p, t in zip(pixels, times, strict=True) if t > 0 and math.isfinite(t)]
+    if len(pts) < 2:
+        return math.nan
+    mx, my = statistics.fmean(p for p, _ in pts), statistics.fmean(t for _, t in pts)
+    return sum((a - mx) * (b - my) for a, b in pts) / sum((a - mx) ** 2 for a, _ in pts)
+
+
+def peak_rss_mb() -> float:
+    """This process's resident-set high-water mark in MiB (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_env(threads: int) -> dict:
+    """Environment of a child: worktree first on the path, ``threads`` OpenMP threads, offline hub."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(BENCH)] + [p for p in [env.get("PYTHONPATH")] if p])
+    return env
+
+
+def run_child(script: Path, spec: dict, threads: int, timeout: float | None = None) -> dict:
+    """Run ``script --child JSON`` in a fresh interpreter; return its last stdout line as JSON.
+
+    Adds the 1-minute load average before/after and the child's wall time (import included).
+    Failures and time-outs come back as ``{"error": ...}`` rather than raising, so one broken
+    setting is reported instead of losing a whole section.
+    """
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    try:
+        out = subprocess.run([sys.executable, str(script), "--child", json.dumps(spec)], capture_output=True,
+                             text=True, env=child_env(threads), timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return dict(spec, error=f"timed out after {timeout:.0f} s", wall_s=time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    if out.returncode:
+        return dict(spec, error=out.stderr.strip()[-1500:], wall_s=wall)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result.update(wall_s=wall, load_before=load0, load_after=os.getloadavg()[0])
+    return result
+
+
+class Budget:
+    """Wall-clock budget of a section: settings predicted to overrun it are skipped (and say so)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.start = seconds, time.perf_counter()
+
+    def left(self) -> float:
+        return self.seconds - (time.perf_counter() - self.start)
+
+    def allows(self, predicted_s: float) -> bool:
+        return predicted_s <= self.left()
+
+
+def child_main(child: Callable[[dict], dict]) -> bool:
+    """If ``--child JSON`` is on the command line, run ``child`` on it, print JSON and return True."""
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        spec = json.loads(sys.argv[2])
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        print(json.dumps(child(spec)))
+        return True
+    return False
+
+
+def quickstart_config() -> dict:
+    """``configs/quickstart.yaml`` merged over nothing (the keys the suite needs are all in it)."""
+    import yaml
+
+    return yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+
+
+def default_denoiser(in_channels: int = 1):  # noqa: ANN201 - returns the configured nn.Module
+    """The README's default denoiser: ``configs/quickstart.yaml``'s ``model.denoiser`` (digits: 1 channel)."""
+    import importlib
+
+    cfg = quickstart_config()["model"]["denoiser"]
+    module, cls = cfg["class_path"].rsplit(".", 1)
+    return getattr(importlib.import_module(module), cls)(in_channels=in_channels, **cfg["init_args"])
+
+
+def default_process():  # noqa: ANN201 - returns a GaussianProcess
+    """The quickstart's process: heat-kernel mollifier of the configured width, v-parametrisation."""
+    from lightning_infdiff.operators import HeatKernelOperator
+    from lightning_infdiff.processes import GaussianProcess
+
+    cfg = quickstart_config()["model"]["process"]["init_args"]
+    return GaussianProcess(operator=HeatKernelOperator(**cfg["operator"]["init_args"]),
+                           parametrisation=cfg["parametrisation"])

@@ -1,0 +1,77 @@
+"""Suite section 4: hardware efficiency of the default denoiser's training step.
+
+* Work: ``torch.utils.flop_counter.FlopCounterMode`` over one training step (forward + backward
+  of ``GaussianProcess.loss``; the Adam update is elementwise and not counted). It counts the
+  matmul-like ops (``mm``, ``addmm``, ``bmm``, convolutions and their backward, scaled dot-product
+  attention) at 2 FLOPs per multiply-add; elementwise, normalisation and index ops (the
+  ``pairs`` sparse depthwise convolution, gathers, scatters) are not counted, so the achieved
+  rate is a matmul-FLOP rate, comparable with the matmul peak.
+* Peak: the median FLOP/s of square ``n x n`` matmuls (``2 n^3`` FLOPs) in fp32 and bf16 on
+  the same machine and thread count.
+* Bound: torch.profiler's self CPU time of one step split into counted (matmul-like) ops and
+  everything else: when most time goes to uncounted ops, the step is bound by memory traffic
+  and per-op overhead, not by the FMA units.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from bench_common import interleaved, spread
+from bench_precision import make_step, setting, tiny_denoiser
+from torch.utils.flop_counter import FlopCounterMode
+
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::convolution", "aten::_convolution",
+              "aten::mkldnn_convolution", "aten::convolution_backward", "aten::_scaled_dot_product",
+              "aten::_flash_attention", "aten::linear", "aten::matmul")
+
+
+def matmul_peak(n: int, dtype: torch.dtype, repeats: int) -> dict:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    times = interleaved({"mm": lambda: a @ b}, repeats, warmup=2)["mm"]
+    st = spread(times)
+    return {"n": n, "dtype": str(dtype), "seconds": st, "flops_per_s": 2 * n**3 / st["median"],
+            "flops_per_s_best": 2 * n**3 / st["min"]}
+
+
+def run(quick: bool, threads: int, budget_s: float) -> dict:
+    from bench_common import default_denoiser
+
+    torch.manual_seed(0)
+    s = setting(quick)
+    n, reps = (256, 5) if quick else (2048, 7)
+    peaks = {"fp32": matmul_peak(n, torch.float32, reps), "bf16": matmul_peak(n, torch.bfloat16, reps)}
+    base = tiny_denoiser() if quick else default_denoiser()
+    out = {"setting": s, "peak": peaks, "by_precision": {}}
+    for precision in ("fp32", "bf16"):
+        model = copy.deepcopy(base).train()
+        step = make_step(model, s, precision == "bf16")
+        step()  # warm-up outside the counter
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step()
+        flops = counter.get_total_flops()
+        times = interleaved({"step": step}, s["repeats"], warmup=0)["step"]
+        st = spread(times)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            step()
+        total = sum(e.self_cpu_time_total for e in prof.key_averages())
+        counted = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key.startswith(MATMUL_OPS))
+        achieved = flops / st["median"]
+        out["by_precision"][precision] = {
+            "flops_per_step": flops, "step_s": st, "achieved_flops_per_s": achieved,
+            "fraction_of_peak": achieved / peaks[precision]["flops_per_s"],
+            "matmul_like_share_of_self_time": counted / max(total, 1e-9),
+            "top_ops": sorted(((e.key, e.self_cpu_time_total / 1e3) for e in prof.key_averages()
+                               if e.key.startswith("aten::")),
+                              key=lambda kv: -kv[1])[:8],
+        }
+        r = out["by_precision"][precision]
+        print(f"  {precision}: {flops / 1e9:.2f} GFLOP/step, {1e3 * st['median']:.0f} ms, "
+              f"{achieved / 1e9:.1f} GFLOP/s = {100 * r['fraction_of_peak']:.1f}% of the {precision} matmul peak "
+              f"({peaks[precision]['flops_per_s'] / 1e9:.0f} GFLOP/s); matmul-like ops "
+              f"{100 * r['matmul_like_share_of_self_time']:.0f}% of the step's self time", flush=True)
+    out["method"] = ("FLOPs from torch.utils.flop_counter.FlopCounterMode (matmul/conv/attention only, 2 per MAC, "
+                     f"forward+backward, Adam not counted); peak = median of {reps} {n}x{n} matmuls")
+    return out

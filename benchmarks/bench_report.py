@@ -1,0 +1,258 @@
+"""Markdown report and PNG plots of the benchmark suite's JSON (``benchmarks/suite.py``)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+OPERATOR_MODELS = ("default (quickstart SNO)", "sparse_operator", "fno", "uno", "sparse_operator_tiny")
+
+
+def _ms(st: dict) -> str:
+    """``median [q1-q3]`` in milliseconds."""
+    return f"{1e3 * st['median']:.1f} [{1e3 * st['q1']:.1f}-{1e3 * st['q3']:.1f}]"
+
+
+def _ok(flag: bool | None) -> str:
+    return "n/a" if flag is None else ("met" if flag else "NOT met")
+
+
+def _section_head(rec: dict) -> list[str]:
+    lines = [f"## {rec['section']}. {rec['title']}", ""]
+    if "error" in rec:
+        return lines + ["Section failed:", "", "```", str(rec["error"])[-1500:], "```", ""]
+    lines.append(f"{rec['threads']} thread(s); wall {rec['wall_s']:.0f} s; 1-min load average "
+                 f"{rec['loadavg_before'][0]:.1f} before, {rec['loadavg_after'][0]:.1f} after. "
+                 f"Method: {rec['result'].get('method', '')}.")
+    return lines + [""]
+
+
+def subsample(rec: dict, out: Path, plots: list[str]) -> tuple[list[str], dict]:
+    lines, targets = _section_head(rec), {}
+    if "error" in rec:
+        return lines, targets
+    res = rec["result"]
+    lines += [f"Grid models ({', '.join(res['grid_models'])}) scatter the points onto the full canvas: "
+              "they do the same work at every rate and are measured at 1, 4, 16x only.", "",
+              "| denoiser | data | rate | points/img | step ms median [IQR] | min-max ms | speed-up | peak MB | "
+              "mem. reduction |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        head = f"| {r['name']} | {r['res']}² | {r['rate']}× |"
+        if "step" not in r:
+            lines.append(head + f" | {r.get('skipped') or str(r.get('error', ''))[-120:]} | | | | |")
+            continue
+        s = r["step"]
+        lines.append(head + f" {r['n_points']} | {_ms(s)} | {1e3 * s['min']:.0f}-{1e3 * s['max']:.0f} | "
+                     f"{r.get('speedup_vs_rate1', math.nan):.2f}× | {r['peak_mb']:.0f} | "
+                     f"{r.get('mem_reduction_vs_rate1', math.nan):.2f}× |")
+    t = next((r for r in res["rows"] if r["name"] == "sparse_operator_infdiff" and r["res"] == 128 and r["rate"] == 8
+              and "speedup_vs_rate1" in r), None)
+    if t:
+        targets["∞-Diff SNO 128² (inner 32²), 8× vs 1×: ≥2.65× faster, ≥3.27× less memory"] = (
+            f"{t['speedup_vs_rate1']:.2f}× faster, {t['mem_reduction_vs_rate1']:.2f}× less memory",
+            t["speedup_vs_rate1"] >= 2.65 and t["mem_reduction_vs_rate1"] >= 3.27)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    names = sorted({r["name"] for r in res["rows"]})
+    for ax, key, label in ((axes[0], "speedup_vs_rate1", "step speed-up vs 1×"),
+                           (axes[1], "mem_reduction_vs_rate1", "peak-memory reduction vs 1×")):
+        for name in names:
+            for data_res, style in ((64, "--"), (128, "-")):
+                pts = [(r["rate"], r[key]) for r in res["rows"] if r["name"] == name and r["res"] == data_res
+                       and key in r]
+                if pts:
+                    ax.plot(*zip(*pts, strict=True), style, marker="o", label=f"{name} {data_res}²")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log", base=2)
+        ax.set_xlabel("subsampling rate")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=6, ncol=2)
+    _save(fig, out / "suite_subsample.png", plots)
+    return lines + [""], targets
+
+
+def sampling(rec: dict, out: Path, plots: list[str]) -> tuple[list[str], dict]:
+    lines, targets = _section_head(rec), {}
+    if "error" in rec:
+        return lines, targets
+    res = rec["result"]
+    samplers, resolutions = res["samplers"], res["resolutions"]
+    lines += ["Milliseconds per image per network evaluation, median [IQR]; exponent p of time ∝ pixels^p "
+              "(all resolutions / 64²-256²).", "",
+              "| denoiser | sampler | " + " | ".join(f"{r}²" for r in resolutions) + " | p (all) | p (64²-256²) |",
+              "|---|---|" + "---|" * (len(resolutions) + 2)]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, row in res["denoisers"].items():
+        for s in samplers:
+            cells = []
+            for r in resolutions:
+                c = row["by_res"].get(str(r), row["by_res"].get(r, {}))
+                cells.append(_ms(c["per_nfe"][s]) if "per_nfe" in c else (c.get("skipped") or c.get("error") or "-")[:60])
+            hi = (row.get("exponent_64_256") or {}).get(s)
+            lines.append(f"| {name} | {s} | " + " | ".join(cells) + f" | {row['exponent'][s]:.2f} | "
+                         f"{'-' if hi is None else format(hi, '.2f')} |")
+        pts = [(r * r, row["by_res"][str(r)]["per_nfe"]["ddim"]) for r in resolutions
+               if "per_nfe" in row["by_res"].get(str(r), {})]
+        if pts:
+            px = [p for p, _ in pts]
+            med = [st["median"] for _, st in pts]
+            err = [[st["median"] - st["min"] for _, st in pts], [st["max"] - st["median"] for _, st in pts]]
+            ax.errorbar(px, med, yerr=err, marker="o", capsize=2, label=f"{name} (p={row['exponent']['ddim']:.2f})")
+        if name in OPERATOR_MODELS:
+            hi = (row.get("exponent_64_256") or {}).get("ddim")
+            if hi is not None:
+                targets[f"sampling exponent of {name} (64²-256², ddim) ≤ 1.1"] = (f"{hi:.2f}", hi <= 1.1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("pixels")
+    ax.set_ylabel("s per image per network evaluation (ddim; min-max bars)")
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3)
+    _save(fig, out / "suite_sampling.png", plots)
+    return lines + [""], targets
+
+
+def precision(rec: dict, out: Path, plots: list[str]) -> tuple[list[str], dict]:
+    lines, targets = _section_head(rec), {}
+    if "error" in rec:
+        return lines, targets
+    res = rec["result"]
+    s = res["setting"]
+    lines += [f"Model: {res['model']}; {s['res']}², batch {s['batch']}, {s['rate']}× subsampling; "
+              f"medians of {s['repeats']} round-robin steps. The inner U-Net converts its input to channels_last "
+              "itself, so `+channels_last` only changes the weights' layout; `bf16+gn_contiguous` is a proposed "
+              "change (GroupNorm on a contiguous copy of channels-last input), not applied in the package.", "",
+              "| variant | step ms median [IQR] | min-max ms | speed-up vs fp32 |", "|---|---|---|---|"]
+    fp32 = res["eager"]["fp32"]["median"]
+    for k, st in res["eager"].items():
+        lines.append(f"| {k} | {_ms(st)} | {1e3 * st['min']:.0f}-{1e3 * st['max']:.0f} | {fp32 / st['median']:.2f}× |")
+    for prec, c in res["compile"].items():
+        if not isinstance(c, dict):
+            lines.append(f"| torch.compile | {c} | | |")
+        elif "speedup" in c:
+            lines.append(f"| torch.compile ({prec}) vs eager {prec} | {_ms(c['compiled'])} (eager {_ms(c['eager'])}) | "
+                         f"compile {c['compile_s']:.0f} s | {c['speedup']:.2f}× vs eager {prec} |")
+        else:
+            lines.append(f"| torch.compile ({prec}) | failed or skipped: {str(c.get('error', c))[-300:]} | | |")
+    bf = res["ratios"].get("bf16_speedup_vs_fp32")
+    if bf is not None:
+        targets["bf16 ≥ 1.6× faster than fp32 (default denoiser training step)"] = (f"{bf:.2f}×", bf >= 1.6)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    keys = list(res["eager"])
+    med = [1e3 * res["eager"][k]["median"] for k in keys]
+    err = [[1e3 * (res["eager"][k]["median"] - res["eager"][k]["min"]) for k in keys],
+           [1e3 * (res["eager"][k]["max"] - res["eager"][k]["median"]) for k in keys]]
+    ax.bar(keys, med, yerr=err, capsize=3)
+    ax.set_ylabel("training step (ms), min-max bars")
+    ax.tick_params(axis="x", labelsize=7)
+    _save(fig, out / "suite_precision.png", plots)
+    return lines + [""], targets
+
+
+def flops(rec: dict, out: Path, plots: list[str]) -> tuple[list[str], dict]:
+    lines, targets = _section_head(rec), {}
+    if "error" in rec:
+        return lines, targets
+    res = rec["result"]
+    lines += ["| precision | matmul peak GFLOP/s (n) | GFLOP/step | step ms median [IQR] | achieved GFLOP/s | "
+              "fraction of peak | matmul-like share of step time |", "|---|---|---|---|---|---|---|"]
+    for prec, r in res["by_precision"].items():
+        pk = res["peak"][prec]
+        lines.append(f"| {prec} | {pk['flops_per_s'] / 1e9:.0f} ({pk['n']}²) | {r['flops_per_step'] / 1e9:.2f} | "
+                     f"{_ms(r['step_s'])} | {r['achieved_flops_per_s'] / 1e9:.1f} | {100 * r['fraction_of_peak']:.1f}% | "
+                     f"{100 * r['matmul_like_share_of_self_time']:.0f}% |")
+    bf = res["by_precision"].get("bf16")
+    if bf:
+        top = ", ".join(f"{k} {v:.0f} ms" for k, v in bf["top_ops"][:5])
+        lines += ["", f"bf16 step, largest self-time ops: {top}."]
+        targets["default denoiser training step ≥ 25% of the bf16 matmul peak"] = (
+            f"{100 * bf['fraction_of_peak']:.1f}% (matmul-like ops are {100 * bf['matmul_like_share_of_self_time']:.0f}% "
+            "of the step time: the rest is memory-bound elementwise/index work)", bf["fraction_of_peak"] >= 0.25)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    precs = list(res["by_precision"])
+    ax.bar([f"{p} peak" for p in precs], [res["peak"][p]["flops_per_s"] / 1e9 for p in precs], color="grey")
+    ax.bar([f"{p} step" for p in precs], [res["by_precision"][p]["achieved_flops_per_s"] / 1e9 for p in precs])
+    ax.set_ylabel("GFLOP/s")
+    _save(fig, out / "suite_flops.png", plots)
+    return lines + [""], targets
+
+
+def loading(rec: dict, out: Path, plots: list[str]) -> tuple[list[str], dict]:
+    lines = _section_head(rec)
+    if "error" in rec:
+        return lines, {}
+    res = rec["result"]
+    lines += [f"Training consumes {res['training_steps_per_s']:.2f} batches/s (default denoiser, bf16, step "
+              f"{_ms(res['training_step_bf16'])} ms).", "",
+              "| loader | batches/s (median) | all repeats | first batch s | headroom vs training |", "|---|---|---|---|---|"]
+    for name, r in res["loaders"].items():
+        lines.append(f"| {name} | {r['batches_per_s']} | {r['all_rates']} | {r['first_batch_s']} | "
+                     f"{r['headroom_vs_training']:.1f}× |")
+    return lines + [""], {}
+
+
+def e2e(rec: dict, out: Path, plots: list[str]) -> tuple[list[str], dict]:
+    lines = _section_head(rec)
+    if "error" in rec:
+        return lines, {}
+    res = rec["result"]
+    r = res["run"]
+    lines.append(f"Command: `{res['command']}`.")
+    if "error" in r:
+        return lines + ["", f"Run failed: {str(r['error'])[-800:]}", ""], {}
+
+    def f(v: float | None) -> str:
+        return "unknown" if v is None else f"{v:.0f} s"
+
+    lines += [f"Source: {r['source']}" + (f" ({r['machine_note']})" if r.get("machine_note") else "") + ".", "",
+              "| total | set-up | training | sampling + scoring | steps | steps/s |", "|---|---|---|---|---|---|",
+              f"| {f(r['total_s'])} | {f(r['setup_s'])} | {f(r['train_s'])} | {f(r['sample_s'])} | {r['steps']} | "
+              f"{'-' if r['steps_per_s'] is None else format(r['steps_per_s'], '.2f')} |", "",
+              "Sampling seconds per image (25 steps, guided, bf16): "
+              + ", ".join(f"{g} {s:.2f}" for g, s in r["sample_seconds_per_image"].items()) + "."]
+    imp = res.get("import_s", {})
+    if "median" in imp:
+        lines.append(f"Importing `lightning_infdiff.quickstart` in a fresh interpreter: {imp['median']:.1f} s "
+                     f"(min-max {imp['min']:.1f}-{imp['max']:.1f}).")
+    return lines + [""], {}
+
+
+def _save(fig, path: Path, plots: list[str]) -> None:  # noqa: ANN001
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    plots.append(path.name)
+
+
+WRITERS = {"subsample": subsample, "sampling": sampling, "precision": precision, "flops": flops, "loading": loading,
+           "e2e": e2e}
+
+
+def write_report(suite: dict, out: Path) -> None:
+    """Write ``suite.md`` and the PNGs next to ``suite.json``."""
+    m = suite["machine"]
+    body, targets, plots = [], {}, []
+    for name, rec in suite["sections"].items():
+        lines, t = WRITERS[name](rec, out, plots)
+        body += lines
+        targets.update(t)
+    head = [f"# Benchmark suite{' (QUICK smoke run: tiny settings, not figures)' if suite['quick'] else ''}", "",
+            f"Command: `{suite['command']}`; wall {suite['wall_s'] / 60:.1f} min (plan: at most "
+            f"{suite['estimate_s'] / 60:.1f} min).",
+            f"Machine: {m['cpu_model']} ({', '.join(m['cpu_flags']) or 'no avx flags read'}), {m['logical_cores']} "
+            f"logical cores ({m['affinity_cores']} usable), torch {m['torch']}, Python {m['python']}; threads per "
+            f"section {suite['threads']}; {m['date_utc']} UTC.",
+            "Every figure is a median over repeats with its spread ([IQR] and min-max); ratios are between "
+            "settings measured in the same run. Load averages per section show how busy the shared machine was.",
+            ""]
+    if targets:
+        head += ["## Targets (issue 10)", "", "| target | measured | status |", "|---|---|---|"]
+        head += [f"| {k} | {v} | {_ok(ok)} |" for k, (v, ok) in targets.items()] + [""]
+    if plots:
+        head += ["Plots: " + ", ".join(f"[{p}]({p})" for p in plots), ""]
+    (out / "suite.md").write_text("\n".join(head + body) + "\n")

@@ -1,0 +1,94 @@
+"""Suite section 2: sampling time per image vs resolution, every denoiser x every sampler.
+
+``lightning_infdiff.samplers.sample`` with the quickstart's process (heat-kernel mollifier,
+v-prediction), fp32, eval mode, one image, conditional without guidance, and only a few solver
+steps: what is reported is seconds per image per *network evaluation* (``steps + 1`` calls), the
+quantity that multiplies with any step count. The samplers' own work (noise draws, the
+mollifier, the update) is included, so their differences show in the same run (the three
+samplers of one setting are timed round-robin). The growth exponent ``p`` of
+``time ∝ pixels^p`` is fitted by least squares in log-log space over all resolutions and over
+64²..256² (the issue's target range). Settings predicted to overrun the budget are skipped.
+"""
+
+from __future__ import annotations
+
+import torch
+from bench_common import (
+    Budget,
+    default_denoiser,
+    default_process,
+    fit_exponent,
+    interleaved,
+    spread,
+)
+
+from lightning_infdiff.samplers import sample
+
+SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp_2m")
+
+
+def models(quick: bool) -> dict:
+    """Name -> zero-argument constructor (the default denoiser first)."""
+    if quick:
+        from lightning_infdiff.denoisers.sparse_operator import SparseNeuralOperator
+
+        return {"sparse_operator_tiny": lambda: SparseNeuralOperator(
+            in_channels=1, num_classes=10, train_resolution=16, channels=8, depth=1, kernel_size=3,
+            inner_resolution=8, inner_channels=8, channel_mult=(1,), num_res_blocks=1, attention_resolutions=(),
+            head_channels=8, emb_dim=16)}
+    from bench_denoisers import SMALL_CONFIGS, build
+
+    out = {"default (quickstart SNO)": default_denoiser}
+    out.update({name: (lambda name=name: build(name)) for name in SMALL_CONFIGS})
+    return out
+
+
+def run(quick: bool, threads: int, budget_s: float) -> dict:
+    """Time every (resolution, denoiser) that fits, resolutions ascending so cheap ones go first."""
+    torch.manual_seed(0)
+    budget = Budget(budget_s)
+    process = default_process()
+    resolutions = (8, 16) if quick else (32, 64, 128, 256)
+    steps, repeats = (1, 2) if quick else (2, 3)
+    built = {name: make().eval() for name, make in models(quick).items()}
+    rows: dict[str, dict] = {name: {"by_res": {}} for name in built}
+    for res in resolutions:
+        for name, model in built.items():
+            prev = rows[name]["by_res"]
+            last = max((int(r) for r in prev if "per_nfe" in prev[r]), default=None)
+            guess = 0.0
+            if last is not None:
+                t = max(s["median"] for s in prev[last]["per_nfe"].values())
+                guess = t * (steps + 1) * (repeats + 1) * len(SAMPLER_NAMES) * (res / last) ** 2.6
+            if prev and last is None:
+                prev[res] = {"skipped": "smaller resolution failed or was skipped"}
+                continue
+            if not budget.allows(guess):
+                prev[res] = {"skipped": f"predicted {guess:.0f} s > {budget.left():.0f} s left of the budget"}
+                continue
+
+            def call(s: str, model=model, res=res) -> None:
+                sample(process, model, (res, res), [0], channels=1, steps=steps, sampler=s, cond=torch.tensor([3]))
+
+            try:
+                times = interleaved({s: (lambda s=s: call(s)) for s in SAMPLER_NAMES}, repeats, warmup=1)
+            except Exception as err:  # noqa: BLE001 - reported, not hidden
+                prev[res] = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
+                continue
+            prev[res] = {"per_nfe": {s: spread([t / (steps + 1) for t in ts]) for s, ts in times.items()}}
+            print(f"  {name} {res}²: " + ", ".join(f"{s} {1e3 * v['median']:.1f} ms/NFE"
+                                                  for s, v in prev[res]["per_nfe"].items()), flush=True)
+    for name, row in rows.items():
+        ok = [r for r in resolutions if "per_nfe" in row["by_res"].get(r, {})]
+        row["exponent"] = {s: fit_exponent([r * r for r in ok], [row["by_res"][r]["per_nfe"][s]["median"] for r in ok])
+                           for s in SAMPLER_NAMES}
+        hi = [r for r in ok if r >= 64]
+        row["exponent_64_256"] = {
+            s: fit_exponent([r * r for r in hi], [row["by_res"][r]["per_nfe"][s]["median"] for r in hi])
+            for s in SAMPLER_NAMES} if len(hi) >= 2 else None
+        row["params"] = sum(p.numel() for p in built[name].parameters())
+    return {"denoisers": rows, "resolutions": list(resolutions), "steps": steps, "repeats": repeats,
+            "samplers": list(SAMPLER_NAMES), "images": 1, "precision": "fp32",
+            "method": f"seconds per image per network evaluation, {steps} solver steps = {steps + 1} evaluations, "
+                      "batch 1, median over repeats (samplers interleaved); quickstart process (heat-kernel mollifier)"}
+

@@ -1,0 +1,75 @@
+"""Smoke test of the benchmark suite's quick mode: it runs, and its report has the promised shape.
+
+Runs ``python benchmarks/suite.py --quick --out <tmp>`` in a subprocess (one thread, tiny
+settings) and checks the JSON schema (machine record, every section present with load
+averages and a result, medians with spreads, ratios), the markdown report and the PNG plots.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _is_spread(st: dict) -> bool:
+    keys = {"median", "q1", "q3", "min", "max", "n"}
+    return keys <= set(st) and st["n"] >= 1 and st["min"] <= st["q1"] <= st["median"] <= st["q3"] <= st["max"]
+
+
+def test_suite_quick_mode(tmp_path: Path) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "suite.py"), "--quick", "--out", str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    suite = json.loads((tmp_path / "suite.json").read_text())
+    assert suite["schema"] == "lightning_infdiff.suite/1" and suite["quick"] is True
+    m = suite["machine"]
+    assert m["cpu_model"] and m["logical_cores"] >= 1 and m["torch"]
+    names = ["subsample", "sampling", "precision", "flops", "loading", "e2e"]
+    assert list(suite["sections"]) == names
+    for name in names:
+        rec = suite["sections"][name]
+        assert "error" not in rec, (name, rec.get("error"))
+        assert rec["threads"] == 1 and len(rec["loadavg_before"]) == 3 and len(rec["loadavg_after"]) == 3
+        assert rec["machine"]["torch_threads"] == 1
+
+    rows = suite["sections"]["subsample"]["result"]["rows"]
+    measured = [r for r in rows if "step" in r]
+    assert measured and all(_is_spread(r["step"]) and r["peak_mb"] >= 0 for r in measured)
+    rate1 = [r for r in measured if r["rate"] == 1]
+    assert rate1 and all(math.isclose(r["speedup_vs_rate1"], 1.0) for r in rate1)
+
+    samp = suite["sections"]["sampling"]["result"]
+    assert samp["samplers"] == ["ddpm", "ddim", "dpmpp_2m"]
+    for row in samp["denoisers"].values():
+        cells = [c for c in row["by_res"].values() if "per_nfe" in c]
+        assert cells and all(_is_spread(st) for c in cells for st in c["per_nfe"].values())
+        assert set(row["exponent"]) == set(samp["samplers"])
+
+    prec = suite["sections"]["precision"]["result"]
+    assert set(prec["eager"]) == {"fp32", "bf16", "fp32+channels_last", "bf16+channels_last", "bf16+gn_contiguous"}
+    assert math.isclose(prec["ratios"]["bf16_speedup_vs_fp32"],
+                        prec["eager"]["fp32"]["median"] / prec["eager"]["bf16"]["median"])
+
+    flops = suite["sections"]["flops"]["result"]
+    for p in ("fp32", "bf16"):
+        r = flops["by_precision"][p]
+        assert r["flops_per_step"] > 0 and flops["peak"][p]["flops_per_s"] > 0
+        assert math.isclose(r["fraction_of_peak"], r["achieved_flops_per_s"] / flops["peak"][p]["flops_per_s"])
+        assert 0.0 <= r["matmul_like_share_of_self_time"] <= 1.0
+
+    load = suite["sections"]["loading"]["result"]
+    assert load["training_steps_per_s"] > 0 and all(r["batches_per_s"] > 0 for r in load["loaders"].values())
+    assert "train_s" in suite["sections"]["e2e"]["result"]["run"]
+
+    md = (tmp_path / "suite.md").read_text()
+    assert md.startswith("# Benchmark suite") and "## 1." in md and "## 6." in md and m["cpu_model"] in md
+    pngs = sorted(tmp_path.glob("suite_*.png"))
+    assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
