@@ -80,3 +80,27 @@ def test_unet_denoiser_interface_on_subsets_and_other_grids():
         out = model(torch.randn(2, idx.shape[1], 3), index_to_coords(idx, grid), torch.randn(2), grid,
                     torch.tensor([0, 2]))
         assert out.shape == (2, idx.shape[1], 3)
+
+
+def test_layout_group_norm_matches_group_norm_and_keeps_the_layout():
+    """The channels_last fast path of LayoutGroupNorm is GroupNorm, values and gradients."""
+    import torch
+
+    from lightning_infdiff.denoisers.layers_adm import LayoutGroupNorm
+
+    torch.manual_seed(0)
+    ref = torch.nn.GroupNorm(4, 16)
+    torch.nn.init.normal_(ref.weight)
+    torch.nn.init.normal_(ref.bias)
+    fast = LayoutGroupNorm(4, 16)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 16, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    x2 = x.detach().clone().requires_grad_(True)
+    out, want = fast(x), ref(x2)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(out)
+    out.backward(g)
+    want.backward(g)
+    torch.testing.assert_close(x.grad, x2.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.weight.grad, ref.weight.grad, atol=1e-4, rtol=1e-5)

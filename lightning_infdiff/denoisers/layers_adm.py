@@ -10,16 +10,34 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["group_norm", "ResBlock", "AttentionBlock", "Downsample", "Upsample"]
+__all__ = ["group_norm", "LayoutGroupNorm", "ResBlock", "AttentionBlock", "Downsample", "Upsample"]
+
+
+class LayoutGroupNorm(nn.GroupNorm):
+    """GroupNorm that normalises channels_last inputs in the contiguous layout.
+
+    The same maths and parameters as :class:`torch.nn.GroupNorm`. On CPU, torch's GroupNorm on
+    a channels_last tensor was measured 60x slower (forward + backward, 32x16x16x16: 32 ms vs
+    0.5 ms) and took a quarter of a training step of the default model; converting to the
+    contiguous layout and back costs two copies and made whole training steps 1.4-1.7x faster
+    (``benchmarks/bench_optim.py``). The output keeps the input's memory format.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            out = F.group_norm(x.contiguous(), self.num_groups, self.weight, self.bias, self.eps)
+            return out.contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
 
 
 def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
     """GroupNorm with the largest group count ``<= max_groups`` that divides ``channels``."""
     groups = math.gcd(channels, max_groups)
-    return nn.GroupNorm(groups, channels)
+    return LayoutGroupNorm(groups, channels)
 
 
 def _zero(module: nn.Module) -> nn.Module:
