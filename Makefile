@@ -1,42 +1,58 @@
-# Set-up and the two README commands. Everything installs into .venv/ on first use.
-#   make train   the main job (see README)
-#   make test    the test suite (what CI runs)
+# Set-up and the two README commands. Each installs its own virtual environment on first use.
+#   make train   the main job (see README), in .venv: the CPU torch 2.13.0 wheel, light (~1 GB)
+#   make test    the test suite (what CI runs), in .venv-test: everything, including the CLIP /
+#                FID extras. open-clip-torch needs torchvision, and PyPI's torchvision does not
+#                import beside the CPU torch 2.13.0, so the test venv takes the matching pair
+#                torch 2.14.1 + torchvision 0.29.1 (a CUDA build, ~6 GB, that runs on CPU).
+# On a CUDA machine override the torch specs, e.g.
+#   make train TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
 PYTHON ?= python3
-VENV   ?= .venv
-# The CPU wheel of torch 2.13.0 is on this kind of machine's disk; on a CUDA machine
-# override it, e.g. `make test TORCH_SPEC="torch==2.13.0 --index-url ..."`.
+
+VENV       ?= .venv
 TORCH_SPEC ?= torch==2.13.0
-# Optional extras. FID_CLIP needs open-clip-torch, whose torchvision does not import beside the
-# CPU torch 2.13.0: use a separate venv with the matching pair (a CUDA build that runs on CPU), e.g.
-#   make test VENV=.venv-clip EXTRAS=data,dev,clip TORCH_SPEC="torch==2.14.1 torchvision==0.29.1"
-EXTRAS ?= data,dev
-PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+EXTRAS     ?= data,dev
+
+TEST_VENV       ?= .venv-test
+TEST_TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+TEST_EXTRAS     ?= data,dev,clip
+
+PY      := $(VENV)/bin/python
+TEST_PY := $(TEST_VENV)/bin/python
+HASH    := $(shell sha1sum pyproject.toml | cut -c1-12)
 
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test train lint clean-venv
+# $(1) venv, $(2) torch spec, $(3) extras
+define install
+	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --upgrade pip
+	$(1)/bin/python -m pip install --quiet $(2)
+	$(1)/bin/python -m pip install --quiet -e ".[$(3)]"
+	$(1)/bin/python -m pip install --quiet --no-deps "animal-mnist>=0.4"
+	rm -f $(1)/.installed-*
+	touch $(1)/.installed-$(HASH)
+endef
 
-setup: $(STAMP)
+.PHONY: setup setup-test test train lint clean-venv
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
-	$(PY) -m pip install --quiet --no-deps "animal-mnist>=0.4"
-	rm -f $(VENV)/.installed-*
-	touch $(STAMP)
+setup: $(VENV)/.installed-$(HASH)
+setup-test: $(TEST_VENV)/.installed-$(HASH)
 
-test: $(STAMP)
-	$(PY) -m pytest -q tests
+$(VENV)/.installed-$(HASH): pyproject.toml
+	$(call install,$(VENV),$(TORCH_SPEC),$(EXTRAS))
 
-train: $(STAMP)
+$(TEST_VENV)/.installed-$(HASH): pyproject.toml
+	$(call install,$(TEST_VENV),$(TEST_TORCH_SPEC),$(TEST_EXTRAS))
+
+test: setup-test
+	$(TEST_PY) -m pytest -q tests
+
+train: setup
 	$(PY) -m lightning_infdiff.quickstart
 
-lint: $(STAMP)
+lint: setup
 	$(PY) -m ruff check lightning_infdiff tests benchmarks
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(TEST_VENV)
