@@ -1,4 +1,5 @@
-"""The ``infdiff`` command: LightningCLI (fit/validate/test/predict) plus ``sample`` and ``export``.
+"""The ``infdiff`` command: LightningCLI (fit/validate/test/predict) plus ``sample``, ``export``,
+``inpaint`` and ``superres`` (the last two live in :mod:`lightning_infdiff.applications.cli_tools`).
 
 Examples::
 
@@ -6,6 +7,8 @@ Examples::
     infdiff fit --config configs/quickstart.yaml --print_config
     infdiff sample --ckpt_path runs/quickstart/version_0/checkpoints/last.ckpt --scale 2 --num 16 --out samples/
     infdiff export --ckpt_path last.ckpt --out model.safetensors
+    infdiff inpaint --ckpt_path last.ckpt --image digit.png --mask left-half --method replace
+    infdiff superres --ckpt_path last.ckpt --image small.png --scale 2
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from .lit.module import DiffusionModule
 
 __all__ = ["InfDiffCLI", "main", "sample_command", "export_command", "parse_grid"]
 
-TOOLS = ("sample", "export")
+TOOLS = ("sample", "export", "inpaint", "superres")
 
 
 class InfDiffCLI(LightningCLI):
@@ -157,14 +160,17 @@ def export_command(ckpt_path: str, out: str) -> Path:
 
 
 def _run_tool(name: str, argv: list[str]) -> None:
-    fn = sample_command if name == "sample" else export_command
+    from .applications.cli_tools import inpaint_command, superres_command
+
+    tools = {"sample": sample_command, "export": export_command, "inpaint": inpaint_command, "superres": superres_command}
+    fn = tools[name]
     parser = ArgumentParser(prog=f"infdiff {name}", description=fn.__doc__.split("\n")[0])
     parser.add_function_arguments(fn, fail_untyped=True)
     cfg = parser.parse_args(argv)
     kwargs = {k: v for k, v in cfg.as_dict().items() if k != "__path__"}
     try:
         fn(**kwargs)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, NotImplementedError) as err:
         print(f"infdiff {name}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
 
@@ -182,6 +188,7 @@ def main(args: list[str] | None = None) -> None:
         save_config_kwargs={"overwrite": True},
         parser_kwargs={
             "description": "lightning_infdiff: resolution-independent diffusion. Extra commands: "
-            "'infdiff sample --help' and 'infdiff export --help'.",
+            "'infdiff sample --help', 'infdiff export --help', 'infdiff inpaint --help', "
+            "'infdiff superres --help'.",
         },
     )
