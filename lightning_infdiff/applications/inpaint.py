@@ -42,7 +42,7 @@ def inpaint(
     mask: Tensor,
     seeds: Sequence[int],
     method: Literal["guidance", "replace"] = "replace",
-    strength: float = 1.0,
+    strength: float = 0.5,
     steps: int = 50,
     sampler: Literal["ddpm", "ddim", "dpmpp_2m"] = "ddpm",
     eta: float = 0.0,

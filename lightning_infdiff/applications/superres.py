@@ -6,7 +6,8 @@ is kept consistent with the low-resolution input ``y`` under area downsampling `
 
 * ``method="guidance"`` -- reconstruction guidance (∞-Diff section 5, with the measurement
   operator ``D`` in place of the inpainting mask):
-  ``x_{t-1} <- x_{t-1} - lambda grad_{x_t} || D(x0_hat(x_t)) - T_low y ||^2``. Under the
+  ``x_{t-1} <- x_{t-1} - lambda grad_{x_t} S || D(x0_hat(x_t)) - T_low y ||^2`` with ``S = H'W'/(HW)``
+  (so that ``sqrt(S) D`` has unit norm and ``lambda`` means what it means for inpainting). Under the
   mollifier the estimate is of ``T x0``; since ``T`` is the same physical blur at every grid,
   ``D T_high x ~ T_low D x`` and the target is the mollified input ``T_low y``. Any target size.
 * ``method="replace"`` -- replacement in the downsampled subspace (ILVR, Choi et al. 2021,
@@ -80,7 +81,7 @@ def superres(
     size: Sequence[int] | None = None,
     scale: float | None = None,
     method: Literal["guidance", "replace", "autoencoder"] = "guidance",
-    strength: float = 1.0,
+    strength: float = 0.5,
     steps: int = 50,
     sampler: Literal["ddpm", "ddim", "dpmpp_2m"] = "ddpm",
     eta: float = 0.0,
@@ -144,8 +145,12 @@ def superres(
     b, c = image.shape[:2]
     y_low = process.operator.apply(image)  # T_low y
 
+    # sqrt(S) D has unit operator norm (S = pixels per low-res pixel), so a given lambda acts
+    # on the measured subspace as in inpainting (stable for lambda < 1 once y0_hat ~ x_t / alpha)
+    norm = (high[0] * high[1] / (low[0] * low[1])) ** 0.5
+
     def residual(y0: Tensor) -> Tensor:
-        return area_downsample(y0, low) - y_low
+        return norm * (area_downsample(y0, low) - y_low)
 
     def replace(x: Tensor, logsnr: Tensor, noise: Callable[[], Tensor]) -> Tensor:
         a, s = alpha_sigma(logsnr.float())
