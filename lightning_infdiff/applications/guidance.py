@@ -150,6 +150,8 @@ def conditioned_sample(
     Returns:
         ``T x0_hat`` ``(B, C, H, W)`` (not deblurred).
     """
+    if not (strength >= 0 and strength < float("inf")):
+        raise ValueError(f"guidance strength must be a finite number >= 0, got {strength}")
     if model_fn is None:
         if denoiser is None:
             raise ValueError("give a denoiser or a model_fn")
