@@ -180,8 +180,9 @@ def main() -> None:
         for paste in (False, True):
             t = time.time()
             out = run_batched(
-                lambda a, b: superres(proc, net, x_low[a:b], list(range(a, b)), size=(res, res), method=method,
-                                      steps=args.steps, sampler="ddpm", paste=paste, **kw),
+                lambda a, b, method=method, paste=paste, kw=kw: superres(
+                    proc, net, x_low[a:b], list(range(a, b)), size=(res, res), method=method,
+                    steps=args.steps, sampler="ddpm", paste=paste, **kw),
                 args.sr_n, args.batch,
             )
             sr_row(f"{low_res}to{res}_{method}{'_paste' if paste else ''}", out, x_low, ref, time.time() - t)
@@ -192,8 +193,9 @@ def main() -> None:
     for method, kw in (("guidance", {"strength": args.sr_strength}), ("replace", {})):
         t = time.time()
         out = run_batched(
-            lambda a, b: superres(proc, net, x_hi_in[a:b], list(range(a, b)), size=(hi, hi), method=method,
-                                  steps=args.steps, sampler="ddpm", paste=False, **kw),
+            lambda a, b, method=method, kw=kw: superres(
+                proc, net, x_hi_in[a:b], list(range(a, b)), size=(hi, hi), method=method,
+                steps=args.steps, sampler="ddpm", paste=False, **kw),
             args.sr64_n, max(1, args.batch // 4),
         )
         sr_row(f"{res}to{hi}_{method}", out, x_hi_in, None, time.time() - t)

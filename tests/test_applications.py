@@ -14,9 +14,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from gaussian_oracle import oracle_model_fn
 from PIL import Image
 
-from gaussian_oracle import oracle_model_fn
 from lightning_infdiff.applications import (
     inpaint,
     load_image,
@@ -223,7 +223,7 @@ def test_resampling_times():
     ts = resampling_times(10, jump_length=2, resamplings=3)
     jump_points = len(range(2, 10, 2))
     assert len(ts) - 1 == 10 + 2 * 2 * 2 * jump_points
-    assert ts[0] == 1.0 and ts[-1] == 0.0 and all(abs(a - b) == pytest.approx(0.1) for a, b in zip(ts, ts[1:]))
+    assert ts[0] == 1.0 and ts[-1] == 0.0 and all(abs(a - b) == pytest.approx(0.1) for a, b in zip(ts, ts[1:], strict=False))
     with pytest.raises(ValueError, match="resamplings"):
         resampling_times(10, 2, 0)
 
