@@ -176,13 +176,16 @@ def test_autoencoder_route():
         superres(MOLLIFIED, tiny_net(), y, [0], scale=2, method="autoencoder")
     seen = {}
 
-    def generate(grid, seeds, latents=None):
-        seen.update(grid=grid, latents=latents)
+    def generate(grid, seeds, steps=None, latents=None):
+        seen.update(grid=grid, latents=latents, steps=steps)
         return torch.zeros(len(seeds), 1, *grid)
 
-    out = superres(MOLLIFIED, _Encoder(), y, [0, 1], scale=2, method="autoencoder", generate=generate)
-    assert out.shape == (2, 1, 16, 16) and seen["grid"] == (16, 16)
+    out = superres(MOLLIFIED, _Encoder(), y, [0, 1], scale=2, method="autoencoder", generate=generate, steps=7)
+    assert out.shape == (2, 1, 16, 16) and seen["grid"] == (16, 16) and seen["steps"] == 7
     assert torch.allclose(seen["latents"][:, 0], y.mean().expand(2))
+    assert torch.equal(out, torch.zeros_like(out))  # no paste by default: the decoder's output
+    pasted = superres(MOLLIFIED, _Encoder(), y, [0], scale=2, method="autoencoder", generate=generate, paste=True)
+    assert (area_downsample(pasted, (8, 8)) - y).abs().max() < 1e-5
     with pytest.raises(NotImplementedError, match="latents"):
         superres(MOLLIFIED, _Encoder(), y, [0], scale=2, method="autoencoder", generate=lambda grid, seeds: None)
 

@@ -17,7 +17,9 @@ is kept consistent with the low-resolution input ``y`` under area downsampling `
   this method requires).
 * ``method="autoencoder"`` -- encode the low-resolution image with a diffusion-autoencoder
   denoiser and decode on the high-resolution grid (∞-Diff Fig. 8); needs a denoiser with
-  ``encode(values, coords, grid) -> z`` and a ``generate(..., latents=z)``.
+  ``encode(values, coords, grid) -> z`` and a ``generate(grid, seeds, latents=z)`` (the
+  :class:`~lightning_infdiff.lit.DiffusionModule` of a diffusion-autoencoder model). Nothing
+  ties the decoded image to the input beyond the latent: ``paste`` projects it.
 
 With ``paste`` (default for ``replace``) the output finishes with the Euclidean projection onto
 ``{x in [-1, 1]^n : D x = y}`` (:func:`.common.project_block_means`; ``x + U(y - D x)`` when no
@@ -141,7 +143,8 @@ def superres(
     device = module_device(denoiser)
     image = image.to(device)
     if method == "autoencoder":
-        return _autoencoder(denoiser, image, high, seeds, generate)
+        out = _autoencoder(denoiser, image, high, seeds, generate, steps=steps, sampler=sampler, deblur=deblur)
+        return project_block_means(out.clamp(-1.0, 1.0), image) if paste else out.clamp(-1.0, 1.0)
     b, c = image.shape[:2]
     y_low = process.operator.apply(image)  # T_low y
 
@@ -175,7 +178,7 @@ def superres(
             denoiser.train(was_training)
     out = process.display(y0) if deblur else y0
     if paste:
-        return project_block_means(out, image)
+        return project_block_means(out.clamp(-1.0, 1.0), image)
     return out.clamp(-1.0, 1.0)
 
 
@@ -185,8 +188,10 @@ def _autoencoder(
     high: tuple[int, int],
     seeds: list[int],
     generate: Callable[..., Tensor] | None,
+    **kwargs: object,
 ) -> Tensor:
-    """Encode at the input grid, decode at ``high`` (∞-Diff Fig. 8)."""
+    """Encode at the input grid, decode at ``high`` (∞-Diff Fig. 8); ``kwargs`` go to ``generate``
+    when its signature has them (``steps``, ``sampler``, ``deblur``)."""
     encode = getattr(denoiser, "encode", None)
     if encode is None:
         raise NotImplementedError(
@@ -202,4 +207,6 @@ def _autoencoder(
     values = image.reshape(b, c, h * w).transpose(1, 2)
     with torch.no_grad():
         z = encode(values, full_coords(b, (h, w), image.device), (h, w))
-    return generate(high, seeds, latents=z)
+    params = inspect.signature(generate).parameters
+    extra = {k: v for k, v in kwargs.items() if k in params}
+    return generate(high, seeds, latents=z, **extra)
