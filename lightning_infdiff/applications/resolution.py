@@ -29,9 +29,15 @@ the classifier-free guidance scale, coordinates (pixel centres in ``[0, 1]^2``, 
 is a denser sampling of the same square), and the sparse operator's inner U-Net grid. (Grid
 networks keep their number of downsamplings, so their token/feature grids grow with the
 image: U-ViT's transformer sees 2x more tokens per side at 2x; conv U-Nets keep their
-receptive field in pixels, which is why they transfer worst.) A non-square grid is a rectangle of the same
-pixel density on its shorter side: its schedule shift uses ``sqrt(H' W')`` and its blur the
-shorter side.
+receptive field in pixels.)
+
+*Non-square grids.* Coordinates span ``[0, 1]`` on each axis, so an ``H' x W'`` grid samples
+the unit square with ``H'`` and ``W'`` points per side: the sparse kernels are resized per axis
+(e.g. ``3 x 7`` at 16x32 for a 3x3 kernel trained at 16x16) and the schedule shift uses
+``sqrt(H' W')``. The mollifier, in contrast, is isotropic *in pixels* with a width set by the
+shorter side (``width * min(H', W')`` pixels on both axes), i.e. it treats pixels as square.
+The two views agree on square grids; on non-square ones they differ, and we keep both as they
+are (each is what its own module documents and tests).
 
 Sampling above the training resolution therefore asks the model for *more detail of the same
 image*, not a larger field of view. :func:`resolution_plan` reports these quantities for a given
