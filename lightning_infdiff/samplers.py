@@ -166,6 +166,7 @@ def sample(
     spacing: Literal["auto", "time", "logsnr"] = "auto",
     logsnrs: Tensor | Sequence[float] | None = None,
     callback: StepCallback | None = None,
+    x_init: Tensor | None = None,
 ) -> Tensor:
     """Draw ``len(seeds)`` samples on ``grid``; returns ``T x0_hat`` as ``(B, C, H, W)`` float32.
 
@@ -194,6 +195,8 @@ def sample(
             module docstring); the multistep history restarts after one.
         callback: called after every transition with a :class:`StepInfo`; a returned tensor
             replaces the state (e.g. replacement of known pixels), ``None`` keeps it.
+        x_init: start state ``(B, C, H, W)`` at the first noise level (default: fresh noise
+            ``c T xi``), e.g. an upsampled state of a coarser grid (:mod:`lightning_infdiff.applications.progressive`).
     """
     grid = check_grid(grid)
     if steps < 1:
@@ -242,7 +245,12 @@ def sample(
         lams = torch.linspace(sch.logsnr_min(grid), sch.logsnr_max(grid), steps + 1).to(torch.float32)
     else:
         raise ValueError(f"unknown spacing {spacing!r}; expected 'time' or 'logsnr'")
-    x = fresh()
+    if x_init is None:
+        x = fresh()
+    else:
+        if tuple(x_init.shape) != (b, channels, *grid):
+            raise ValueError(f"x_init must have shape {(b, channels, *grid)}, got {tuple(x_init.shape)}")
+        x = x_init.to(device=device, dtype=torch.float32)
     prev_y0, prev_h = None, None
     for i in tqdm(range(steps), disable=not progress, desc=f"{sampler} {grid[0]}x{grid[1]}", leave=False):
         lt, ls = lams[i], lams[i + 1]
