@@ -127,7 +127,7 @@ def load_image(path: str | Path, channels: int) -> Tensor:
 
 
 def load_mask(path: str | Path, size: tuple[int, int]) -> Tensor:
-    """Read a mask file (white/non-zero = region to fill) as a known-pixel mask ``(1, 1, H, W)``.
+    """Read a mask file (bright pixels, grey level >= 128, = region to fill) as a known-pixel mask ``(1, 1, H, W)``.
 
     Raises:
         ValueError: if the file is not an image or its size differs from ``size`` (H, W).
