@@ -288,3 +288,24 @@ def test_bad_input_gives_clear_errors():
     with pytest.raises(ValueError, match="guidance strength"):
         inpaint(MOLLIFIED, net, x, named_mask("left-half", (12, 12)), [0], method="guidance", strength=-1)
     assert math.isfinite(float(inpaint(MOLLIFIED, net, x[0], named_mask("left-half", (12, 12))[0, 0], [0], steps=1).sum()))
+
+
+def test_autoencoder_route_with_the_project_autoencoder():
+    """Encode at 8x8, decode at 16x16 through DiffusionModule.generate(latents=...) (runs once the
+    diffusion-autoencoder denoiser is on the branch; skipped before)."""
+    denoisers = pytest.importorskip("lightning_infdiff.denoisers")
+    if not hasattr(denoisers, "SparseAutoencoder"):
+        pytest.skip("no SparseAutoencoder on this branch yet")
+    from lightning_infdiff.lit import DiffusionModule
+
+    torch.manual_seed(0)
+    ae = denoisers.SparseAutoencoder(
+        in_channels=1, train_resolution=16, channels=8, depth=1, kernel_size=3, inner_resolution=8, inner_channels=8,
+        channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,), head_channels=8, emb_dim=16,
+        latent_dim=6, prior_hidden=16, prior_depth=2, prior_steps=8,
+    )
+    module = DiffusionModule(ae, process=GaussianProcess()).eval()
+    y = image(8, 8, b=2)
+    out = superres(module.process, module.denoiser, y, [0, 1], scale=2, method="autoencoder",
+                   generate=module.generate, steps=2, paste=True)
+    assert out.shape == (2, 1, 16, 16) and (area_downsample(out, (8, 8)) - y).abs().max() < 1e-5
