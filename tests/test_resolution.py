@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 from pathlib import Path
 
@@ -32,7 +33,8 @@ CONFIGS = sorted((ROOT / "configs" / "denoisers").glob("*.yaml"))
 SHRINK = {
     "channels": 8, "hidden": 16, "width": 8, "inner_channels": 8, "emb_dim": 16, "head_channels": 8, "depth": 1,
     "num_transformer_blocks": 1, "heads": 2, "modes": 4, "inner_resolution": 8, "train_resolution": 16,
-    "resolution": 16, "transformer_resolution": 8,
+    "resolution": 16, "transformer_resolution": 8, "latent_dim": 6, "prior_hidden": 16, "prior_depth": 2,
+    "prior_steps": 4,
 }
 
 
@@ -49,7 +51,16 @@ def tiny_from_config(path: Path, num_classes: int = 3) -> torch.nn.Module:
     module, name = spec["class_path"].rsplit(".", 1)
     cls = getattr(importlib.import_module(module), name)
     args = {k: SHRINK.get(k, v) for k, v in spec.get("init_args", {}).items()}
-    return cls(in_channels=1, num_classes=num_classes, **args).eval()
+    if "num_classes" in inspect.signature(cls.__init__).parameters:
+        args["num_classes"] = num_classes
+    return cls(in_channels=1, **args).eval()
+
+
+def condition(net: torch.nn.Module, n: int) -> torch.Tensor:
+    """Class labels, or latents from the prior for diffusion autoencoders (their condition)."""
+    if hasattr(net, "sample_latents"):
+        return net.sample_latents(list(range(n)))
+    return torch.arange(n) % 3
 
 
 def test_every_denoiser_config_is_covered():
@@ -61,11 +72,12 @@ def test_non_square_sampling_every_denoiser_config(path):
     net = tiny_from_config(path)
     proc = GaussianProcess(ShiftedSchedule(CosineSchedule(), reference=16), HeatKernelOperator(1 / 32), "v")
     for grid in [(12, 20), (9, 14)]:
-        out = sample(proc, net, grid, [0, 1], channels=1, steps=2, cond=torch.tensor([0, 2]))
+        out = sample(proc, net, grid, [0, 1], channels=1, steps=2, cond=condition(net, 2))
         assert out.shape == (2, 1, *grid) and torch.isfinite(out).all()
     # per-sample seeds hold at a non-square grid too: sample 1 alone equals sample 1 of the pair
-    pair = sample(proc, net, (12, 20), [5, 6], channels=1, steps=2)
-    alone = sample(proc, net, (12, 20), [6], channels=1, steps=2)
+    cond = condition(net, 2)
+    pair = sample(proc, net, (12, 20), [5, 6], channels=1, steps=2, cond=cond)
+    alone = sample(proc, net, (12, 20), [6], channels=1, steps=2, cond=cond[1:])
     assert torch.allclose(pair[1:], alone, atol=1e-5)
 
 
