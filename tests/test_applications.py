@@ -309,3 +309,16 @@ def test_autoencoder_route_with_the_project_autoencoder():
     out = superres(module.process, module.denoiser, y, [0, 1], scale=2, method="autoencoder",
                    generate=module.generate, steps=2, paste=True)
     assert out.shape == (2, 1, 16, 16) and (area_downsample(out, (8, 8)) - y).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "dpmpp_2m"])
+def test_conditioned_sample_without_hooks_is_the_sampler(sampler):
+    """No guidance, no replacement: the same noise levels and samples as samplers.sample."""
+    from lightning_infdiff.applications import conditioned_sample
+
+    net = tiny_net()
+    ref = sample(MOLLIFIED, net, (8, 8), [0, 1], channels=1, steps=4, sampler=sampler)
+    out = conditioned_sample(MOLLIFIED, net, (8, 8), [0, 1], 1, steps=4, sampler=sampler)
+    assert torch.allclose(out, ref, atol=1e-6)
+    with pytest.raises(ValueError, match="steps"):
+        conditioned_sample(MOLLIFIED, net, (8, 8), [0], 1, steps=0)

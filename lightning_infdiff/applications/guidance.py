@@ -142,8 +142,9 @@ def conditioned_sample(
     Args:
         residual, strength: reconstruction guidance (see :class:`ReconstructionGuidance`).
         replace: ``replace(x, logsnr, noise) -> x`` applied after every transition.
-        times: explicit times ``t in [0, 1]`` (e.g. :func:`resampling_times`); default ``steps``
-            uniform steps.
+        times: explicit times ``t in [0, 1]`` (e.g. :func:`resampling_times`); default: ``steps``
+            steps spaced as :func:`~lightning_infdiff.samplers.sample` spaces them (uniform in
+            ``t``; uniform in logSNR for ``dpmpp_2m``).
         Other arguments as in :func:`~lightning_infdiff.samplers.sample`; ``model_fn`` replaces
         ``denoiser`` (e.g. closed-form denoisers in tests).
 
@@ -156,9 +157,15 @@ def conditioned_sample(
         if denoiser is None:
             raise ValueError("give a denoiser or a model_fn")
         model_fn = make_model_fn(denoiser, grid, cond, guidance_scale)
-    if times is None:
-        times = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64).tolist()
-    lams = process.schedule.logsnr(torch.tensor(list(times), dtype=torch.float64), grid).float()
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    sch = process.schedule
+    if times is not None:
+        lams = sch.logsnr(torch.tensor(list(times), dtype=torch.float64), grid).float()
+    elif sampler == "dpmpp_2m":  # the sampler's own default spacing for the multistep solver
+        lams = torch.linspace(sch.logsnr_min(grid), sch.logsnr_max(grid), steps + 1).float()
+    else:
+        lams = sch.logsnr(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), grid).float()
     hooks: list[Callable[[StepInfo], Tensor | None]] = []
     fn = model_fn
     if residual is not None and strength > 0:
