@@ -1,4 +1,5 @@
-"""The ``infdiff`` command: LightningCLI (fit/validate/test/predict) plus ``sample`` and ``export``.
+"""The ``infdiff`` command: LightningCLI (fit/validate/test/predict) plus ``sample``, ``export``,
+``inpaint`` and ``superres`` (the last two live in :mod:`lightning_infdiff.applications.cli_tools`).
 
 Examples::
 
@@ -8,6 +9,8 @@ Examples::
     infdiff export --ckpt_path last.ckpt --out model.safetensors
     infdiff evaluate --ckpt_path last.ckpt --metrics [offline] --num_samples 1000 --resolutions [32,64]
     infdiff train_classifier --dataset digits
+    infdiff inpaint --ckpt_path last.ckpt --image digit.png --mask left-half --method replace
+    infdiff superres --ckpt_path last.ckpt --image small.png --scale 2
 """
 
 from __future__ import annotations
@@ -25,7 +28,16 @@ from .lit.module import DiffusionModule
 
 __all__ = ["InfDiffCLI", "main", "sample_command", "export_command", "parse_grid"]
 
-TOOLS = ("sample", "export", "evaluate", "train_classifier")
+# Extra commands next to LightningCLI's fit/validate/test/predict: name -> "module:function"
+# (imported only when used). Each function's typed signature and docstring is its --help.
+TOOLS = {
+    "sample": "lightning_infdiff.cli:sample_command",
+    "export": "lightning_infdiff.cli:export_command",
+    "evaluate": "lightning_infdiff.evaluate:evaluate_command",
+    "train_classifier": "lightning_infdiff.evaluate:train_classifier_command",
+    "inpaint": "lightning_infdiff.applications.cli_tools:inpaint_command",
+    "superres": "lightning_infdiff.applications.cli_tools:superres_command",
+}
 
 
 class InfDiffCLI(LightningCLI):
@@ -159,17 +171,17 @@ def export_command(ckpt_path: str, out: str) -> Path:
 
 
 def _run_tool(name: str, argv: list[str]) -> None:
-    from .evaluate import evaluate_command, train_classifier_command
+    import importlib
 
-    fn = {"sample": sample_command, "export": export_command, "evaluate": evaluate_command,
-          "train_classifier": train_classifier_command}[name]
+    module_name, func = TOOLS[name].split(":")
+    fn = getattr(importlib.import_module(module_name), func)
     parser = ArgumentParser(prog=f"infdiff {name}", description=fn.__doc__.split("\n")[0])
     parser.add_function_arguments(fn, fail_untyped=True)
     cfg = parser.parse_args(argv)
     kwargs = {k: v for k, v in cfg.as_dict().items() if k != "__path__"}
     try:
         fn(**kwargs)
-    except (ValueError, FileNotFoundError, ImportError) as err:
+    except (ValueError, FileNotFoundError, ImportError, NotImplementedError) as err:
         print(f"infdiff {name}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
 
@@ -187,7 +199,6 @@ def main(args: list[str] | None = None) -> None:
         save_config_kwargs={"overwrite": True},
         parser_kwargs={
             "description": "lightning_infdiff: resolution-independent diffusion. Extra commands: "
-            "'infdiff sample --help', 'infdiff export --help', 'infdiff evaluate --help' and "
-            "'infdiff train_classifier --help'.",
+            + ", ".join(f"'infdiff {t} --help'" for t in TOOLS) + ".",
         },
     )

@@ -20,11 +20,19 @@ With ``r = SNR_t / SNR_s`` and ``alpha, sigma`` from logSNR:
   ``D = (1 + 1/(2 q)) y0_hat - y0_prev/(2 q)``, ``q = h_prev / h``, afterwards.
 
 Here ``n`` is fresh mollified noise ``c T xi`` (white noise for plain diffusion).
+
+Two hooks let applications (inpainting, super-resolution; :mod:`lightning_infdiff.applications`)
+reuse these steps instead of re-implementing them: ``logsnrs`` gives the noise levels
+explicitly, and a rise in logSNR-order (``lambda_{i+1} < lambda_i``) is a *forward* jump
+``x_s = (alpha_s/alpha_t) x_t + sqrt(sigma_s^2 - (alpha_s/alpha_t)^2 sigma_t^2) n`` (RePaint's
+resampling, Lugmayr et al. 2022, eq. 8 in logSNR form); ``callback`` sees every transition
+(:class:`StepInfo`) and may return a replacement state.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -35,10 +43,36 @@ from .coords import check_grid, full_coords
 from .processes import GaussianProcess
 from .schedules import alpha_sigma
 
-__all__ = ["SeededNoise", "make_model_fn", "clip_x0", "sample", "SAMPLERS"]
+__all__ = ["SeededNoise", "StepInfo", "make_model_fn", "clip_x0", "sample", "SAMPLERS"]
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
 ModelFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class StepInfo:
+    """One transition of :func:`sample`, handed to its ``callback``.
+
+    Attributes:
+        index: transition number ``i`` (0-based).
+        x: the new state at ``logsnr_to`` (``(B, C, H, W)`` float32).
+        x_prev: the state at ``logsnr_from`` the transition started from.
+        logsnr_from: ``lambda_i`` (0-dim float32 tensor).
+        logsnr_to: ``lambda_{i+1}``; smaller than ``logsnr_from`` for a forward (re-noising) jump.
+        y0: the clean estimate ``T x0_hat`` used by a denoising step; ``None`` for a forward jump.
+        noise: draws fresh mollified noise ``c T xi`` from the per-sample seeded streams.
+    """
+
+    index: int
+    x: Tensor
+    x_prev: Tensor
+    logsnr_from: Tensor
+    logsnr_to: Tensor
+    y0: Tensor | None
+    noise: Callable[[], Tensor]
+
+
+StepCallback = Callable[[StepInfo], "Tensor | None"]
 
 
 class SeededNoise:
@@ -130,6 +164,9 @@ def sample(
     progress: bool = False,
     model_fn: ModelFn | None = None,
     spacing: Literal["auto", "time", "logsnr"] = "auto",
+    logsnrs: Tensor | Sequence[float] | None = None,
+    callback: StepCallback | None = None,
+    x_init: Tensor | None = None,
 ) -> Tensor:
     """Draw ``len(seeds)`` samples on ``grid``; returns ``T x0_hat`` as ``(B, C, H, W)`` float32.
 
@@ -153,6 +190,13 @@ def sample(
             ``auto`` = ``logsnr`` for ``dpmpp_2m`` and ``time`` otherwise. With the clipped
             cosine schedule, time spacing makes the end steps long in logSNR, which the
             multistep solver extrapolates badly (measured in ``tests/test_samplers.py``).
+        logsnrs: explicit noise levels ``lambda_0, ..., lambda_K`` (overrides ``steps`` and
+            ``spacing``); a decrease between neighbours is a forward re-noising jump (see the
+            module docstring); the multistep history restarts after one.
+        callback: called after every transition with a :class:`StepInfo`; a returned tensor
+            replaces the state (e.g. replacement of known pixels), ``None`` keeps it.
+        x_init: start state ``(B, C, H, W)`` at the first noise level (default: fresh noise
+            ``c T xi``), e.g. an upsampled state of a coarser grid (:mod:`lightning_infdiff.applications.progressive`).
     """
     grid = check_grid(grid)
     if steps < 1:
@@ -188,7 +232,12 @@ def sample(
 
     if spacing == "auto":
         spacing = "logsnr" if sampler == "dpmpp_2m" else "time"
-    if spacing == "time":
+    if logsnrs is not None:
+        lams = torch.as_tensor(logsnrs, dtype=torch.float32).detach().cpu().flatten()
+        if lams.numel() < 2 or not bool(torch.isfinite(lams).all()):
+            raise ValueError(f"logsnrs must hold at least 2 finite noise levels, got {lams.numel()}")
+        steps = lams.numel() - 1
+    elif spacing == "time":
         ts = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
         lams = process.schedule.logsnr(ts, grid).to(torch.float32)
     elif spacing == "logsnr":
@@ -196,12 +245,26 @@ def sample(
         lams = torch.linspace(sch.logsnr_min(grid), sch.logsnr_max(grid), steps + 1).to(torch.float32)
     else:
         raise ValueError(f"unknown spacing {spacing!r}; expected 'time' or 'logsnr'")
-    x = fresh()
+    if x_init is None:
+        x = fresh()
+    else:
+        if tuple(x_init.shape) != (b, channels, *grid):
+            raise ValueError(f"x_init must have shape {(b, channels, *grid)}, got {tuple(x_init.shape)}")
+        x = x_init.to(device=device, dtype=torch.float32)
     prev_y0, prev_h = None, None
     for i in tqdm(range(steps), disable=not progress, desc=f"{sampler} {grid[0]}x{grid[1]}", leave=False):
         lt, ls = lams[i], lams[i + 1]
         a_t, s_t = alpha_sigma(lt)
         a_s, s_s = alpha_sigma(ls)
+        x_prev = x
+        if ls < lt:  # forward jump q(x_s | x_t) to more noise (RePaint resampling)
+            ratio = a_s / a_t
+            x = ratio * x + torch.sqrt((s_s**2 - ratio**2 * s_t**2).clamp(min=0)) * fresh()
+            prev_y0, prev_h = None, None
+            if callback is not None:
+                new = callback(StepInfo(i, x, x_prev, lt, ls, None, fresh))
+                x = x if new is None else new
+            continue
         one_minus_r = -torch.expm1(lt - ls)
         y0, n_hat = denoise(x, lt)
         if sampler == "ddpm":
@@ -224,5 +287,8 @@ def sample(
                 d = (1.0 + 0.5 / q) * y0 - (0.5 / q) * prev_y0
             x = (s_s / s_t) * x - a_s * torch.expm1(-h) * d
             prev_y0, prev_h = y0, h
+        if callback is not None:
+            new = callback(StepInfo(i, x, x_prev, lt, ls, y0, fresh))
+            x = x if new is None else new
     y0, _ = denoise(x, lams[-1])
     return y0
