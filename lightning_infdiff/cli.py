@@ -1,4 +1,5 @@
-"""The ``infdiff`` command: LightningCLI (fit/validate/test/predict) plus ``sample`` and ``export``.
+"""The ``infdiff`` command: LightningCLI (fit/validate/test/predict) plus ``sample``, ``export``,
+``ablate`` and ``report``.
 
 Examples::
 
@@ -6,6 +7,8 @@ Examples::
     infdiff fit --config configs/quickstart.yaml --print_config
     infdiff sample --ckpt_path runs/quickstart/version_0/checkpoints/last.ckpt --scale 2 --num 16 --out samples/
     infdiff export --ckpt_path last.ckpt --out model.safetensors
+    infdiff ablate configs/ablations/denoisers.yml --out ablations/denoisers
+    infdiff report ablations/denoisers
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from .lit.module import DiffusionModule
 __all__ = ["InfDiffCLI", "main", "sample_command", "export_command", "parse_grid"]
 
 TOOLS = ("sample", "export")
+#: tools with their own argument parser (``main(argv) -> exit code``) in a module of the package
+MODULE_TOOLS = ("ablate", "report")
 
 
 class InfDiffCLI(LightningCLI):
@@ -172,6 +177,13 @@ def _run_tool(name: str, argv: list[str]) -> None:
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``infdiff`` and ``python -m lightning_infdiff``."""
     argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in MODULE_TOOLS:
+        from importlib import import_module
+
+        code = import_module(f".{argv[0]}", __package__).main(argv[1:])
+        if code:
+            raise SystemExit(code)
+        return
     if argv and argv[0] in TOOLS:
         _run_tool(argv[0], argv[1:])
         return
@@ -182,6 +194,6 @@ def main(args: list[str] | None = None) -> None:
         save_config_kwargs={"overwrite": True},
         parser_kwargs={
             "description": "lightning_infdiff: resolution-independent diffusion. Extra commands: "
-            "'infdiff sample --help' and 'infdiff export --help'.",
+            "'infdiff sample --help', 'infdiff export --help', 'infdiff ablate --help' and 'infdiff report --help'.",
         },
     )
