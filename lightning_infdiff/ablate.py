@@ -309,10 +309,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", default=None, metavar="NAME", help="run only this run (repeatable)")
     parser.add_argument("--launcher", default=None,
                         help="command before 'fit' (default: '<this python> -m lightning_infdiff')")
-    parser.add_argument("extra", nargs="*", help="--key=value overrides for every run (after '--')")
-    args = parser.parse_args(argv)
+    parser.epilog = "Arguments after '--' are --key=value overrides appended to every run."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     try:
-        sweep = load_sweep(args.sweep, args.out, args.extra)
+        sweep = load_sweep(args.sweep, args.out, extra)
         results = run_sweep(sweep, _launcher(args.launcher), args.dry_run, args.retry_failed, args.only)
     except (ValueError, FileNotFoundError) as err:
         print(f"infdiff ablate: error: {err}", file=sys.stderr)

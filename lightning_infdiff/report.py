@@ -123,8 +123,7 @@ def collect(out: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         row["num_params"] = tp.get("num_params")
         scalars = _scalars(log_dir)
         row["steps"] = tp.get("global_step", scalars.pop("step", None))
-        scalars.pop("step", None)
-        row.update(scalars)
+        row["val_loss"], row["train_loss"] = scalars.get("val_loss"), scalars.get("train_loss")
         median = tp.get("step_time_median_s")
         row.update({"step_time_ms": 1000 * median if median is not None else None,
                     "images_per_s": tp.get("images_per_s"), "peak_rss_mib": tp.get("peak_rss_mib"),
@@ -132,7 +131,8 @@ def collect(out: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         lines = _json_lines(log_dir / "val_loss_by_logsnr.jsonl")
         if lines:
             curves[name] = lines[-1]["curve"]
-            row.setdefault("val_loss", sum(p["loss"] for p in curves[name]) / len(curves[name]))
+            if row["val_loss"] is None:
+                row["val_loss"] = sum(p["loss"] for p in curves[name]) / len(curves[name])
         run_evals = {}
         for rec in _json_lines(run_dir / "eval" / "results.jsonl"):
             h, w = (int(v) for v in rec["resolution"])
