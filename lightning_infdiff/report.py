@@ -193,17 +193,18 @@ def load_table(path: str | Path) -> list[dict[str, Any]]:
 
 def write_plots(rows: list[dict[str, Any]], extra: dict[str, Any], dest: Path) -> dict[str, Path | str]:
     """The PNG plots; a plot without data is skipped with the reason as the dict value."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    try:  # Figure objects, not pyplot: no global backend switch (safe inside notebooks)
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise ImportError("infdiff report draws its plots with matplotlib: pip install matplotlib") from err
 
     made: dict[str, Path | str] = {}
     keys = extra["metric_keys"]
     metrics = sorted({k[0] for k in keys})
     path = dest / "metric_vs_resolution.png"
     if metrics:
-        fig, axs = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
+        fig = Figure(figsize=(5 * len(metrics), 4))
+        axs = fig.subplots(1, len(metrics), squeeze=False)
         for ax, metric in zip(axs[0], metrics, strict=True):
             for name, ev in extra["evals"].items():
                 pts = sorted((h * w, f"{h}x{w}", v) for (m, h, w), v in ev.items() if m == metric)
@@ -216,20 +217,19 @@ def write_plots(rows: list[dict[str, Any]], extra: dict[str, Any], dest: Path) -
             ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(path, dpi=100)
-        plt.close(fig)
         made["metric_vs_resolution"] = path
     else:
         made["metric_vs_resolution"] = "no evaluation results"
     path = dest / "loss_vs_logsnr.png"
     if extra["curves"]:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig = Figure(figsize=(6, 4))
+        ax = fig.subplots()
         for name, curve in extra["curves"].items():
             ax.plot([p["logsnr"] for p in curve], [p["loss"] for p in curve], "o-", label=name, ms=3)
         ax.set(xlabel="logSNR", ylabel="validation loss", yscale="log", title="loss vs noise level (last validation)")
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(path, dpi=100)
-        plt.close(fig)
         made["loss_vs_logsnr"] = path
     else:
         made["loss_vs_logsnr"] = "no val_loss_by_logsnr.jsonl"
@@ -240,7 +240,8 @@ def write_plots(rows: list[dict[str, Any]], extra: dict[str, Any], dest: Path) -
         other = [a for a in extra["axes"] if not _sets_rate(pts, a)]
         for r in pts:
             groups[", ".join(f"{a}={r.get(a)}" for a in other) or "all runs"].append(r)
-        fig, axs = plt.subplots(1, 2, figsize=(10, 4))
+        fig = Figure(figsize=(10, 4))
+        axs = fig.subplots(1, 2)
         for label, rs in groups.items():
             rs = sorted(rs, key=lambda r: r["subsample_rate"])
             mem = [r["peak_cuda_mib"] if r.get("peak_cuda_mib") is not None else r.get("peak_rss_mib") for r in rs]
@@ -256,7 +257,6 @@ def write_plots(rows: list[dict[str, Any]], extra: dict[str, Any], dest: Path) -
             ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(path, dpi=100)
-        plt.close(fig)
         made["cost_vs_subsampling"] = path
     else:
         made["cost_vs_subsampling"] = "no run with throughput.json and a subsample_rate"
