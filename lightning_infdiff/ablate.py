@@ -72,6 +72,7 @@ class Run:
 
     @property
     def status_path(self) -> Path:
+        """``<out>/<name>/status.json``, the completion marker."""
         return self.directory / "status.json"
 
     def status(self) -> dict[str, Any] | None:
@@ -230,7 +231,7 @@ def execute(run: Run, launcher: list[str]) -> dict[str, Any]:
     cmd = run.command(launcher)
     (run.directory / "command.sh").write_text(shlex.join(cmd) + "\n")
     status: dict[str, Any] = {"name": run.name, "params": run.params, "attempt": int(previous.get("attempt", 0)) + 1,
-                              "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                              "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": cmd}
     t0 = time.perf_counter()
     with (run.directory / "train.log").open("w") as out, (run.directory / "train.err").open("w") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err)
@@ -276,7 +277,9 @@ def run_sweep(
             results[run.name] = status or {"status": "pending"}
             continue
         if status and status.get("status") == "done":
-            say(f"{head}: done before, skipped")
+            changed = "command" in status and status["command"] != run.command(launcher)
+            say(f"{head}: done before, skipped" + (" (WARNING: its command has changed since; delete "
+                                                  f"{run.directory} to run it again)" if changed else ""))
             results[run.name] = status
             continue
         if status and status.get("status") == "failed" and not retry_failed:
