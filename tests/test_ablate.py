@@ -36,6 +36,7 @@ def _eval_lines(run_dir: Path, values: dict[tuple[int, int], float]) -> None:
                                 "wall_seconds": 1.0}) + "\n")
 
 
+@pytest.mark.slow
 def test_smoke_sweep_2x2_report_and_resume(tmp_path, monkeypatch, capsys):
     out = tmp_path / "smoke"
     assert ablate.main([str(ROOT / "configs/ablations/smoke.yml"), "--out", str(out)]) == 0
