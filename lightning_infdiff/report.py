@@ -117,7 +117,13 @@ def collect(out: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         status = _json(run_dir / "status.json")
         config = yaml.safe_load((log_dir / "config.yaml").read_text()) if (log_dir / "config.yaml").is_file() else {}
         tp = _json(log_dir / "throughput.json")
-        row: dict[str, Any] = {"run": name, "status": status.get("status", "not run"),
+        if status:
+            state = status.get("status")
+        elif tp:  # launched from commands.sh, outside infdiff ablate: training reached its end
+            state = "done (no status.json)"
+        else:
+            state = "started, unfinished" if log_dir.is_dir() else "not run"
+        row: dict[str, Any] = {"run": name, "status": state,
                                "returncode": status.get("returncode"), **entry["params"]}
         row.update(_config_params(config))
         row["num_params"] = tp.get("num_params")
