@@ -34,7 +34,7 @@ import yaml
 
 __all__ = ["collect", "load_table", "main", "write_report"]
 
-COST_COLUMNS = ["step_time_ms", "images_per_s", "peak_rss_mib", "peak_cuda_mib", "sample_s_per_image"]
+COST_COLUMNS = ["step_time_ms", "images_per_s", "train_peak_rss_mib", "train_peak_cuda_mib", "sample_s_per_image"]
 
 
 def _json_lines(path: Path) -> list[dict[str, Any]]:
@@ -132,8 +132,8 @@ def collect(out: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         row["val_loss"], row["train_loss"] = scalars.get("val_loss"), scalars.get("train_loss")
         median = tp.get("step_time_median_s")
         row.update({"step_time_ms": 1000 * median if median is not None else None,
-                    "images_per_s": tp.get("images_per_s"), "peak_rss_mib": tp.get("peak_rss_mib"),
-                    "peak_cuda_mib": tp.get("peak_cuda_mib"), "sample_s_per_image": tp.get("sample_seconds_per_image")})
+                    "images_per_s": tp.get("images_per_s"), "train_peak_rss_mib": tp.get("train_peak_rss_mib"),
+                    "train_peak_cuda_mib": tp.get("train_peak_cuda_mib"), "sample_s_per_image": tp.get("sample_seconds_per_image")})
         lines = _json_lines(log_dir / "val_loss_by_logsnr.jsonl")
         if lines:
             curves[name] = lines[-1]["curve"]
@@ -250,11 +250,12 @@ def write_plots(rows: list[dict[str, Any]], extra: dict[str, Any], dest: Path) -
         axs = fig.subplots(1, 2)
         for label, rs in groups.items():
             rs = sorted(rs, key=lambda r: r["subsample_rate"])
-            mem = [r["peak_cuda_mib"] if r.get("peak_cuda_mib") is not None else r.get("peak_rss_mib") for r in rs]
+            mem = [r["train_peak_cuda_mib"] if r.get("train_peak_cuda_mib") is not None else r.get("train_peak_rss_mib")
+                   for r in rs]
             axs[0].plot([r["subsample_rate"] for r in rs], [r["step_time_ms"] for r in rs], "o-", label=label)
             axs[1].plot([r["subsample_rate"] for r in rs], mem, "o-", label=label)
         axs[0].set(xlabel="subsampling rate", ylabel="median training step (ms)", title="speed")
-        axs[1].set(xlabel="subsampling rate", ylabel="peak memory (MiB; CUDA if used, else RSS)", title="memory")
+        axs[1].set(xlabel="subsampling rate", ylabel="training peak memory (MiB)", title="memory (CUDA allocated, else process RSS)")
         rates = sorted({r["subsample_rate"] for r in pts})
         for ax in axs:
             ax.set_xscale("log", base=2)

@@ -7,9 +7,12 @@ memory. This callback measures, inside the training process:
 * the median wall time of a training step (``on_train_batch_start`` to ``on_train_batch_end``:
   forward, backward and optimiser step, without data loading), skipping the first
   ``skip_steps`` steps (allocator warm-up, lazy initialisation);
-* the peak resident set size of the process (``getrusage(RUSAGE_SELF).ru_maxrss``: the whole
-  process's high-water mark, imports included) and, on CUDA, ``torch.cuda.max_memory_allocated``
-  since the start of training;
+* training memory: on CPU the process's resident-set high-water mark
+  (``getrusage(RUSAGE_SELF).ru_maxrss``, imports and data included) read after the last training
+  step before the first validation, so validation sampling on larger grids does not count (a
+  sanity-check validation before training does: set ``num_sanity_val_steps: 0``, as base.yaml
+  does); on CUDA the largest ``torch.cuda.max_memory_allocated`` within a training step. The
+  whole run's RSS high-water mark is recorded too;
 * the sampling time per image: ``DiffusionModule.generate`` timed for ``sample_num`` images on
   one grid with ``sample_steps`` solver steps after training ends.
 
@@ -77,15 +80,24 @@ class Throughput(Callback):
         self.filename = filename
         self.step_times: list[float] = []
         self._t0: float | None = None
+        self._validated = False
+        self._rss_train: float | None = None
+        self._cuda_train: float | None = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Reset the measurements (and the CUDA peak counter)."""
+        """Reset the measurements."""
         self.step_times.clear()
-        if pl_module.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(pl_module.device)
+        self._validated, self._rss_train, self._cuda_train = False, None, None
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Stop reading the training RSS high-water mark (validation samples on larger grids)."""
+        if not trainer.sanity_checking and self._rss_train is not None:
+            self._validated = True
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         """Start the step clock."""
+        if pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
         _sync(pl_module.device)
         self._t0 = time.perf_counter()
 
@@ -98,6 +110,11 @@ class Throughput(Callback):
         _sync(pl_module.device)
         self.step_times.append(time.perf_counter() - self._t0)
         self._t0 = None
+        if not self._validated:
+            self._rss_train = peak_rss_mib()
+        if pl_module.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(pl_module.device) / 2**20
+            self._cuda_train = max(self._cuda_train or 0.0, peak)
 
     def _grid(self, trainer: L.Trainer) -> tuple[int, int] | None:
         if self.sample_grid is not None:
@@ -124,7 +141,6 @@ class Throughput(Callback):
         median = statistics.median(times) if times else None
         dm = getattr(trainer, "datamodule", None)
         batch = getattr(dm, "batch_size", None)
-        cuda = pl_module.device.type == "cuda"
         denoiser = getattr(pl_module, "denoiser", pl_module)
         grid = self._grid(trainer)
         return {
@@ -134,8 +150,9 @@ class Throughput(Callback):
             "step_time_mean_s": statistics.fmean(times) if times else None,
             "images_per_s": batch / median if batch and median else None,
             "batch_size": batch,
-            "peak_rss_mib": peak_rss_mib(),
-            "peak_cuda_mib": torch.cuda.max_memory_allocated(pl_module.device) / 2**20 if cuda else None,
+            "train_peak_rss_mib": self._rss_train,
+            "train_peak_cuda_mib": self._cuda_train,
+            "run_peak_rss_mib": peak_rss_mib(),
             "device": str(pl_module.device),
             "num_params": sum(p.numel() for p in denoiser.parameters()),
             "sample_grid": list(grid) if grid else None,
