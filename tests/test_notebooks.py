@@ -1,7 +1,8 @@
 """Every notebook in notebooks/ runs top to bottom at tiny settings and is committed without outputs.
 
-Notebooks switch to tiny settings when ``INFDIFF_NOTEBOOK_TINY=1`` (set here); they run in a
-kernel started with this Python, with the working directory ``notebooks/``.
+Notebooks switch to tiny settings when ``INFDIFF_NOTEBOOK_TINY=1`` (set here) and write their
+files into ``INFDIFF_NOTEBOOK_WORKDIR`` (here a pytest temporary folder) when it is set; they run
+in a kernel started with this Python, with the working directory ``notebooks/``.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ def test_notebook_committed_without_outputs(path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_at_tiny_settings(path, monkeypatch):
+def test_notebook_runs_at_tiny_settings(path, monkeypatch, tmp_path):
     monkeypatch.setenv("INFDIFF_NOTEBOOK_TINY", "1")
+    monkeypatch.setenv("INFDIFF_NOTEBOOK_WORKDIR", str(tmp_path))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
