@@ -286,11 +286,12 @@ def write_hparams(rows: list[dict[str, Any]], dest: Path) -> Path:
     if root.exists():
         shutil.rmtree(root)
     metric_cols = {"val_loss", "train_loss", *COST_COLUMNS}
-    for row in rows:
-        hp = {k: v for k, v in row.items() if k not in metric_cols and "@" not in k and isinstance(v, (str, int, float, bool))}
-        metrics = {f"hparam/{k}": float(v) for k, v in row.items()
-                   if (k in metric_cols or "@" in k) and isinstance(v, (int, float)) and not isinstance(v, bool)}
-        with SummaryWriter(log_dir=str(root)) as writer:
+    with SummaryWriter(log_dir=str(root)) as writer:
+        for row in rows:
+            hp = {k: v for k, v in row.items()
+                  if k not in metric_cols and "@" not in k and isinstance(v, (str, int, float, bool))}
+            metrics = {f"hparam/{k}": float(v) for k, v in row.items()
+                       if (k in metric_cols or "@" in k) and isinstance(v, (int, float)) and not isinstance(v, bool)}
             writer.add_hparams(hp, metrics, run_name=row["run"])
     return root
 

@@ -79,6 +79,12 @@ def test_smoke_sweep_2x2_report_and_resume(tmp_path, monkeypatch, capsys):
     for key in ("metric_vs_resolution", "loss_vs_logsnr", "cost_vs_subsampling"):
         assert res["plots"][key].read_bytes()[:8] == PNG_MAGIC, key
     assert len(list(res["hparams"].glob("*/events.out.tfevents.*"))) == 4
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(res["hparams"] / names[1]))
+    acc.Reload()
+    assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
+    assert acc.Scalars("hparam/fid_clip@32x32")[-1].value == 21.0
 
     # resuming launches nothing
     monkeypatch.setattr(ablate.subprocess, "Popen", _NoPopen)
