@@ -170,3 +170,25 @@ def test_repository_sweeps_expand_and_parse(sweep, tmp_path):
     for run in runs:
         cli = _ParseOnly(DiffusionModule, FieldDataModule, run=False, args=run.args)
         assert cli.config["trainer"]["logger"]["init_args"]["version"] == "logs"
+
+
+def test_throughput_summary_median_skip_and_images_per_second():
+    from types import SimpleNamespace
+
+    import torch
+
+    from lightning_infdiff.callbacks import Throughput
+
+    cb = Throughput(skip_steps=2, sample_num=0)
+    cb.step_times = [9.0, 7.0, 0.2, 0.4, 0.3]  # the first two (warm-up) are left out
+    module = SimpleNamespace(device=torch.device("cpu"), denoiser=torch.nn.Linear(3, 2))
+    trainer = SimpleNamespace(global_step=5, datamodule=SimpleNamespace(batch_size=8, resolution=16))
+    info = cb.summary(trainer, module)
+    assert info["step_time_median_s"] == pytest.approx(0.3) and info["steps_measured"] == 3
+    assert info["step_time_mean_s"] == pytest.approx(0.3) and info["images_per_s"] == pytest.approx(8 / 0.3)
+    assert info["num_params"] == 3 * 2 + 2 and info["sample_seconds_per_image"] is None
+    assert info["sample_grid"] == [16, 16] and info["train_peak_rss_mib"] is None
+    cb.step_times = [5.0]  # fewer steps than skip_steps: use them all
+    assert cb.summary(trainer, module)["step_time_median_s"] == 5.0
+    with pytest.raises(ValueError, match="sample_grid"):
+        Throughput(sample_grid=[16])
