@@ -1,5 +1,5 @@
 """The ``infdiff`` command: LightningCLI (fit/validate/test/predict) plus ``sample``, ``export``,
-``inpaint`` and ``superres`` (the last two live in :mod:`lightning_infdiff.applications.cli_tools`).
+``evaluate``, ``train_classifier``, ``inpaint``, ``superres``, ``ablate`` and ``report``.
 
 Examples::
 
@@ -11,6 +11,8 @@ Examples::
     infdiff train_classifier --dataset digits
     infdiff inpaint --ckpt_path last.ckpt --image digit.png --mask left-half --method replace
     infdiff superres --ckpt_path last.ckpt --image small.png --scale 2
+    infdiff ablate configs/ablations/denoisers.yml --out ablations/denoisers
+    infdiff report ablations/denoisers
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ TOOLS = {
     "inpaint": "lightning_infdiff.applications.cli_tools:inpaint_command",
     "superres": "lightning_infdiff.applications.cli_tools:superres_command",
 }
+#: tools with their own argument parser (``main(argv) -> exit code``) in a module of the package
+MODULE_TOOLS = ("ablate", "report")
 
 
 class InfDiffCLI(LightningCLI):
@@ -189,6 +193,13 @@ def _run_tool(name: str, argv: list[str]) -> None:
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``infdiff`` and ``python -m lightning_infdiff``."""
     argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in MODULE_TOOLS:
+        from importlib import import_module
+
+        code = import_module(f".{argv[0]}", __package__).main(argv[1:])
+        if code:
+            raise SystemExit(code)
+        return
     if argv and argv[0] in TOOLS:
         _run_tool(argv[0], argv[1:])
         return
@@ -199,6 +210,6 @@ def main(args: list[str] | None = None) -> None:
         save_config_kwargs={"overwrite": True},
         parser_kwargs={
             "description": "lightning_infdiff: resolution-independent diffusion. Extra commands: "
-            + ", ".join(f"'infdiff {t} --help'" for t in TOOLS) + ".",
+            + ", ".join(f"'infdiff {t} --help'" for t in (*TOOLS, *MODULE_TOOLS)) + ".",
         },
     )

@@ -1,0 +1,332 @@
+"""``infdiff report``: one comparison table, plots and a TensorBoard HParams view of a sweep.
+
+Reads the runs listed in ``<out>/sweep.json`` (written by ``infdiff ablate``), and for each run
+``<out>/<run>/``:
+
+* ``status.json``: done / failed / interrupted (from ``infdiff ablate``);
+* ``logs/config.yaml``: the resolved config (denoiser, subsampling rate, process parts);
+* ``logs/events.*``: the final ``val/loss`` and ``train/loss`` (TensorBoard's EventAccumulator);
+* ``logs/val_loss_by_logsnr.jsonl``: the last loss-versus-noise-level curve;
+* ``logs/throughput.json``: median step time, peak memory, sampling time per image, parameters
+  (:class:`~lightning_infdiff.callbacks.Throughput`);
+* ``eval/results.jsonl``: lines of ``infdiff evaluate`` (``metric``, ``resolution [H, W]``,
+  ``value``, ...); each (metric, resolution) becomes a column ``<metric>@<H>x<W>`` (the last line
+  per pair wins). Missing files leave empty cells; nothing is estimated.
+
+Writes into ``<out>/report/``: ``table.csv``, ``table.md``, ``metric_vs_resolution.png`` (when
+any run has evaluation results), ``loss_vs_logsnr.png``, ``cost_vs_subsampling.png`` and
+``hparams/`` (TensorBoard HParams: ``tensorboard --logdir <out>/report/hparams``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import shutil
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["collect", "load_table", "main", "write_report"]
+
+COST_COLUMNS = ["step_time_ms", "images_per_s", "train_peak_rss_mib", "train_peak_cuda_mib", "sample_s_per_image"]
+
+
+def _json_lines(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _short(class_path: Any) -> str | None:
+    return str(class_path).rsplit(".", 1)[-1] if class_path else None
+
+
+def _config_params(config: dict[str, Any]) -> dict[str, Any]:
+    """The resolved settings that ablations vary, from a run's ``config.yaml``."""
+    model, data = config.get("model") or {}, config.get("data") or {}
+    proc = (model.get("process") or {}).get("init_args") or {}
+    sched = proc.get("schedule") or {}
+    sched_args = sched.get("init_args") or {}
+    ref = sched_args.get("reference") or (
+        f"{sched_args['low_reference']}-{sched_args['high_reference']}" if "low_reference" in sched_args else None)
+    return {
+        "denoiser_class": _short((model.get("denoiser") or {}).get("class_path")),
+        "subsample_rate": data.get("subsample_rate"),
+        "strategy": data.get("strategy"),
+        "resolution": data.get("resolution"),
+        "parametrisation": proc.get("parametrisation"),
+        "operator": _short((proc.get("operator") or {}).get("class_path")),
+        "schedule": _short(sched.get("class_path")),
+        "schedule_reference": ref,
+        "max_steps": (config.get("trainer") or {}).get("max_steps"),
+    }
+
+
+def _scalars(log_dir: Path) -> dict[str, float]:
+    """Last value of ``val/loss`` and ``train/loss`` and the last step, from the event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if not any(log_dir.glob("events.out.tfevents.*")):
+        return {}
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    out: dict[str, float] = {}
+    tags = set(acc.Tags().get("scalars", []))
+    for tag, key in (("val/loss", "val_loss"), ("train/loss", "train_loss")):
+        if tag in tags:
+            events = acc.Scalars(tag)
+            out[key] = float(events[-1].value)
+            out.setdefault("step", int(events[-1].step))
+    return out
+
+
+def collect(out: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One row per run of the sweep in ``out`` and the extra data the plots need.
+
+    Returns:
+        ``(rows, extra)`` where ``extra`` holds, per run, the loss curve (``curves``) and the
+        evaluation results (``evals``: ``{(metric, H, W): value}``), plus the axis names.
+    """
+    out = Path(out)
+    manifest_path = out / "sweep.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path} not found: run 'infdiff ablate <sweep.yaml> --out {out}' first")
+    manifest = json.loads(manifest_path.read_text())
+    axes = list(manifest["runs"][0]["params"]) if manifest["runs"] else []
+    reserved = {"run", "status", "returncode", "num_params", "steps", "val_loss", "train_loss", *COST_COLUMNS,
+                *_config_params({})}
+    bad = [a for a in axes if a in reserved]
+    if bad:
+        raise ValueError(f"{manifest_path}: axis name(s) {bad} clash with report columns; rename the axis")
+    rows, curves, evals = [], {}, {}
+    for entry in manifest["runs"]:
+        name, run_dir = entry["name"], Path(entry["directory"])
+        if not run_dir.is_dir():
+            run_dir = out / name  # the sweep folder was moved
+        log_dir = run_dir / "logs"
+        status = _json(run_dir / "status.json")
+        config = yaml.safe_load((log_dir / "config.yaml").read_text()) if (log_dir / "config.yaml").is_file() else {}
+        tp = _json(log_dir / "throughput.json")
+        if status:
+            state = status.get("status")
+        elif tp:  # launched from commands.sh, outside infdiff ablate: training reached its end
+            state = "done (no status.json)"
+        else:
+            state = "started, unfinished" if log_dir.is_dir() else "not run"
+        row: dict[str, Any] = {"run": name, "status": state,
+                               "returncode": status.get("returncode"), **entry["params"]}
+        row.update(_config_params(config))
+        row["num_params"] = tp.get("num_params")
+        scalars = _scalars(log_dir)
+        row["steps"] = tp.get("global_step", scalars.pop("step", None))
+        row["val_loss"], row["train_loss"] = scalars.get("val_loss"), scalars.get("train_loss")
+        median = tp.get("step_time_median_s")
+        row.update({"step_time_ms": 1000 * median if median is not None else None,
+                    "images_per_s": tp.get("images_per_s"), "train_peak_rss_mib": tp.get("train_peak_rss_mib"),
+                    "train_peak_cuda_mib": tp.get("train_peak_cuda_mib"), "sample_s_per_image": tp.get("sample_seconds_per_image")})
+        lines = _json_lines(log_dir / "val_loss_by_logsnr.jsonl")
+        if lines:
+            curves[name] = lines[-1]["curve"]
+            if row["val_loss"] is None:
+                row["val_loss"] = sum(p["loss"] for p in curves[name]) / len(curves[name])
+        run_evals = {}
+        for rec in _json_lines(run_dir / "eval" / "results.jsonl"):
+            h, w = (int(v) for v in rec["resolution"])
+            run_evals[(str(rec["metric"]), h, w)] = float(rec["value"])
+        evals[name] = run_evals
+        rows.append(row)
+    keys = sorted({k for e in evals.values() for k in e}, key=lambda k: (k[0], k[1] * k[2], k[1]))
+    for row in rows:
+        for metric, h, w in keys:
+            row[f"{metric}@{h}x{w}"] = evals[row["run"]].get((metric, h, w))
+    return rows, {"curves": curves, "evals": evals, "axes": axes, "metric_keys": keys}
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    cols: list[str] = []
+    for row in rows:
+        cols += [k for k in row if k not in cols]
+    first = [c for c in cols if c not in COST_COLUMNS and "@" not in c]
+    return first + [c for c in COST_COLUMNS if c in cols] + [c for c in cols if "@" in c]
+
+
+def write_tables(rows: list[dict[str, Any]], dest: Path) -> tuple[Path, Path]:
+    """``table.csv`` (raw numbers) and ``table.md`` (4 significant digits)."""
+    cols = _columns(rows)
+    csv_path, md_path = dest / "table.csv", dest / "table.md"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=cols)
+        writer.writeheader()
+        writer.writerows([{c: ("" if r.get(c) is None else r.get(c)) for c in cols} for r in rows])
+    md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    md += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    if not any("@" in c for c in cols):
+        md.append("\nNo evaluation results found (`<run>/eval/results.jsonl`, written by `infdiff evaluate`).")
+    md_path.write_text("\n".join(md) + "\n")
+    return csv_path, md_path
+
+
+def load_table(path: str | Path) -> list[dict[str, Any]]:
+    """Read ``table.csv`` back: numbers as floats, empty cells as ``None``."""
+    def conv(v: str) -> Any:
+        if v == "":
+            return None
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    with Path(path).open(newline="") as f:
+        return [{k: conv(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def write_plots(rows: list[dict[str, Any]], extra: dict[str, Any], dest: Path) -> dict[str, Path | str]:
+    """The PNG plots; a plot without data is skipped with the reason as the dict value."""
+    try:  # Figure objects, not pyplot: no global backend switch (safe inside notebooks)
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise ImportError("infdiff report draws its plots with matplotlib: pip install matplotlib") from err
+
+    made: dict[str, Path | str] = {}
+    keys = extra["metric_keys"]
+    metrics = sorted({k[0] for k in keys})
+    path = dest / "metric_vs_resolution.png"
+    if metrics:
+        fig = Figure(figsize=(5 * len(metrics), 4))
+        axs = fig.subplots(1, len(metrics), squeeze=False)
+        for ax, metric in zip(axs[0], metrics, strict=True):
+            for name, ev in extra["evals"].items():
+                pts = sorted((h * w, f"{h}x{w}", v) for (m, h, w), v in ev.items() if m == metric)
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[2] for p in pts], "o-", label=name)
+            ticks = sorted({(h * w, f"{h}x{w}") for (m, h, w) in keys if m == metric})
+            ax.set_xscale("log", base=2)
+            ax.set_xticks([t[0] for t in ticks], [t[1] for t in ticks])
+            ax.set(title=metric, xlabel="sampling grid (by pixel count)", ylabel=metric)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        made["metric_vs_resolution"] = path
+    else:
+        made["metric_vs_resolution"] = "no evaluation results"
+    path = dest / "loss_vs_logsnr.png"
+    if extra["curves"]:
+        fig = Figure(figsize=(6, 4))
+        ax = fig.subplots()
+        for name, curve in extra["curves"].items():
+            ax.plot([p["logsnr"] for p in curve], [p["loss"] for p in curve], "o-", label=name, ms=3)
+        ax.set(xlabel="logSNR", ylabel="validation loss", yscale="log", title="loss vs noise level (last validation)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        made["loss_vs_logsnr"] = path
+    else:
+        made["loss_vs_logsnr"] = "no val_loss_by_logsnr.jsonl"
+    path = dest / "cost_vs_subsampling.png"
+    pts = [r for r in rows if r.get("subsample_rate") is not None and r.get("step_time_ms") is not None]
+    if pts:
+        groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        other = [a for a in extra["axes"] if not _sets_rate(pts, a)]
+        for r in pts:
+            groups[", ".join(f"{a}={r.get(a)}" for a in other) or "all runs"].append(r)
+        fig = Figure(figsize=(10, 4))
+        axs = fig.subplots(1, 2)
+        for label, rs in groups.items():
+            rs = sorted(rs, key=lambda r: r["subsample_rate"])
+            mem = [r["train_peak_cuda_mib"] if r.get("train_peak_cuda_mib") is not None else r.get("train_peak_rss_mib")
+                   for r in rs]
+            axs[0].plot([r["subsample_rate"] for r in rs], [r["step_time_ms"] for r in rs], "o-", label=label)
+            axs[1].plot([r["subsample_rate"] for r in rs], mem, "o-", label=label)
+        axs[0].set(xlabel="subsampling rate", ylabel="median training step (ms)", title="speed")
+        axs[1].set(xlabel="subsampling rate", ylabel="training peak memory (MiB)", title="memory (CUDA allocated, else process RSS)")
+        rates = sorted({r["subsample_rate"] for r in pts})
+        for ax in axs:
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(rates, [f"{r:g}x" for r in rates])
+            ax.minorticks_off()
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        made["cost_vs_subsampling"] = path
+    else:
+        made["cost_vs_subsampling"] = "no run with throughput.json and a subsample_rate"
+    return made
+
+
+def _sets_rate(rows: list[dict[str, Any]], axis: str) -> bool:
+    """Whether ``axis`` decides the subsampling rate (each of its labels has one rate, and they differ)."""
+    by_label: dict[Any, set[Any]] = defaultdict(set)
+    for r in rows:
+        by_label[r.get(axis)].add(r.get("subsample_rate"))
+    return all(len(v) == 1 for v in by_label.values()) and len({next(iter(v)) for v in by_label.values()}) > 1
+
+
+def write_hparams(rows: list[dict[str, Any]], dest: Path) -> Path:
+    """TensorBoard HParams view: one ``add_hparams`` record per run in ``dest/hparams/<run>``."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    root = dest / "hparams"
+    if root.exists():
+        shutil.rmtree(root)
+    metric_cols = {"val_loss", "train_loss", *COST_COLUMNS}
+    with SummaryWriter(log_dir=str(root)) as writer:
+        for row in rows:
+            hp = {k: v for k, v in row.items()
+                  if k not in metric_cols and "@" not in k and isinstance(v, (str, int, float, bool))}
+            metrics = {f"hparam/{k}": float(v) for k, v in row.items()
+                       if (k in metric_cols or "@" in k) and isinstance(v, (int, float)) and not isinstance(v, bool)}
+            writer.add_hparams(hp, metrics, run_name=row["run"])
+    return root
+
+
+def write_report(out: str | Path, dest: str | Path | None = None) -> dict[str, Any]:
+    """Collect the runs of ``out`` and write the table, plots and HParams view into ``dest``."""
+    rows, extra = collect(out)
+    dest = Path(dest) if dest is not None else Path(out) / "report"
+    dest.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = write_tables(rows, dest)
+    return {"rows": rows, "csv": csv_path, "markdown": md_path, "plots": write_plots(rows, extra, dest),
+            "hparams": write_hparams(rows, dest)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``infdiff report OUT [--dest DIR]``."""
+    parser = argparse.ArgumentParser(prog="infdiff report", description=__doc__.split("\n")[0])
+    parser.add_argument("out", help="sweep output folder (with sweep.json)")
+    parser.add_argument("--dest", default=None, help="report folder (default: <out>/report)")
+    args = parser.parse_args(argv)
+    try:
+        res = write_report(args.out, args.dest)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"infdiff report: error: {err}", file=sys.stderr)
+        return 2
+    print(res["markdown"].read_text())
+    print(f"wrote {res['csv']}, {res['markdown']} and the TensorBoard HParams view {res['hparams']}")
+    for name, p in res["plots"].items():
+        print(f"  {name}: {p if isinstance(p, Path) else 'skipped (' + p + ')'}")
+    failed = [r["run"] for r in rows_failed(res["rows"])]
+    if failed:
+        print(f"failed runs: {', '.join(failed)}")
+    return 0
+
+
+def rows_failed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows whose run failed."""
+    return [r for r in rows if r.get("status") == "failed"]

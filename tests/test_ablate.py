@@ -1,0 +1,194 @@
+"""infdiff ablate + infdiff report: a real 2x2 sweep, resumption, failures, sweep-file checks."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lightning_infdiff import ablate, report
+from lightning_infdiff.cli import InfDiffCLI, main
+from lightning_infdiff.data import FieldDataModule
+from lightning_infdiff.lit import DiffusionModule
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEPS = sorted((ROOT / "configs" / "ablations").glob("*.yml"))
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class _NoPopen:
+    def __init__(self, *a, **k):
+        raise AssertionError("a finished or failed run was launched again")
+
+
+def _eval_lines(run_dir: Path, values: dict[tuple[int, int], float]) -> None:
+    """What `infdiff evaluate` appends to <run>/eval/results.jsonl (one line per metric and grid)."""
+    (run_dir / "eval").mkdir()
+    with (run_dir / "eval" / "results.jsonl").open("w") as f:
+        for (h, w), v in values.items():
+            f.write(json.dumps({"checkpoint": "logs/checkpoints/last.ckpt", "metric": "fid_clip", "resolution": [h, w],
+                                "value": v, "num_samples": 8, "sampler": "dpmpp_2m", "steps": 2, "seed": 0,
+                                "wall_seconds": 1.0}) + "\n")
+
+
+@pytest.mark.slow
+def test_smoke_sweep_2x2_report_and_resume(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "smoke"
+    assert ablate.main([str(ROOT / "configs/ablations/smoke.yml"), "--out", str(out)]) == 0
+    manifest = json.loads((out / "sweep.json").read_text())
+    names = [r["name"] for r in manifest["runs"]]
+    assert names == ["denoiser-fno__rate-1", "denoiser-fno__rate-4", "denoiser-coord_mlp__rate-1", "denoiser-coord_mlp__rate-4"]
+    lines = [ln for ln in (out / "commands.sh").read_text().splitlines() if not ln.startswith("#")]
+    assert len(lines) == 4 and all(" fit --config " in ln and "--data.subsample_rate" not in ln for ln in lines)
+    for name in names:
+        run_dir = out / name
+        assert json.loads((run_dir / "status.json").read_text())["status"] == "done"
+        tp = json.loads((run_dir / "logs" / "throughput.json").read_text())
+        assert tp["steps_measured"] == 2 and tp["global_step"] == 2 and tp["sample_grid"] == [16, 16]
+        assert tp["step_time_median_s"] > 0 and tp["sample_seconds_per_image"] > 0 and 50 < tp["train_peak_rss_mib"] <= tp["run_peak_rss_mib"]
+
+    # no evaluation files yet: empty metric columns, the metric plot is skipped with a reason
+    res = report.write_report(out)
+    assert not any("@" in k for row in res["rows"] for k in row)
+    assert "No evaluation results" in res["markdown"].read_text()
+    assert res["plots"]["metric_vs_resolution"] == "no evaluation results"
+
+    # evaluation results for three of the four runs
+    for i, name in enumerate(names[:3]):
+        _eval_lines(out / name, {(16, 16): 10.0 + i, (32, 32): 20.0 + i, (16, 32): 30.0 + i})
+    res = report.write_report(out)
+    rows = {r["run"]: r for r in report.load_table(res["csv"])}
+    assert set(rows) == set(names)
+    assert rows[names[1]]["fid_clip@32x32"] == 21.0 and rows[names[3]]["fid_clip@32x32"] is None
+    for name in names:
+        row, run_dir = rows[name], out / name
+        curve = [json.loads(ln) for ln in (run_dir / "logs/val_loss_by_logsnr.jsonl").read_text().splitlines()][-1]["curve"]
+        # one validation batch: val/loss (from the TensorBoard events) is the mean of the curve
+        assert row["val_loss"] == pytest.approx(statistics.fmean(p["loss"] for p in curve), rel=1e-5)
+        tp = json.loads((run_dir / "logs/throughput.json").read_text())
+        assert row["step_time_ms"] == pytest.approx(1000 * tp["step_time_median_s"])
+        assert row["subsample_rate"] == float(row["rate"]) and row["num_params"] == tp["num_params"]
+    assert rows[names[0]]["denoiser_class"] == "FNODenoiser" and rows[names[2]]["denoiser_class"] == "CoordMLPDenoiser"
+    header = res["markdown"].read_text().splitlines()[0]
+    assert "fid_clip@16x16" in header and "fid_clip@16x32" in header and "sample_s_per_image" in header
+    for key in ("metric_vs_resolution", "loss_vs_logsnr", "cost_vs_subsampling"):
+        assert res["plots"][key].read_bytes()[:8] == PNG_MAGIC, key
+    assert len(list(res["hparams"].glob("*/events.out.tfevents.*"))) == 4
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(res["hparams"] / names[1]))
+    acc.Reload()
+    assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
+    assert acc.Scalars("hparam/fid_clip@32x32")[-1].value == 21.0
+
+    # resuming launches nothing
+    monkeypatch.setattr(ablate.subprocess, "Popen", _NoPopen)
+    capsys.readouterr()
+    assert ablate.main([str(ROOT / "configs/ablations/smoke.yml"), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.count("done before, skipped") == 4
+
+
+def _failing_sweep(tmp_path: Path) -> Path:
+    path = tmp_path / "fail.yml"
+    path.write_text(yaml.safe_dump({
+        "base": [str(ROOT / "configs/base.yaml")],
+        "axes": {"warmup": {"bad": ["--model.warmup_steps=-1"], "ok": ["--model.warmup_steps=0"]}},
+    }))
+    return path
+
+
+def test_failed_run_is_recorded_reported_and_retried(tmp_path, monkeypatch, capsys):
+    """A launcher that fails like a crashing run (return code 3, a traceback on stderr)."""
+    crash = "import sys; sys.stderr.write('Traceback\\nValueError: invalid model.warmup_steps=-1\\n'); sys.exit(3)"
+    launcher = f"{sys.executable} -c \"{crash}\""
+    out = tmp_path / "out"
+    argv = [str(_failing_sweep(tmp_path)), "--out", str(out), "--launcher", launcher, "--only", "warmup-bad"]
+    assert ablate.main(argv) == 1
+    status = json.loads((out / "warmup-bad" / "status.json").read_text())
+    assert status["status"] == "failed" and status["returncode"] == 3 and status["attempt"] == 1
+    assert status["stderr_tail"][-1] == "ValueError: invalid model.warmup_steps=-1"
+    text = capsys.readouterr().out
+    assert "FAILED warmup-bad: return code 3" in text and "invalid model.warmup_steps=-1" in text
+    assert not (out / "warmup-ok").exists()
+
+    res = report.write_report(out)  # a failed run and a run never started: rows with empty cells
+    rows = {r["run"]: r for r in res["rows"]}
+    assert rows["warmup-bad"]["status"] == "failed" and rows["warmup-bad"]["returncode"] == 3
+    assert rows["warmup-ok"]["status"] == "not run" and rows["warmup-ok"]["val_loss"] is None
+    assert isinstance(res["plots"]["loss_vs_logsnr"], str)
+
+    real_popen = subprocess.Popen
+    monkeypatch.setattr(ablate.subprocess, "Popen", _NoPopen)
+    assert ablate.main(argv) == 1  # failures are skipped, still reported
+    assert "FAILED before (return code 3)" in capsys.readouterr().out
+    monkeypatch.setattr(ablate.subprocess, "Popen", real_popen)
+    assert ablate.main([*argv, "--retry-failed"]) == 1
+    assert json.loads((out / "warmup-bad" / "status.json").read_text())["attempt"] == 2
+
+
+def test_dry_run_and_cli_entry(tmp_path, capsys):
+    out = tmp_path / "dry"
+    # via the infdiff entry point (exit code 0: returns; otherwise SystemExit)
+    main(["ablate", str(_failing_sweep(tmp_path)), "--out", str(out), "--dry-run", "--", "--trainer.max_steps=3"])
+    text = capsys.readouterr().out
+    assert text.count(" fit --config ") == 2 and "--trainer.max_steps=3 --trainer.default_root_dir=" in text
+    assert not (out / "warmup-bad").exists() and (out / "commands.sh").is_file()
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"axes": {}}, "missing key 'base'"),
+    ({"base": ["configs/base.yaml"], "axis": {}}, "unknown key"),
+    ({"base": ["configs/nope.yaml"]}, "'configs/nope.yaml' not found"),
+    ({"base": ["configs/base.yaml"], "overrides": ["--trainer.max_steps", "3"]}, "--key=value"),
+    ({"base": ["configs/base.yaml"], "axes": {"a": {"x y": []}}}, "labels may use"),
+    ({"base": ["configs/base.yaml"], "axes": {"a": {}}}, "non-empty"),
+])
+def test_bad_sweep_files_name_the_problem(tmp_path, spec, message):
+    path = tmp_path / "s.yml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        ablate.load_sweep(path)
+
+
+class _ParseOnly(InfDiffCLI):
+    """Parse and type-check a config without building the model (fast)."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("sweep", SWEEPS, ids=lambda p: p.stem)
+def test_repository_sweeps_expand_and_parse(sweep, tmp_path):
+    """Every run of every sweep in configs/ablations parses (keys and types checked)."""
+    runs = ablate.load_sweep(sweep, tmp_path).runs
+    assert runs and len({r.name for r in runs}) == len(runs)
+    for run in runs:
+        cli = _ParseOnly(DiffusionModule, FieldDataModule, run=False, args=run.args)
+        assert cli.config["trainer"]["logger"]["init_args"]["version"] == "logs"
+
+
+def test_throughput_summary_median_skip_and_images_per_second():
+    from types import SimpleNamespace
+
+    import torch
+
+    from lightning_infdiff.callbacks import Throughput
+
+    cb = Throughput(skip_steps=2, sample_num=0)
+    cb.step_times = [9.0, 7.0, 0.2, 0.4, 0.3]  # the first two (warm-up) are left out
+    module = SimpleNamespace(device=torch.device("cpu"), denoiser=torch.nn.Linear(3, 2))
+    trainer = SimpleNamespace(global_step=5, datamodule=SimpleNamespace(batch_size=8, resolution=16))
+    info = cb.summary(trainer, module)
+    assert info["step_time_median_s"] == pytest.approx(0.3) and info["steps_measured"] == 3
+    assert info["step_time_mean_s"] == pytest.approx(0.3) and info["images_per_s"] == pytest.approx(8 / 0.3)
+    assert info["num_params"] == 3 * 2 + 2 and info["sample_seconds_per_image"] is None
+    assert info["sample_grid"] == [16, 16] and info["train_peak_rss_mib"] is None
+    cb.step_times = [5.0]  # fewer steps than skip_steps: use them all
+    assert cb.summary(trainer, module)["step_time_median_s"] == 5.0
+    with pytest.raises(ValueError, match="sample_grid"):
+        Throughput(sample_grid=[16])
