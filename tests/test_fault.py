@@ -269,3 +269,18 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path, seeded):
     same = rest == ref[4:] and all(torch.equal(ref_params[k], rest_params[k]) for k in ref_params)
     # without StepSeed the noise after the resume comes from a different global RNG state
     assert same is seeded
+
+
+def test_last_checkpoint_is_written_at_the_final_step(tmp_path):
+    """Periodic by steps (every 3) and also at the end of a run that stops between two periods."""
+    ck = AtomicModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_last=True, save_top_k=0)
+    seen = []
+
+    class Spy(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            last = tmp_path / "ckpt" / "last.ckpt"
+            seen.append(load_checkpoint(last)["global_step"] if last.exists() else None)
+
+    trainer(tmp_path, [ck, Spy()], max_steps=4, val_check_interval=50).fit(tiny_module(), datamodule=tiny_dm())
+    assert seen == [None, None, None, 3]  # Spy runs before the checkpoint callback at each step
+    assert load_checkpoint(tmp_path / "ckpt" / "last.ckpt")["global_step"] == 4

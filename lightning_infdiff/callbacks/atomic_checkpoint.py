@@ -101,7 +101,8 @@ class AtomicModelCheckpoint(ModelCheckpoint):
     Takes every ``ModelCheckpoint`` argument (``every_n_train_steps`` for periodic checkpoints by
     steps, ``save_last``, ``monitor``, ...). In ``setup`` it replaces the trainer's default
     checkpoint writer by :class:`AtomicCheckpointIO` (so every checkpoint the trainer writes,
-    including other callbacks', is atomic). When Lightning turns a SIGTERM into its
+    including other callbacks', is atomic). ``last`` is also saved at the final step, whatever
+    ended the run (``max_steps``, ``max_time``, early stopping). When Lightning turns a SIGTERM into its
     ``SIGTERMException``, the ``last`` checkpoint is written before the process exits
     (``save_on_preemption``), so a preempted job resumes where it stopped.
 
@@ -125,6 +126,18 @@ class AtomicModelCheckpoint(ModelCheckpoint):
                 "its writes are not made atomic"
             )
         super().setup(trainer, pl_module, stage)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Save ``last`` at the final step (also when a time limit or early stop ended the run)."""
+        if (
+            self.save_last
+            and trainer.global_step > 0
+            and self._last_global_step_saved != trainer.global_step
+            and not self._should_skip_saving_checkpoint(trainer)
+        ):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            return
+        super().on_train_end(trainer, pl_module)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         """On SIGTERM save ``last``; other exceptions follow ``ModelCheckpoint(save_on_exception=...)``."""
