@@ -123,6 +123,7 @@ class DiffusionModule(L.LightningModule):
     # ---------------------------------------------------------------- set-up checks
     def setup(self, stage: str) -> None:
         """Check that the data and the denoiser agree (channels, classes) before any step runs."""
+        self._check_precision()
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is None:
             return
@@ -140,6 +141,16 @@ class DiffusionModule(L.LightningModule):
         if self.denoiser.num_classes and classes and classes != self.denoiser.num_classes:
             raise ValueError(
                 f"model.denoiser.init_args.num_classes={self.denoiser.num_classes} but the data has {classes} classes"
+            )
+
+    def _check_precision(self) -> None:
+        """Refuse all-half precisions: the process maths (schedules, DCT, sampler) must stay fp32."""
+        precision = str(self.trainer.precision) if self._trainer is not None else ""
+        if precision in ("bf16-true", "16-true"):
+            raise ValueError(
+                f"trainer.precision={precision!r} is not supported: it casts the whole module to half "
+                "precision, but the diffusion maths must stay in float32; use 'bf16-mixed' (or '16-mixed', "
+                "with loss scaling on GPU) to run the network in half precision"
             )
 
     # ---------------------------------------------------------------- training
