@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
-__all__ = ["AtomicCheckpointIO", "AtomicModelCheckpoint", "atomic_write_bytes"]
+__all__ = ["AtomicCheckpointIO", "AtomicModelCheckpoint", "atomic_write_bytes", "resume_error"]
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -93,6 +94,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         atomic_write_bytes(buffer.getvalue(), str(path))
+
+
+    def load_checkpoint(self, path: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Lightning's reader, with an error that names the file when it is truncated, unsafe or not a checkpoint."""
+        try:
+            return super().load_checkpoint(path, *args, **kwargs)
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # noqa: BLE001 - torch raises many types for broken files
+            raise resume_error(path, err) from err
+
+
+def resume_error(path: Any, err: BaseException) -> ValueError:
+    """A ``ValueError`` naming the checkpoint a run cannot resume from, and why."""
+    detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if isinstance(err, pickle.UnpicklingError):
+        return ValueError(
+            f"refusing to resume from {str(path)!r}: it holds objects that weights-only unpickling does not "
+            f"allow (a checkpoint from an untrusted source could run code): {detail}"
+        )
+    return ValueError(
+        f"cannot resume from {str(path)!r}: it is not a readable checkpoint (truncated, corrupt, or not "
+        f"written by torch.save): {type(err).__name__}: {detail}"
+    )
 
 
 class AtomicModelCheckpoint(ModelCheckpoint):
