@@ -235,6 +235,15 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch, e
     assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["last.ckpt"]  # no temporary file left
 
 
+def test_atomic_write_keeps_the_usual_permissions(tmp_path):
+    from lightning_infdiff.callbacks import atomic_write_bytes
+
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x")
+    atomic = atomic_write_bytes(b"x", tmp_path / "sub" / "atomic")
+    assert atomic.stat().st_mode == plain.stat().st_mode and atomic.read_bytes() == b"x"
+
+
 def test_plain_torch_save_would_have_been_corrupted(tmp_path):
     """Control: the same interrupted write straight onto the target destroys it (why atomic writes matter)."""
     path = tmp_path / "last.ckpt"

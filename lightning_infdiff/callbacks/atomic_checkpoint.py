@@ -44,6 +44,13 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _default_mode() -> int:
+    """The permissions ``open(path, "w")`` would give a new file (``0o666`` minus the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(data: bytes, path: str | Path) -> Path:
     """Write ``data`` to ``path`` through a temporary file and ``os.replace``.
 
@@ -59,6 +66,7 @@ def atomic_write_bytes(data: bytes, path: str | Path) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _default_mode())  # mkstemp creates 0600; checkpoints are shared like any file
         os.replace(tmp, path)
     except BaseException as err:
         try:
