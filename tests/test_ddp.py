@@ -24,7 +24,7 @@ import torch
 from test_fault import TINY, tiny_dm
 
 from lightning_infdiff.batch import FieldBatch
-from lightning_infdiff.callbacks import AtomicCheckpointIO, AtomicModelCheckpoint, StepSeed
+from lightning_infdiff.callbacks import AtomicCheckpointIO, AtomicModelCheckpoint, NonFiniteGuard, StepSeed
 from lightning_infdiff.denoisers import SparseNeuralOperator
 from lightning_infdiff.lit import DiffusionModule
 from lightning_infdiff.processes import GaussianProcess
@@ -91,7 +91,8 @@ class Record(L.Callback):
         torch.save({"samples": samples, "state": {k: v.cpu() for k, v in pl_module.state_dict().items()}},
                    f"{self.out}/rank{rank}.pt")
         with open(f"{self.out}/rank{rank}.json", "w") as f:
-            json.dump({"losses": self.losses, "seed": self.first_seed, "val_local": self.val_local,
+            guard = next(c for c in trainer.callbacks if isinstance(c, NonFiniteGuard))
+            json.dump({"skips": guard.total_skipped, "losses": self.losses, "seed": self.first_seed, "val_local": self.val_local,
                        "val_synced": float(trainer.callback_metrics["val/loss"])}, f)
 
 
@@ -102,7 +103,7 @@ def fit(tmp_path: Path, devices: int, batch_size: int) -> None:
         accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto", max_steps=STEPS,
         val_check_interval=STEPS, check_val_every_n_epoch=None, num_sanity_val_steps=0, logger=False,
         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
-        callbacks=[StepSeed(seed=5), ck, Record(str(tmp_path))], plugins=[CountingIO()],
+        callbacks=[StepSeed(seed=5), NonFiniteGuard(), ck, Record(str(tmp_path))], plugins=[CountingIO()],
     )
     trainer.fit(make_module(), datamodule=tiny_dm(length=44, batch_size=batch_size, val_size=8))
 
@@ -117,6 +118,7 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     # per-rank seeds: StepSeed's hash of (seed, rank, epoch, batch)
     assert [r["seed"] for r in ranks] == [StepSeed(seed=5).batch_seed(r, 0, 0) for r in range(2)]
     assert ranks[0]["seed"] != ranks[1]["seed"]
+    assert [r["skips"] for r in ranks] == [0, 0]  # NonFiniteGuard's all-rank reduction ran, nothing skipped
 
     # same loss as one process with the same global batch: the ranks' mean is the global mean.
     # Tolerance: float32 sums in another order (one batch of 8 vs two of 4 plus a gloo

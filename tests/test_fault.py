@@ -107,7 +107,8 @@ def test_nonfinite_guard_skips_bad_steps_and_counts_them(tmp_path, precision):
     poison = Poison(module, batches={2, 3})
     guard = NonFiniteGuard(max_consecutive=3)
     before = params(module)
-    t = trainer(tmp_path, [guard, poison], max_steps=6, precision=precision, val_check_interval=6)
+    t = trainer(tmp_path, [guard, poison], max_steps=6, precision=precision, val_check_interval=6,
+                gradient_clip_val=1.0)
     with pytest.warns(UserWarning, match="skipped optimiser step 2 .*non-finite loss"):
         t.fit(module, datamodule=tiny_dm())
     snaps = poison.snapshots
