@@ -24,7 +24,12 @@ import torch
 from test_fault import TINY, tiny_dm
 
 from lightning_infdiff.batch import FieldBatch
-from lightning_infdiff.callbacks import AtomicCheckpointIO, AtomicModelCheckpoint, NonFiniteGuard, StepSeed
+from lightning_infdiff.callbacks import (
+    AtomicCheckpointIO,
+    AtomicModelCheckpoint,
+    NonFiniteGuard,
+    StepSeed,
+)
 from lightning_infdiff.denoisers import SparseNeuralOperator
 from lightning_infdiff.lit import DiffusionModule
 from lightning_infdiff.processes import GaussianProcess
