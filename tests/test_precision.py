@@ -1,4 +1,4 @@
-"""Precisions Lightning supports on CPU, gradient accumulation, and the torch.compile option."""
+"""Precisions Lightning supports on CPU and gradient accumulation (torch.compile: test_precision_compile.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from test_ddp import make_module
 from test_fault import LossRecorder, tiny_dm, tiny_module, trainer
 
-from lightning_infdiff.callbacks import CompileDenoiser, NonFiniteGuard
+from lightning_infdiff.callbacks import NonFiniteGuard
 
 
 @pytest.mark.parametrize(
@@ -59,21 +59,3 @@ def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
         torch.testing.assert_close(runs["accumulated"][k], v, rtol=1e-5, atol=1e-6, msg=k)
         changed |= not torch.equal(v, make_module().state_dict()[k])
     assert changed
-
-
-def test_compile_option_is_wired(tmp_path):
-    """CompileDenoiser compiles the denoiser in place; the 'eager' backend keeps the numerics, the
-    state_dict keys do not change. (The inductor backend is too slow to compile in a CPU test.)"""
-    results = []
-    for compile_ in (False, True):
-        module, rec = tiny_module(), LossRecorder()
-        cbs = [rec] + ([CompileDenoiser(backend="eager")] if compile_ else [])
-        t = trainer(tmp_path / str(compile_), cbs, max_steps=2, val_check_interval=2)
-        torch.manual_seed(0)
-        t.fit(module, datamodule=tiny_dm())
-        assert (module.denoiser._compiled_call_impl is not None) is compile_
-        results.append((rec.losses, module.state_dict()))
-    assert results[0][0] == results[1][0]
-    assert list(results[0][1]) == list(results[1][1])  # no "_orig_mod." prefixes
-    with pytest.raises(ValueError, match="backend"):
-        CompileDenoiser(backend="")
