@@ -4,13 +4,15 @@ The denoiser is compiled in place with ``nn.Module.compile``: its ``forward`` ru
 ``torch.compile`` while its parameters, buffers and ``state_dict`` keys stay the same, so
 checkpoints written with and without compilation are interchangeable and EMA / safetensors
 export see the plain module. Only the network is compiled; the process maths (schedules, DCT,
-samplers) stays in eager fp32. ``dynamic=True`` by default because the number of points and
-the grid change between training (subsampled), validation (full grid) and sampling (any
-grid), which would otherwise recompile for every new shape.
+samplers) stays in eager fp32. The number of points and the grid change between training
+(subsampled), validation (full grid) and sampling (any grid): with the default
+``dynamic=None`` torch compiles the first shape statically and switches to dynamic shapes when
+a shape changes. (``dynamic=True`` from the start made inductor fail on the sparse neural
+operator with torch 2.13: ``cannot determine truth value of Relational``.)
 
-On CPU the default ``inductor`` backend needs a C++ compiler and compiles for tens of seconds
-per shape: the tests check the wiring with the ``eager`` backend (same numerics as no
-compilation); the speed-up is a GPU matter.
+On CPU the ``inductor`` backend needs a C++ compiler and compiled the tiny test model for about
+5 minutes on the shared 2-core machine: the tests check the wiring with the ``eager`` backend
+(same numerics as no compilation); the speed-up is a GPU matter.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class CompileDenoiser(L.Callback):
     Args:
         backend: ``torch.compile`` backend (``inductor``; ``eager``/``aot_eager`` for debugging).
         mode: ``None``, ``default``, ``reduce-overhead`` or ``max-autotune``.
-        dynamic: compile for dynamic shapes (points and grids vary); ``None`` lets torch decide.
+        dynamic: ``None`` (static first, dynamic after a shape change), ``True`` or ``False``.
         fullgraph: require one graph (raise on graph breaks).
     """
 
@@ -37,7 +39,7 @@ class CompileDenoiser(L.Callback):
         self,
         backend: str = "inductor",
         mode: Literal["default", "reduce-overhead", "max-autotune"] | None = None,
-        dynamic: bool | None = True,
+        dynamic: bool | None = None,
         fullgraph: bool = False,
     ) -> None:
         if not backend:
