@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 from lightning.pytorch.cli import instantiate_module
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from .callbacks.atomic_checkpoint import atomic_write_bytes
 from .lit.module import DiffusionModule
 
 __all__ = ["load_checkpoint", "load_module", "export_safetensors", "load_safetensors", "module_config"]
@@ -84,10 +85,8 @@ def export_safetensors(path: str | Path, out: str | Path) -> Path:
     ckpt = load_checkpoint(path)
     config = module_config(ckpt, path)
     tensors = {k: v.contiguous() for k, v in ckpt["state_dict"].items() if isinstance(v, torch.Tensor)}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out), metadata={"infdiff_config": json.dumps(config), "format": "lightning_infdiff/1"})
-    return out
+    data = save(tensors, metadata={"infdiff_config": json.dumps(config), "format": "lightning_infdiff/1"})
+    return atomic_write_bytes(data, out)  # a failed export never destroys an earlier file
 
 
 def load_safetensors(path: str | Path) -> DiffusionModule:

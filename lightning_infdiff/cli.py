@@ -54,6 +54,17 @@ class InfDiffCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.channels", "model.denoiser.init_args.in_channels", apply_on="instantiate")
 
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI reads ``--ckpt_path`` first (for its hyperparameters): name the file if it is broken."""
+        try:
+            super()._parse_ckpt_path()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as err:  # noqa: BLE001 - torch raises many types for broken files
+            from .callbacks.atomic_checkpoint import resume_error
+
+            raise resume_error(self.config[self.config.subcommand].get("ckpt_path"), err) from err
+
 
 def parse_grid(text: str) -> tuple[int, int]:
     """``"64"`` -> (64, 64); ``"48x80"`` -> (48, 80)."""
@@ -67,6 +78,18 @@ def parse_grid(text: str) -> tuple[int, int]:
     if len(vals) != 2 or min(vals) < 2:
         raise ValueError(f"grid must be H or HxW with sides >= 2, got {text!r}")
     return vals[0], vals[1]
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` and write a probe file in it, or raise an ``OSError`` that names it."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write to the output folder {str(folder)!r}: {err.strerror or err}") from err
 
 
 def _train_grid(module: DiffusionModule) -> tuple[int, int]:
@@ -141,6 +164,7 @@ def sample_command(
         if bad:
             raise ValueError(f"--labels must be in [0, {module.denoiser.num_classes}), got {bad}")
     out_dir = Path(out)
+    check_writable(out_dir)  # before the (slow) sampling
     images = []
     dev = torch.device(device)
     for start in tqdm(range(0, num, batch_size), desc=f"sampling {hw[0]}x{hw[1]}"):
@@ -185,7 +209,7 @@ def _run_tool(name: str, argv: list[str]) -> None:
     kwargs = {k: v for k, v in cfg.as_dict().items() if k != "__path__"}
     try:
         fn(**kwargs)
-    except (ValueError, FileNotFoundError, ImportError, NotImplementedError) as err:
+    except (ValueError, OSError, ImportError, NotImplementedError) as err:
         print(f"infdiff {name}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
 

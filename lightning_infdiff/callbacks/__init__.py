@@ -1,7 +1,24 @@
-"""Training-time callbacks (EMA, FID, throughput measurement)."""
+"""Training-time callbacks: EMA, FID, throughput, non-finite guard, per-batch seeding, atomic checkpoints."""
 
+from .atomic_checkpoint import AtomicCheckpointIO, AtomicModelCheckpoint, atomic_write_bytes
+from .compile import CompileDenoiser
 from .ema import EMA, decay_from_half_life
 from .fid import FIDCallback
+from .nonfinite import NonFiniteGuard, NonFiniteTrainingError
+from .step_seed import StepSeed
 from .throughput import Throughput, peak_rss_mib
 
-__all__ = ["EMA", "FIDCallback", "Throughput", "decay_from_half_life", "peak_rss_mib"]
+__all__ = [
+    "EMA",
+    "AtomicCheckpointIO",
+    "AtomicModelCheckpoint",
+    "CompileDenoiser",
+    "FIDCallback",
+    "NonFiniteGuard",
+    "NonFiniteTrainingError",
+    "StepSeed",
+    "Throughput",
+    "atomic_write_bytes",
+    "decay_from_half_life",
+    "peak_rss_mib",
+]

@@ -130,9 +130,11 @@ class DiffusionModule(L.LightningModule):
     # ---------------------------------------------------------------- set-up checks
     def setup(self, stage: str) -> None:
         """Check that the data and the denoiser agree (channels, classes) before any step runs."""
+        self._check_precision()
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is None:
             return
+        self._check_overlays(dm)
         channels = getattr(dm, "channels", None)
         if channels is not None and channels != self.denoiser.in_channels:
             raise ValueError(
@@ -147,6 +149,26 @@ class DiffusionModule(L.LightningModule):
         if self.denoiser.num_classes and classes and classes != self.denoiser.num_classes:
             raise ValueError(
                 f"model.denoiser.init_args.num_classes={self.denoiser.num_classes} but the data has {classes} classes"
+            )
+
+    def _check_precision(self) -> None:
+        """Refuse all-half precisions: the process maths (schedules, DCT, sampler) must stay fp32."""
+        precision = str(self.trainer.precision) if self._trainer is not None else ""
+        if precision in ("bf16-true", "16-true"):
+            raise ValueError(
+                f"trainer.precision={precision!r} is not supported: it casts the whole module to half "
+                "precision, but the diffusion maths must stay in float32; use 'bf16-mixed' (or '16-mixed', "
+                "with loss scaling on GPU) to run the network in half precision"
+            )
+
+    def _check_overlays(self, dm: Any) -> None:
+        """Refuse overlay combinations that would only fail at the first step."""
+        sampler = getattr(dm, "sampler", None)
+        if getattr(self.process, "multiscale", False) and sampler is not None and not sampler.is_full:
+            raise ValueError(
+                "model.process.init_args.multiscale=true needs full grids, but data.subsample_rate="
+                f"{sampler.rate} / data.num_points={sampler.num_points} subsample them: set "
+                "data.subsample_rate: 1 (configs/process/multiscale.yaml does) or disable multiscale"
             )
 
     # ---------------------------------------------------------------- training

@@ -1,0 +1,187 @@
+"""Atomic checkpoint writes: a killed process or a full disk never leaves a corrupt checkpoint.
+
+Lightning's default writer serialises into memory and then writes over the target file: a
+process killed (or a disk filling up) during that write leaves a truncated ``last.ckpt`` and the
+previous one is gone. :class:`AtomicCheckpointIO` writes to a temporary file in the same folder,
+flushes and ``fsync``s it, and only then renames it over the target with ``os.replace``, which
+POSIX makes atomic: readers see the old file or the new one, never a mix. On failure the
+temporary file is removed and an ``OSError`` names the target and says the previous file is
+intact. :class:`AtomicModelCheckpoint` is ``ModelCheckpoint`` that installs this writer and, on
+preemption (SIGTERM), saves ``last`` before the process exits.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+
+__all__ = ["AtomicCheckpointIO", "AtomicModelCheckpoint", "atomic_write_bytes", "resume_error"]
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not supported everywhere (e.g. Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _default_mode() -> int:
+    """The permissions ``open(path, "w")`` would give a new file (``0o666`` minus the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write_bytes(data: bytes, path: str | Path) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and ``os.replace``.
+
+    Raises:
+        OSError: naming ``path`` (with ``errno.ENOSPC`` spelled out for a full disk); the previous
+            content of ``path``, if any, is untouched and no temporary file is left behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _default_mode())  # mkstemp creates 0600; checkpoints are shared like any file
+        os.replace(tmp, path)
+    except BaseException as err:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if isinstance(err, OSError):
+            reason = "the disk is full (ENOSPC)" if err.errno == errno.ENOSPC else f"{type(err).__name__}: {err}"
+            kept = "the previous checkpoint there is intact" if path.exists() else "no file was left there"
+            raise OSError(err.errno, f"could not write checkpoint {str(path)!r}: {reason}; {kept}") from err
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` whose local writes are atomic (temporary file, ``fsync``, ``os.replace``).
+
+    Remote paths (``s3://``, ...) use Lightning's writer: object stores replace whole objects.
+    Use it as ``trainer.plugins`` or through :class:`AtomicModelCheckpoint`.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        """Serialise ``checkpoint`` in memory, then write it atomically to ``path``."""
+        if storage_options is not None:
+            raise TypeError(
+                f"`storage_options` is not supported by {type(self).__name__}, got {storage_options!r}"
+            )
+        fs = get_filesystem(path)
+        if "file" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write_bytes(buffer.getvalue(), str(path))
+
+
+    def load_checkpoint(self, path: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Lightning's reader, with an error that names the file when it is truncated, unsafe or not a checkpoint."""
+        try:
+            return super().load_checkpoint(path, *args, **kwargs)
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # noqa: BLE001 - torch raises many types for broken files
+            raise resume_error(path, err) from err
+
+
+def resume_error(path: Any, err: BaseException) -> ValueError:
+    """A ``ValueError`` naming the checkpoint a run cannot resume from, and why."""
+    detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if isinstance(err, pickle.UnpicklingError):
+        return ValueError(
+            f"refusing to resume from {str(path)!r}: it holds objects that weights-only unpickling does not "
+            f"allow (a checkpoint from an untrusted source could run code): {detail}"
+        )
+    return ValueError(
+        f"cannot resume from {str(path)!r}: it is not a readable checkpoint (truncated, corrupt, or not "
+        f"written by torch.save): {type(err).__name__}: {detail}"
+    )
+
+
+class AtomicModelCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` with atomic writes and a ``last`` checkpoint on preemption.
+
+    Takes every ``ModelCheckpoint`` argument (``every_n_train_steps`` for periodic checkpoints by
+    steps, ``save_last``, ``monitor``, ...). In ``setup`` it replaces the trainer's default
+    checkpoint writer by :class:`AtomicCheckpointIO` (so every checkpoint the trainer writes,
+    including other callbacks', is atomic). ``last`` is also saved at the final step, whatever
+    ended the run (``max_steps``, ``max_time``, early stopping). When Lightning turns a SIGTERM into its
+    ``SIGTERMException``, the ``last`` checkpoint is written before the process exits
+    (``save_on_preemption``), so a preempted job resumes where it stopped.
+
+    Args:
+        save_on_preemption: save ``last`` (needs ``save_last``) when the run ends on SIGTERM.
+        **kwargs: ``ModelCheckpoint`` arguments.
+    """
+
+    def __init__(self, *args: Any, save_on_preemption: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.save_on_preemption = save_on_preemption
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Install :class:`AtomicCheckpointIO` unless a custom writer is configured."""
+        io_plugin = trainer.strategy.checkpoint_io
+        if type(io_plugin) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        elif not isinstance(io_plugin, AtomicCheckpointIO):
+            rank_zero_warn(
+                f"AtomicModelCheckpoint: the trainer uses a custom checkpoint writer {type(io_plugin).__name__}; "
+                "its writes are not made atomic"
+            )
+        super().setup(trainer, pl_module, stage)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Save ``last`` at the final step (also when a time limit or early stop ended the run)."""
+        if (
+            self.save_last
+            and trainer.global_step > 0
+            and self._last_global_step_saved != trainer.global_step
+            and not self._should_skip_saving_checkpoint(trainer)
+        ):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            return
+        super().on_train_end(trainer, pl_module)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """On SIGTERM save ``last``; other exceptions follow ``ModelCheckpoint(save_on_exception=...)``."""
+        if (
+            isinstance(exception, SIGTERMException)
+            and self.save_on_preemption
+            and self.save_last
+            and not trainer.sanity_checking
+            and not trainer.fast_dev_run
+        ):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            rank_zero_info(f"AtomicModelCheckpoint: SIGTERM received, saved {self.last_model_path} at step {trainer.global_step}")
+            return
+        super().on_exception(trainer, pl_module, exception)
