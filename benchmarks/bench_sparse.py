@@ -118,8 +118,7 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
     lines = [
         "# Sparse neural operator: training step vs subsampling rate",
         "",
-        f"Command: `python benchmarks/bench_sparse.py{' --quick' if args.quick else ''} --threads {args.threads} "
-        f"--batch {args.batch} --repeats {args.repeats}`; batch {args.batch}, {args.threads} thread(s), "
+        f"Command: `python benchmarks/bench_sparse.py {' '.join(sys.argv[1:])}`; batch {args.batch}, {args.threads} thread(s), "
         f"median of {args.repeats} steps after {args.warmup} warm-up; peak = extra RSS high-water mark of a "
         "fresh process per setting. Speed-up and memory reduction are relative to rate 1 of the same row group. "
         "`load` is the 1-minute load average after the setting: the machine is shared, so above ~1.5 other "
@@ -149,6 +148,7 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="*", default=None)
     parser.add_argument("--rates", type=int, nargs="*", default=None)
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--name", default=None, help="results file stem (default: sparse, or sparse_quick)")
     parser.add_argument("--child", type=str, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -179,7 +179,7 @@ def main() -> None:
                     r["mem_reduction"] = ref["peak_mb"] / max(r["peak_mb"], 1e-9)
                 rows.extend(group)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "sparse_quick" if args.quick else "sparse"
+    name = args.name or ("sparse_quick" if args.quick else "sparse")
     (RESULTS / f"{name}.json").write_text(json.dumps(rows, indent=1))
     text = markdown(rows, args)
     if not args.no_profile:
