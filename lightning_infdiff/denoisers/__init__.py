@@ -3,6 +3,8 @@
 from .base import Denoiser, GridDenoiser, logsnr_embedding
 from .coord_mlp import CoordMLPBaseline, CoordMLPDenoiser
 from .fno import FNODenoiser
+from .layers_dwt import HaarDWT
+from .layers_rope import AxialRoPE
 from .siid import SIIDDenoiser
 from .sparse_conv import PointLattice, SparseDepthwiseConv2d
 from .sparse_operator import SparseNeuralOperator
@@ -12,12 +14,14 @@ from .uvit import UViTDenoiser
 
 __all__ = [
     "ADMUNet",
+    "AxialRoPE",
     "ADMUNetDenoiser",
     "CoordMLPBaseline",
     "CoordMLPDenoiser",
     "Denoiser",
     "FNODenoiser",
     "GridDenoiser",
+    "HaarDWT",
     "PointLattice",
     "SIIDDenoiser",
     "SparseDepthwiseConv2d",
