@@ -191,7 +191,7 @@ def report() -> str:
         d = desc.get(name, {})
         lines.append(
             f"| {name} | {r['fit_wall_s']:.0f} | {r['val_loss']:.4f} | {c32['mean_confidence']:.2f} | "
-            f"{c32['class_entropy_nats']:.2f} | {c64['mean_confidence']:.2f} | {c64['class_entropy_nats']:.2f} | "
+            f"{abs(c32['class_entropy_nats']):.2f} | {c64['mean_confidence']:.2f} | {abs(c64['class_entropy_nats']):.2f} | "
             f"{r['loadavg_start'][0]:.1f} / {r['loadavg_end'][0]:.1f} | {d.get('32', '(not yet looked at)')} | "
             f"{d.get('64', '(not yet looked at)')} |"
         )
