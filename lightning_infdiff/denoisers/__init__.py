@@ -5,6 +5,8 @@ from .base import Denoiser, GridDenoiser, logsnr_embedding
 from .coord_mlp import CoordMLPBaseline, CoordMLPDenoiser
 from .fno import FNODenoiser
 from .latent_prior import LatentPrior
+from .layers_dwt import HaarDWT
+from .layers_rope import AxialRoPE
 from .siid import SIIDDenoiser
 from .sparse_conv import PointLattice, SparseDepthwiseConv2d
 from .sparse_operator import SparseNeuralOperator
@@ -14,6 +16,7 @@ from .uvit import UViTDenoiser
 
 __all__ = [
     "ADMUNet",
+    "AxialRoPE",
     "ADMUNetDenoiser",
     "CoordMLPBaseline",
     "CoordMLPDenoiser",
@@ -21,6 +24,7 @@ __all__ = [
     "FNODenoiser",
     "GridDenoiser",
     "LatentPrior",
+    "HaarDWT",
     "PointLattice",
     "SIIDDenoiser",
     "SparseAutoencoder",
