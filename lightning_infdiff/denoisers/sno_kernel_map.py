@@ -11,15 +11,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["kernel_map", "pairs_depthwise_conv"]
+__all__ = ["KernelMap", "kernel_map", "pairs_depthwise_conv"]
 
 
-def kernel_map(indices: Tensor, grid: tuple[int, int], ksize: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+TapRuns = list[tuple[int, int, int]]
+KernelMap = tuple[Tensor, Tensor, Tensor, TapRuns]
+
+
+def kernel_map(indices: Tensor, grid: tuple[int, int], ksize: tuple[int, int]) -> KernelMap:
     """All (output point, input point, tap) triples with both points sampled, grouped by tap.
 
     Follows ``conv2d``'s cross-correlation: tap ``(i, j)`` of output pixel ``(y, x)`` reads
     input pixel ``(y + i - kh//2, x + j - kw//2)``. Point ids are flat over the batch. The
-    triples are sorted by tap (stable), so each tap's pairs are one contiguous run.
+    triples are sorted by tap (stable), so each tap's pairs are one contiguous run; the
+    ``(tap, start, stop)`` runs are computed here, once per lattice, so the convolutions that
+    share the lattice need no host synchronisation.
     """
     h, w = grid
     kh, kw = ksize
@@ -41,10 +47,10 @@ def kernel_map(indices: Tensor, grid: tuple[int, int], ksize: tuple[int, int]) -
         # (K, B·N) order: nonzero then walks tap by tap
         tap_idx, out_idx = torch.nonzero(nbr.t() >= 0, as_tuple=True)
         inp_idx = nbr[out_idx, tap_idx]
-    return out_idx, inp_idx, tap_idx
+    return out_idx, inp_idx, tap_idx, _tap_runs(tap_idx, kh * kw)
 
 
-def _tap_runs(tap_idx: Tensor, taps: int) -> list[tuple[int, int, int]]:
+def _tap_runs(tap_idx: Tensor, taps: int) -> TapRuns:
     """``(tap, start, stop)`` of each non-empty contiguous run of a tap-sorted ``tap_idx``."""
     counts = torch.bincount(tap_idx, minlength=taps).tolist()
     runs, start = [], 0
@@ -65,8 +71,7 @@ class _PairsConv(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, wflat: Tensor, out_idx: Tensor, inp_idx: Tensor, tap_idx: Tensor) -> Tensor:  # noqa: ANN001
-        runs = _tap_runs(tap_idx, wflat.shape[0])
+    def forward(ctx, x: Tensor, wflat: Tensor, out_idx: Tensor, inp_idx: Tensor, runs: TapRuns) -> Tensor:  # noqa: ANN001
         ctx.runs = runs
         ctx.save_for_backward(x, wflat, out_idx, inp_idx)
         dt = wflat.dtype
@@ -90,7 +95,7 @@ class _PairsConv(torch.autograd.Function):
         return (None if grad_x is None else grad_x.to(x.dtype)), grad_w, None, None, None
 
 
-def pairs_depthwise_conv(x: Tensor, weight: Tensor, pairs: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+def pairs_depthwise_conv(x: Tensor, weight: Tensor, pairs: KernelMap) -> Tensor:
     """Un-normalised depthwise conv ``Σ_taps w·x`` of ``(B, N, C)`` points over a kernel map.
 
     The input is kept (and saved for backward) in its own dtype, e.g. bf16 under autocast;
@@ -99,5 +104,6 @@ def pairs_depthwise_conv(x: Tensor, weight: Tensor, pairs: tuple[Tensor, Tensor,
     b, n, c = x.shape
     dt = torch.promote_types(x.dtype, torch.float32)  # accumulate in fp32 (fp64 if given)
     wflat = weight.reshape(c, -1).t().to(dt).contiguous()  # (K, C)
-    out = _PairsConv.apply(x.reshape(b * n, c), wflat, *pairs)
+    out_idx, inp_idx, _, runs = pairs
+    out = _PairsConv.apply(x.reshape(b * n, c), wflat, out_idx, inp_idx, runs)
     return out.view(b, n, c).to(x.dtype)

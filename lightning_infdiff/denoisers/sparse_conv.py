@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..coords import check_grid
-from .sno_kernel_map import kernel_map, pairs_depthwise_conv
+from .sno_kernel_map import KernelMap, kernel_map, pairs_depthwise_conv
 
 __all__ = [
     "AUTO_PAIRS_MAX_DENSITY",
@@ -137,7 +137,8 @@ class PointLattice:
         norm: ``(B, N, 1)`` factor ``k² / (s_y·s_x·n(c))`` (fp32), ``n(c)`` the sampled
             neighbours weighted by the resampled window (the plain count at ``s = 1``).
         backend: resolved backend (``"dense"``, ``"pairs"`` or ``"torchsparse"``).
-        pairs: for ``"pairs"``: ``(out, inp, tap)`` flat indices into ``B·N`` points and taps.
+        pairs: for ``"pairs"``: ``(out, inp, tap, runs)``: flat indices into ``B·N`` points and
+            taps, and each tap's contiguous run (see :func:`.sno_kernel_map.kernel_map`).
         full_grid: every example holds all ``H·W`` pixels in row-major order (as when sampling);
             the dense backend then convolves the points in place, without a canvas.
     """
@@ -148,7 +149,7 @@ class PointLattice:
     scale: tuple[float, float]
     norm: Tensor
     backend: str
-    pairs: tuple[Tensor, Tensor, Tensor] | None = None
+    pairs: KernelMap | None = None
     full_grid: bool = False
 
     @classmethod
