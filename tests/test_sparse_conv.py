@@ -7,9 +7,11 @@ import torch.nn.functional as F
 from lightning_infdiff.denoisers.sparse_conv import (
     PointLattice,
     SparseDepthwiseConv2d,
+    integer_scales,
     resize_kernel,
     resized_kernel_size,
     sparse_depthwise_conv,
+    tent_factored_conv2d,
     torchsparse_available,
 )
 
@@ -180,3 +182,52 @@ def test_torchsparse_parity_with_dense():  # pragma: no cover - needs torchspars
     ref = conv(x, PointLattice.build(idx, (20, 20), 7, 20, "dense"))
     out = conv(x, PointLattice.build(idx, (20, 20), 7, 20, "torchsparse"))
     assert torch.allclose(out, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize(("grid", "train", "k"), [((64, 64), 32, 5), ((96, 64), 32, 5), ((32, 64), 32, 3), ((128, 128), 16, 3)])
+def test_tent_factored_conv_equals_resized_kernel_conv(grid, train, k):
+    """The factored form (tent filter, then the dilated training kernel) is the resized kernel."""
+    h, w = grid
+    scales = integer_scales((h / train, w / train))
+    assert scales is not None
+    x = torch.randn(2, 3, h, w, dtype=torch.float64)
+    wt = torch.randn(3, 1, k, k, dtype=torch.float64)
+    kh, kw = resized_kernel_size(k, train, h), resized_kernel_size(k, train, w)
+    big = resize_kernel(wt, (kh, kw), (h / train, w / train))
+    ref = F.conv2d(x, big, padding=(kh // 2, kw // 2), groups=3)
+    torch.testing.assert_close(tent_factored_conv2d(x, wt, scales), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_integer_scales_only_for_whole_upsampling():
+    assert integer_scales((2.0, 4.0)) == (2, 4)
+    assert integer_scales((1.0, 2.0)) == (1, 2)
+    assert integer_scales((1.0, 1.0)) is None
+    assert integer_scales((1.5, 2.0)) is None
+    assert integer_scales((0.5, 0.5)) is None
+
+
+@pytest.mark.parametrize("grid", [(64, 64), (64, 96), (48, 48)])
+def test_layer_fast_path_matches_resized_kernel_in_values_and_gradients(grid):
+    """SparseDepthwiseConv2d on the dense canvas at 2x/3x uses the factored form; it must give
+    the values and gradients of the explicitly resized kernel (also for a subset of points)."""
+    torch.manual_seed(0)
+    layer = SparseDepthwiseConv2d(4, kernel_size=5, train_resolution=16).double()
+    h, w = grid
+    for idx in (torch.arange(h * w).unsqueeze(0), torch.randperm(h * w)[: h * w // 2].unsqueeze(0)):
+        lat = PointLattice.build(idx, grid, 5, 16, backend="dense")
+        assert lat.backend == "dense" and integer_scales(lat.scale) is not None  # the fast path runs
+        x = torch.randn(1, idx.shape[1], 4, dtype=torch.float64, requires_grad=True)
+        fast = layer(x, lat)
+        g_fast = torch.autograd.grad(fast.square().sum(), [x, layer.weight])
+        slow = sparse_depthwise_conv(x, layer.kernel(lat.kernel_size, lat.scale), lat)
+        g_slow = torch.autograd.grad(slow.square().sum(), [x, layer.weight])
+        torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-10)
+        for a, b in zip(g_fast, g_slow, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        # the factored neighbour count equals the count with the explicitly resized window
+        mask = torch.zeros(1, h * w, dtype=torch.float64).scatter_(1, idx, 1.0).view(1, 1, h, w)
+        kh, kw = lat.kernel_size
+        box = resize_kernel(torch.ones(1, 1, 5, 5, dtype=torch.float64), (kh, kw), lat.scale) / (lat.scale[0] * lat.scale[1])
+        count = F.conv2d(mask, box, padding=(kh // 2, kw // 2)).view(1, -1).gather(1, idx).unsqueeze(-1)
+        norm = 25 / (lat.scale[0] * lat.scale[1] * count)
+        torch.testing.assert_close(lat.norm.double(), norm, rtol=1e-5, atol=1e-6)

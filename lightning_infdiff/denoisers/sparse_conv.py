@@ -29,11 +29,19 @@ Backends (all exact, selected by name, e.g. from YAML):
 Resolution transfer: at a grid ``H' x W'`` the kernel is resampled bilinearly to an odd size
 per axis (:func:`resized_kernel_size`, :func:`resize_kernel`), and the normalisation keeps
 the response consistent.
+
+Fast path for sampling at integer multiples of the training resolution: the resized kernel
+``w' = M_y w M_xᵀ`` is a sum of tents centred on the dilated training taps, so the dense
+convolution factors exactly into a ``(2s-1)``-tap tent filter followed by the ``k x k``
+training kernel dilated by ``s`` (:func:`tent_factored_conv2d`). Its cost per pixel is
+``k² + 2(2s-1)`` instead of ``k'² ≈ (k·s)²``, which keeps sampling linear in the number of
+pixels (measured in ``benchmarks/bench_sampling.py``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -48,9 +56,11 @@ __all__ = [
     "SPARSE_BACKENDS",
     "PointLattice",
     "SparseDepthwiseConv2d",
+    "integer_scales",
     "resized_kernel_size",
     "resize_kernel",
     "sparse_depthwise_conv",
+    "tent_factored_conv2d",
     "torchsparse_available",
 ]
 
@@ -121,6 +131,55 @@ def resize_kernel(weight: Tensor, size: tuple[int, int], scale: tuple[float, flo
     my = _resample_matrix(k, size[0], scale[0], weight.device, weight.dtype)
     mx = _resample_matrix(k, size[1], scale[1], weight.device, weight.dtype)
     return torch.einsum("ik,cakl,jl->caij", my, weight, mx)
+
+
+def integer_scales(scale: tuple[float, float]) -> tuple[int, int] | None:
+    """``(s_y, s_x)`` as integers when both are whole numbers ``>= 1`` and not both 1, else None.
+
+    These are the grids where :func:`tent_factored_conv2d` reproduces the resized kernel exactly.
+    """
+    sy, sx = scale
+    if sy < 1 or sx < 1 or not float(sy).is_integer() or not float(sx).is_integer() or (sy, sx) == (1, 1):
+        return None
+    return int(sy), int(sx)
+
+
+def _tent(s: int, channels: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``(2s-1)``-tap tent ``1 - |u|/s`` (:func:`_resample_matrix`'s weights at integer ``s``)."""
+    u = torch.arange(-(s - 1), s, device=device, dtype=torch.float64)
+    return (1.0 - u.abs() / s).to(dtype).expand(channels, -1)
+
+
+def tent_factored_conv2d(x: Tensor, weight: Tensor, scales: tuple[int, int]) -> Tensor:
+    """Zero-padded "same" depthwise conv with ``resize_kernel(weight)`` at integer grid ratios.
+
+    With tents ``t(u) = max(0, 1 - |u|/s)`` the resized kernel is
+    ``w'(a, b) = Σ_{i,j} w(i, j) t_y(a - i s_y) t_x(b - j s_x)`` (offsets from the centres), so
+
+        (x ⋆ w')(p) = Σ_{i,j} w(i, j) · T(p + (i s_y, j s_x)),    T = x ⋆ (t_y ⊗ t_x),
+
+    i.e. the tent-smoothed input (evaluated on the grid padded by ``r·s``, the input zero outside)
+    followed by the training kernel dilated by ``s``: exact up to rounding, at a cost per pixel
+    of ``k² + 2(2s - 1)`` instead of ``k'²``.
+
+    Args:
+        x: ``(B, C, H, W)`` canvas (any memory format).
+        weight: ``(C, 1, k, k)`` kernel at the training resolution (``k`` odd).
+        scales: integer ``(s_y, s_x)`` from :func:`integer_scales`.
+    """
+    c = x.shape[1]
+    k = weight.shape[-1]
+    r = (k - 1) // 2
+    sy, sx = scales
+    # Pad by the resized radius r' = (r + 1)s - 1: the tent (half-width s - 1) then yields T on
+    # the grid extended by r·s, exactly where the dilated kernel reads it.
+    py, px = (r + 1) * sy - 1, (r + 1) * sx - 1
+    t = F.pad(x, (px, px, py, py))
+    if sy > 1:
+        t = F.conv2d(t, _tent(sy, c, x.dtype, x.device).reshape(c, 1, -1, 1), groups=c)
+    if sx > 1:
+        t = F.conv2d(t, _tent(sx, c, x.dtype, x.device).reshape(c, 1, 1, -1), groups=c)
+    return F.conv2d(t, weight.to(x.dtype), dilation=(sy, sx), groups=c)
 
 
 @dataclass
@@ -199,22 +258,26 @@ class PointLattice:
             else:
                 mask = torch.zeros(b, h * w, device=indices.device)
                 mask.scatter_(1, indices, 1.0)
-                count = F.conv2d(mask.view(b, 1, h, w), box, padding=(kh // 2, kw // 2))
+                scales = integer_scales((sy, sx))
+                if scales is not None:  # the same window, factored (exact; see tent_factored_conv2d)
+                    ones = torch.full((1, 1, kernel_size, kernel_size), 1.0 / (sy * sx), device=indices.device)
+                    count = tent_factored_conv2d(mask.view(b, 1, h, w), ones, scales)
+                else:
+                    count = F.conv2d(mask.view(b, 1, h, w), box, padding=(kh // 2, kw // 2))
                 count = torch.gather(count.view(b, h * w), 1, indices).unsqueeze(-1)
             norm = float(kernel_size**2) / (sy * sx * count.clamp_min(1e-6))
             full = n == h * w and bool((indices == torch.arange(n, device=indices.device)).all())
         return cls(indices, (h, w), (kh, kw), (sy, sx), norm, backend, pairs, full)
 
 
-def _conv_dense(x: Tensor, weight: Tensor, lat: PointLattice) -> Tensor:
+def _conv_dense(x: Tensor, conv: Callable[[Tensor], Tensor], lat: PointLattice) -> Tensor:
+    """Points -> channels-last canvas -> ``conv`` (a "same" depthwise conv) -> points."""
     b, n, c = x.shape
     h, w = lat.grid
-    kh, kw = lat.kernel_size
     dt = torch.promote_types(x.dtype, torch.float32)
     if lat.full_grid:  # (B, H·W, C) row-major points are already the channels-last canvas
         with torch.autocast(x.device.type, enabled=False):
-            canvas = x.to(dt).reshape(b, h, w, c).permute(0, 3, 1, 2)
-            out = F.conv2d(canvas, weight.to(dt), padding=(kh // 2, kw // 2), groups=c)
+            out = conv(x.to(dt).reshape(b, h, w, c).permute(0, 3, 1, 2))
             return out.permute(0, 2, 3, 1).reshape(b, n, c).to(x.dtype)
     # Rows of the (B·H·W, C) canvas: moving whole C-vectors with index_copy / index_select
     # (backward: index_select / index_add_) is several times faster on CPU than scatter /
@@ -225,10 +288,15 @@ def _conv_dense(x: Tensor, weight: Tensor, lat: PointLattice) -> Tensor:
     with torch.autocast(x.device.type, enabled=False):
         # (B·H·W, C) is the channels-last layout of (B, C, H, W): no copies around the conv.
         canvas = torch.zeros(b * h * w, c, dtype=dt, device=x.device).index_copy(0, flat, x.reshape(b * n, c).to(dt))
-        canvas = canvas.view(b, h, w, c).permute(0, 3, 1, 2)
-        out = F.conv2d(canvas, weight.to(dt), padding=(kh // 2, kw // 2), groups=c)
+        out = conv(canvas.view(b, h, w, c).permute(0, 3, 1, 2))
         out = out.permute(0, 2, 3, 1).reshape(b * h * w, c)
         return out.index_select(0, flat).view(b, n, c).to(x.dtype)
+
+
+def _same_conv(weight: Tensor) -> Callable[[Tensor], Tensor]:
+    """Zero-padded "same" depthwise conv with an already resized ``(C, 1, kh, kw)`` kernel."""
+    kh, kw = weight.shape[-2:]
+    return lambda canvas: F.conv2d(canvas, weight.to(canvas.dtype), padding=(kh // 2, kw // 2), groups=canvas.shape[1])
 
 
 def _conv_torchsparse(x: Tensor, weight: Tensor, lat: PointLattice) -> Tensor:  # pragma: no cover
@@ -271,7 +339,7 @@ def sparse_depthwise_conv(x: Tensor, weight: Tensor, lattice: PointLattice) -> T
         ``(B, N, C)``: ``(k_train² / n(c)) · Σ w · x`` over the sampled neighbours.
     """
     if lattice.backend == "dense":
-        out = _conv_dense(x, weight, lattice)
+        out = _conv_dense(x, _same_conv(weight), lattice)
     elif lattice.backend == "pairs":
         out = pairs_depthwise_conv(x, weight, lattice.pairs)
     else:
@@ -302,5 +370,13 @@ class SparseDepthwiseConv2d(nn.Module):
         return resize_kernel(self.weight, size, scale)
 
     def forward(self, x: Tensor, lattice: PointLattice) -> Tensor:
-        """``(B, N, C)`` -> ``(B, N, C)`` on the points described by ``lattice``."""
+        """``(B, N, C)`` -> ``(B, N, C)`` on the points described by ``lattice``.
+
+        On the dense canvas at an integer multiple of the training grid the resized kernel is
+        applied in its exact factored form (:func:`tent_factored_conv2d`), never built.
+        """
+        scales = integer_scales(lattice.scale) if lattice.backend == "dense" else None
+        if scales is not None:
+            out = _conv_dense(x, lambda canvas: tent_factored_conv2d(canvas, self.weight, scales), lattice)
+            return out * lattice.norm.to(out.dtype)
         return sparse_depthwise_conv(x, self.kernel(lattice.kernel_size, lattice.scale), lattice)
