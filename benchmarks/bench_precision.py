@@ -10,10 +10,11 @@ against an eager twin timed round-robin in the same child; its compile time (fir
 reported separately, and a failure is recorded with its error.
 
 Note: the inner ADM U-Net converts its input to channels_last itself (``denoisers/unet.py``),
-so "channels_last" here only changes the layout of the model's 4-D weights. The variant
-``bf16+gn_contiguous`` measures a *proposed* change outside this branch's files: GroupNorm on a
-channels-last CPU tensor is tens of times slower than on a contiguous one (torch 2.13), so that
-variant runs each GroupNorm of its model copy on a contiguous copy and converts back.
+so "channels_last" here only changes the layout of the model's 4-D weights.
+
+Where bf16 helps: one profiled step per precision is split into op classes (:data:`OP_CLASSES`;
+dense convs, the sparse level's depthwise convs, matmul/attention, normalisation, copies,
+index work, the rest), so the report shows which parts bf16 speeds up and which bound it.
 """
 
 from __future__ import annotations
@@ -45,20 +46,37 @@ def tiny_denoiser() -> torch.nn.Module:
                                 attention_resolutions=(), head_channels=8, emb_dim=16)
 
 
-def contiguous_group_norm(model: torch.nn.Module) -> torch.nn.Module:
-    """Proposed patch, on this model copy only: GroupNorm on a contiguous copy of channels-last input."""
-    import torch.nn.functional as F
+#: Op classes of the breakdown, in matching order (first match wins). Convolutions whose weight
+#: has one input channel per group are the sparse level's depthwise convs.
+OP_CLASSES = (
+    ("matmul / attention", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product")),
+    ("normalisation", ("aten::native_layer_norm", "aten::native_group_norm")),
+    ("copies / casts", ("aten::copy_", "aten::to", "aten::_to_copy", "aten::clone", "aten::contiguous")),
+    ("index / gather / scatter / sort", ("aten::index", "aten::gather", "aten::scatter", "aten::topk", "aten::sort",
+                                         "aten::argsort", "aten::cat", "aten::embedding")),
+)
 
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.GroupNorm):
-            def forward(x: torch.Tensor, mod: torch.nn.GroupNorm = mod) -> torch.Tensor:
-                if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-                    y = F.group_norm(x.contiguous(), mod.num_groups, mod.weight, mod.bias, mod.eps)
-                    return y.contiguous(memory_format=torch.channels_last)
-                return F.group_norm(x, mod.num_groups, mod.weight, mod.bias, mod.eps)
 
-            mod.forward = forward
-    return model
+def _op_class(key: str, shapes: list) -> str | None:
+    if "convolution" in key:
+        weight = shapes[2] if "backward" in key else (shapes[1] if len(shapes) > 1 else [])
+        return "depthwise conv (sparse level, fp32)" if len(weight) == 4 and weight[1] == 1 else "dense conv (U-Net)"
+    for name, prefixes in OP_CLASSES:
+        if key.startswith(prefixes):
+            return name
+    return "other (elementwise, optimiser, autograd)" if key.startswith(("aten::", "Optimizer")) else None
+
+
+def op_breakdown(step) -> dict[str, float]:  # noqa: ANN001 - a zero-argument training step
+    """Self CPU seconds of one profiled step per op class (which parts bf16 does and does not speed up)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        step()
+    out: dict[str, float] = {}
+    for e in prof.key_averages(group_by_input_shape=True):
+        cls = _op_class(e.key, e.input_shapes or [])
+        if cls is not None:
+            out[cls] = out.get(cls, 0.0) + e.self_cpu_time_total / 1e6
+    return out
 
 
 def make_step(model: torch.nn.Module, s: dict, bf16: bool, seed: int = 0):  # noqa: ANN201
@@ -106,15 +124,14 @@ def run(quick: bool, threads: int, budget_s: float) -> dict:
     base = tiny_denoiser() if quick else default_denoiser()
     variants = {}
     for name, bf16, cl in (("fp32", False, False), ("bf16", True, False), ("fp32+channels_last", False, True),
-                           ("bf16+channels_last", True, True), ("bf16+gn_contiguous", True, False)):
+                           ("bf16+channels_last", True, True)):
         m = copy.deepcopy(base).train()
         if cl:
             m = m.to(memory_format=torch.channels_last)
-        if name.endswith("gn_contiguous"):
-            contiguous_group_norm(m)
         variants[name] = make_step(m, s, bf16)
     times = interleaved(variants, s["repeats"], warmup=1)
     eager = {k: spread(v) for k, v in times.items()}
+    breakdown = {k: op_breakdown(variants[k]) for k in ("fp32", "bf16")}
     fp32 = eager["fp32"]["median"]
     ratios = {f"{k}_speedup_vs_fp32": fp32 / v["median"] for k, v in eager.items() if k != "fp32"}
     print("  " + ", ".join(f"{k} {1e3 * v['median']:.0f} ms" for k, v in eager.items()), flush=True)
@@ -129,7 +146,7 @@ def run(quick: bool, threads: int, budget_s: float) -> dict:
             msg = r.get("error", "")[-300:] or f"speed-up {r['speedup']:.2f}x, compile {r['compile_s']:.0f} s"
             print(f"  torch.compile {precision}: {msg}", flush=True)
     return {"setting": s, "model": "tiny SNO" if quick else "configs/quickstart.yaml SparseNeuralOperator",
-            "eager": eager, "ratios": ratios, "compile": compile_res,
+            "eager": eager, "ratios": ratios, "compile": compile_res, "breakdown": breakdown,
             "method": "one Adam training step at the quickstart setting; eager variants timed round-robin in one "
                       "process; torch.compile in a child against an eager twin timed round-robin"}
 

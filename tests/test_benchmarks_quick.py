@@ -54,7 +54,10 @@ def test_suite_quick_mode(tmp_path: Path) -> None:
         assert set(row["exponent"]) == set(samp["samplers"])
 
     prec = suite["sections"]["precision"]["result"]
-    assert set(prec["eager"]) == {"fp32", "bf16", "fp32+channels_last", "bf16+channels_last", "bf16+gn_contiguous"}
+    assert set(prec["eager"]) == {"fp32", "bf16", "fp32+channels_last", "bf16+channels_last"}
+    for p in ("fp32", "bf16"):  # the op-class breakdown found the convs and matmuls of the step
+        bd = prec["breakdown"][p]
+        assert bd["dense conv (U-Net)"] > 0 and bd["depthwise conv (sparse level, fp32)"] > 0 and bd["matmul / attention"] > 0
     assert math.isclose(prec["ratios"]["bf16_speedup_vs_fp32"],
                         prec["eager"]["fp32"]["median"] / prec["eager"]["bf16"]["median"])
 
@@ -71,5 +74,6 @@ def test_suite_quick_mode(tmp_path: Path) -> None:
 
     md = (tmp_path / "suite.md").read_text()
     assert md.startswith("# Benchmark suite") and "## 1." in md and "## 6." in md and m["cpu_model"] in md
+    assert "| depthwise conv (sparse level, fp32) |" in md and "Bound:" in md
     pngs = sorted(tmp_path.glob("suite_*.png"))
     assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
