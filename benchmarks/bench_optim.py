@@ -9,12 +9,12 @@ one thread, bf16 autocast as the quickstart):
 * ``train``: one training step at the quickstart setting (32², batch 32, 2x subsampling);
 * ``sample``: ``samplers.sample`` ddim, 3 steps, 4 images at 32² with guidance 2 (8-row batch);
 * ``sample64``: the same sampling at 64² (resized 11x11 sparse kernels, full grid);
+* ``sample128``, ``sample256``: one image (no guidance batch) at 128² / 256² (kernels 23², 47²);
 * ``train64``: the training step at 64² (dense sparse-conv backend, resized 11x11 kernels).
 
-The ``+gn_contiguous`` patch is a *proposal* for a file outside this branch's remit
-(``denoisers/layers_adm.py``): GroupNorm on a channels-last CPU tensor is tens of times slower
-than on a contiguous one in torch 2.13, so normalising a contiguous copy and converting back
-is measured here for the lead to decide.
+The ``+gn_contiguous`` patch measured a proposal that is now in the package
+(``layers_adm.LayoutGroupNorm``): GroupNorm on a channels-last CPU tensor is tens of times
+slower than on a contiguous one in torch 2.13. It stays for comparisons with older commits.
 
     python benchmarks/bench_optim.py --variants base=5229015 opt=WORKTREE opt+gn=WORKTREE+gn_contiguous
 """
@@ -33,7 +33,7 @@ from pathlib import Path
 
 from bench_common import BENCH, ROOT, child_main, spread
 
-WORKLOADS = ("train", "sample", "sample64", "train64")
+WORKLOADS = ("train", "sample", "sample64", "train64", "sample128", "sample256")
 
 
 def patch_group_norm() -> None:
@@ -74,12 +74,14 @@ def child(spec: dict) -> dict:
         else:
             process = default_process()
             model.eval()
-            res = 64 if wl == "sample64" else 32
+            res = int(wl[len("sample"):] or 32)
+            n = 4 if res <= 64 else 1
+            guidance = 2.0 if res <= 64 else 1.0
 
-            def fn(process=process, res=res) -> None:  # noqa: ANN001
+            def fn(process=process, res=res, n=n, guidance=guidance) -> None:  # noqa: ANN001
                 with torch.autocast("cpu", dtype=torch.bfloat16):
-                    sample(process, model, (res, res), list(range(4)), channels=1, steps=3, cond=torch.arange(4),
-                           guidance_scale=2.0)
+                    sample(process, model, (res, res), list(range(n)), channels=1, steps=3, cond=torch.arange(n),
+                           guidance_scale=guidance)
         out[wl] = time_calls(fn, reps, warmup=1)
     return out
 
