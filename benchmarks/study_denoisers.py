@@ -65,6 +65,12 @@ def done_evals(run_dir: Path) -> set[tuple[int, int, int]]:
     return {(int(r["resolution"][0]), int(r["num_samples"]), int(r["steps"])) for r in recs}
 
 
+def finished(run_dir: Path) -> bool:
+    """The run's ``status.json`` says done (written by ``infdiff ablate``) and its last.ckpt exists."""
+    status = json.loads((run_dir / "status.json").read_text()) if (run_dir / "status.json").is_file() else {}
+    return status.get("status") == "done" and (run_dir / "logs" / "checkpoints" / "last.ckpt").is_file()
+
+
 def eval_jobs(sweep_dir: Path, samples: dict[int, int], steps: int) -> list[tuple[str, Path, int, int]]:
     """(run name, checkpoint, side, samples) still to evaluate, most expensive first."""
     sweep = json.loads((sweep_dir / "sweep.json").read_text())
@@ -96,6 +102,83 @@ def run_eval(job: tuple[str, Path, int, int], sweep_dir: Path, steps: int, preci
     else:
         print(f"{name} {res}² ({n} samples): {proc.stdout.strip().splitlines()[-1]} [{wall:.0f} s]", flush=True)
     return name, res, wall, proc.returncode
+
+
+def sample_child(ckpt: str, sides: list[int], n: int, steps: int, dest: str) -> None:
+    """In a fresh 1-thread process: ``n`` samples (seeds 0..n-1) per side, saved as a tensor file."""
+    import torch
+
+    from lightning_infdiff.checkpoint import load_module
+
+    torch.set_num_threads(1)
+    module = load_module(ckpt)
+    out = {}
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for side in sides:
+            out[side] = module.generate((side, side), list(range(n)), sampler="dpmpp_2m", steps=steps).float()
+    torch.save(out, dest)
+
+
+def sample_grids(sweep_dir: Path, out: Path, sides: list[int], n: int, steps: int, jobs: int) -> Path | None:
+    """``samples.png``: rows = runs, one block of ``n`` samples (same seeds) per resolution."""
+    sweep = json.loads((sweep_dir / "sweep.json").read_text())
+    todo = []
+    for run in sweep["runs"]:
+        ckpt = sweep_dir / run["name"] / "logs" / "checkpoints" / "last.ckpt"
+        dest = sweep_dir / run["name"] / "eval" / f"samples_{'_'.join(map(str, sides))}_{n}x{steps}.pt"
+        if finished(sweep_dir / run["name"]):
+            todo.append((run["name"], ckpt, dest))
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+
+    def one(item: tuple[str, Path, Path]) -> None:
+        name, ckpt, dest = item
+        if dest.is_file():
+            return
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import study_denoisers as s; "
+                f"s.sample_child({str(ckpt)!r}, {sides!r}, {n}, {steps}, {str(dest)!r})")
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        print(f"samples {name}: {'ok' if proc.returncode == 0 else 'FAILED ' + proc.stderr[-800:]}", flush=True)
+
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(one, todo))
+    done = [(name, dest) for name, _, dest in todo if dest.is_file()]
+    if not done:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    def make_grid(x: torch.Tensor, nrow: int) -> torch.Tensor:
+        """``(B, C, H, W)`` in [0, 1] -> one ``(H', W')`` image, ``nrow`` per row, white 2-px gaps."""
+        b, _, h, w = x.shape
+        rows = -(-b // nrow)
+        canvas = torch.ones(rows * (h + 2) + 2, nrow * (w + 2) + 2)
+        for k in range(b):
+            r, c = divmod(k, nrow)
+            canvas[2 + r * (h + 2): 2 + r * (h + 2) + h, 2 + c * (w + 2): 2 + c * (w + 2) + w] = x[k].mean(0)
+        return canvas
+
+    fig, axes = plt.subplots(len(done), len(sides), figsize=(3.2 * len(sides), 1.0 + 1.7 * len(done)), squeeze=False)
+    for i, (name, dest) in enumerate(done):
+        imgs = torch.load(dest)
+        for j, side in enumerate(sides):
+            grid = make_grid(imgs[side].clamp(-1, 1) * 0.5 + 0.5, nrow=max(1, n // 2))
+            axes[i, j].imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1)
+            axes[i, j].set_xticks([])
+            axes[i, j].set_yticks([])
+            if j == 0:
+                axes[i, j].set_ylabel(name.replace("denoiser-", ""), fontsize=9)
+            if i == 0:
+                axes[i, j].set_title(f"{side}² ({side // 32}×)", fontsize=10)
+    fig.suptitle(f"Same seeds, same weights at every resolution (dpmpp_2m, {steps} steps)", fontsize=10)
+    fig.tight_layout()
+    path = out / "samples.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def floors(sweep_dir: Path, samples: dict[int, int]) -> dict[int, float]:
@@ -173,7 +256,8 @@ def summarise(sweep_dir: Path, out: Path, samples: dict[int, int], steps: int, p
             best, name = scored[0]
             second = f"{scored[1][1]} {scored[1][0]:.1f}" if len(scored) > 1 else "none"
             lines.append(f"- **{r}² ({r // 32}×): {name}** wins with {best:.1f} (next: {second}; floor {floor[r]:.2f}).")
-    lines += ["", "Full table (every column of `infdiff report`): [table.md](table.md); plots: "
+    lines += ["", "Samples (same seeds for every run and resolution): [samples.png](samples.png).", "",
+              "Full table (every column of `infdiff report`): [table.md](table.md); plots: "
               "[metric_vs_resolution.png](metric_vs_resolution.png), [loss_vs_logsnr.png](loss_vs_logsnr.png), "
               "[cost_vs_subsampling.png](cost_vs_subsampling.png).", ""]
     return "\n".join(lines)
@@ -187,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=10, help="dpmpp_2m steps")
     p.add_argument("--precision", choices=["32", "bf16"], default="bf16")
     p.add_argument("--jobs", type=int, default=2, help="evaluations at a time (one thread each)")
+    p.add_argument("--grid-samples", type=int, default=8, help="samples per run and resolution in samples.png (0: none)")
     args = p.parse_args(argv)
     if not (args.sweep_dir / "sweep.json").is_file():
         raise SystemExit(f"{args.sweep_dir}/sweep.json not found: run `infdiff ablate ... --out {args.sweep_dir}` first")
@@ -198,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         results = list(pool.map(lambda j: run_eval(j, args.sweep_dir, args.steps, args.precision), jobs))
     failed = [r for r in results if r[3] != 0]
     wall = time.perf_counter() - t0
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.grid_samples > 0:
+        sample_grids(args.sweep_dir, args.out, sorted(samples), args.grid_samples, args.steps, args.jobs)
     floor = floors(args.sweep_dir, samples)
     subprocess.run([sys.executable, "-m", "lightning_infdiff", "report", str(args.sweep_dir)], check=True)
     args.out.mkdir(parents=True, exist_ok=True)
