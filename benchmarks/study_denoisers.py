@@ -78,12 +78,11 @@ def eval_jobs(sweep_dir: Path, samples: dict[int, int], steps: int) -> list[tupl
     for run in sweep["runs"]:
         name = run["name"]
         run_dir = sweep_dir / name
-        status = json.loads((run_dir / "status.json").read_text()) if (run_dir / "status.json").is_file() else {}
-        ckpt = run_dir / "logs" / "checkpoints" / "last.ckpt"
-        if status.get("status") != "done" or not ckpt.is_file():
-            print(f"skip {name}: status {status.get('status', 'missing')}, checkpoint {'found' if ckpt.is_file() else 'missing'}")
+        if not finished(run_dir):
+            print(f"skip {name}: not finished (status.json or last.ckpt missing or not done)")
             continue
         have = done_evals(run_dir)
+        ckpt = run_dir / "logs" / "checkpoints" / "last.ckpt"
         jobs += [(name, ckpt, res, n) for res, n in samples.items() if (res, n, steps) not in have]
     return sorted(jobs, key=lambda j: -j[2] * j[2] * j[3])
 
