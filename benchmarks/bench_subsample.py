@@ -88,7 +88,8 @@ def settings(quick: bool) -> list[dict]:
 
 def predict(done: list[dict], spec: dict) -> float:
     """Seconds a setting should take, from the same denoiser's rate-1 runs (0 if unknown)."""
-    same = [r for r in done if r["name"] == spec["name"] and r["rate"] == 1 and "error" not in r]
+    # measured rate-1 rows only: errors and budget skips carry no usable time
+    same = [r for r in done if r["name"] == spec["name"] and r["rate"] == 1 and "error" not in r and "wall_s" in r]
     at_res = [r["wall_s"] for r in same if r["res"] == spec["res"]]
     if at_res:
         return at_res[0]

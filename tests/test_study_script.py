@@ -60,3 +60,13 @@ def test_summary_ranks_per_resolution_with_floors(tmp_path):
     assert "| a | 4× | 1.00 | 900 | 270 | 600 | 0.1200 | 60.0 | 90.0 |" in md
     assert "| c | 4× | — | — | — | — | — | — | — |" in md
     assert "--trainer.max_time=00:00:05:00" in md and "`denoisers` sweep (denoiser varied)" in md
+
+
+def test_subsample_budget_prediction_ignores_skipped_and_failed_rows():
+    """A skipped or failed rate-1 setting must not break the section (it crashed the suite once)."""
+    import bench_subsample
+
+    done = [dict(name="m", res=64, rate=1, wall_s=10.0), dict(name="m", res=128, rate=1, skipped="over budget"),
+            dict(name="m", res=128, rate=1, error="boom", wall_s=1.0)]
+    assert bench_subsample.predict(done, dict(name="m", res=128, rate=4)) == pytest.approx(10.0 * 2**2.6)
+    assert bench_subsample.predict(done, dict(name="other", res=64, rate=1)) == 0.0
