@@ -1,4 +1,4 @@
-"""benchmarks/ablation_study.py: sample-count parsing, resumable job list and the ranking it writes."""
+"""Benchmark scripts: the ablation-study driver (sample counts, resumable jobs, ranking) and suite helpers."""
 
 from __future__ import annotations
 
