@@ -231,3 +231,18 @@ def test_layer_fast_path_matches_resized_kernel_in_values_and_gradients(grid):
         count = F.conv2d(mask, box, padding=(kh // 2, kw // 2)).view(1, -1).gather(1, idx).unsqueeze(-1)
         norm = 25 / (lat.scale[0] * lat.scale[1] * count)
         torch.testing.assert_close(lat.norm.double(), norm, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["pairs", "dense"])
+def test_lattice_and_layer_under_bf16_autocast_at_another_resolution(backend):
+    """Subsampled points at 2x the training grid under bf16 autocast (a bf16 training or
+    evaluation run above the training resolution): the neighbour counts stay fp32 and equal the
+    fp32 ones, and the layer runs (the pairs backend once failed in index_add_ on a bf16 window)."""
+    torch.manual_seed(0)
+    idx = torch.randperm(64 * 64)[:400].unsqueeze(0)
+    ref = PointLattice.build(idx, (64, 64), 5, 32, backend)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lat = PointLattice.build(idx, (64, 64), 5, 32, backend)
+        out = SparseDepthwiseConv2d(4, kernel_size=5, train_resolution=32)(torch.randn(1, 400, 4), lat)
+    assert lat.norm.dtype == torch.float32 and torch.equal(lat.norm, ref.norm)
+    assert out.shape == (1, 400, 4) and torch.isfinite(out).all()

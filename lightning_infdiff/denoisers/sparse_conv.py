@@ -245,7 +245,8 @@ class PointLattice:
         kw = resized_kernel_size(kernel_size, train_resolution, w)
         pairs = kernel_map(indices, (h, w), (kh, kw)) if backend in ("pairs", "torchsparse") else None
         sy, sx = _axis_scale(train_resolution, h), _axis_scale(train_resolution, w)
-        with torch.no_grad():
+        # fp32 counts even under autocast (einsum in resize_kernel would otherwise run in bf16)
+        with torch.no_grad(), torch.autocast(indices.device.type, enabled=False):
             # Sampled-neighbour count, each neighbour weighted by the resampled window (all ones
             # at the training resolution, tapering over the interpolation tent elsewhere), so
             # that the count estimates the same window area at every resolution.
