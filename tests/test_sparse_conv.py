@@ -245,4 +245,7 @@ def test_lattice_and_layer_under_bf16_autocast_at_another_resolution(backend):
         lat = PointLattice.build(idx, (64, 64), 5, 32, backend)
         out = SparseDepthwiseConv2d(4, kernel_size=5, train_resolution=32)(torch.randn(1, 400, 4), lat)
     assert lat.norm.dtype == torch.float32 and torch.equal(lat.norm, ref.norm)
+    layer = SparseDepthwiseConv2d(4, kernel_size=5, train_resolution=32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the resized kernel is not bf16-rounded
+        assert layer.kernel((11, 11), (2.0, 2.0)).dtype == torch.float32
     assert out.shape == (1, 400, 4) and torch.isfinite(out).all()

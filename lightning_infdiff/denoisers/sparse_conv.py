@@ -367,8 +367,10 @@ class SparseDepthwiseConv2d(nn.Module):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # as nn.Conv2d, fan_in = k²
 
     def kernel(self, size: tuple[int, int], scale: tuple[float, float]) -> Tensor:
-        """The kernel resampled to ``size`` at grid ratio ``scale`` (identity at ``s = 1``)."""
-        return resize_kernel(self.weight, size, scale)
+        """The kernel resampled to ``size`` at grid ratio ``scale`` (identity at ``s = 1``), in the
+        weight's precision even under autocast (the sparse conv itself runs in fp32)."""
+        with torch.autocast(self.weight.device.type, enabled=False):
+            return resize_kernel(self.weight, size, scale)
 
     def forward(self, x: Tensor, lattice: PointLattice) -> Tensor:
         """``(B, N, C)`` -> ``(B, N, C)`` on the points described by ``lattice``.
