@@ -150,22 +150,14 @@ def sample_grids(sweep_dir: Path, out: Path, sides: list[int], n: int, steps: in
     import matplotlib.pyplot as plt
     import torch
 
-    def make_grid(x: torch.Tensor, nrow: int) -> torch.Tensor:
-        """``(B, C, H, W)`` in [0, 1] -> one ``(H', W')`` image, ``nrow`` per row, white 2-px gaps."""
-        b, _, h, w = x.shape
-        rows = -(-b // nrow)
-        canvas = torch.ones(rows * (h + 2) + 2, nrow * (w + 2) + 2)
-        for k in range(b):
-            r, c = divmod(k, nrow)
-            canvas[2 + r * (h + 2): 2 + r * (h + 2) + h, 2 + c * (w + 2): 2 + c * (w + 2) + w] = x[k].mean(0)
-        return canvas
+    from lightning_infdiff.images import make_grid
 
     fig, axes = plt.subplots(len(done), len(sides), figsize=(3.2 * len(sides), 1.0 + 1.7 * len(done)), squeeze=False)
     for i, (name, dest) in enumerate(done):
         imgs = torch.load(dest)
         for j, side in enumerate(sides):
-            grid = make_grid(imgs[side].clamp(-1, 1) * 0.5 + 0.5, nrow=max(1, n // 2))
-            axes[i, j].imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1)
+            grid = make_grid(imgs[side], nrow=max(1, n // 2)).mean(-1)  # uint8, channel mean for display
+            axes[i, j].imshow(grid, cmap="gray", vmin=0, vmax=255)
             axes[i, j].set_xticks([])
             axes[i, j].set_yticks([])
             if j == 0:
