@@ -250,8 +250,10 @@ class PointLattice:
             # Sampled-neighbour count, each neighbour weighted by the resampled window (all ones
             # at the training resolution, tapering over the interpolation tent elsewhere), so
             # that the count estimates the same window area at every resolution.
-            box = torch.ones(1, 1, kernel_size, kernel_size, device=indices.device)
-            box = resize_kernel(box, (kh, kw), (sy, sx)) / (sy * sx)
+            ones = torch.full((1, 1, kernel_size, kernel_size), 1.0 / (sy * sx), device=indices.device)
+            scales = integer_scales((sy, sx))
+            if pairs is not None or scales is None:
+                box = resize_kernel(ones, (kh, kw), (sy, sx))
             if pairs is not None:
                 count = torch.zeros(b * n, device=indices.device)
                 count.index_add_(0, pairs[0], box.reshape(-1)[pairs[2]])
@@ -259,9 +261,7 @@ class PointLattice:
             else:
                 mask = torch.zeros(b, h * w, device=indices.device)
                 mask.scatter_(1, indices, 1.0)
-                scales = integer_scales((sy, sx))
                 if scales is not None:  # the same window, factored (exact; see tent_factored_conv2d)
-                    ones = torch.full((1, 1, kernel_size, kernel_size), 1.0 / (sy * sx), device=indices.device)
                     count = tent_factored_conv2d(mask.view(b, 1, h, w), ones, scales)
                 else:
                     count = F.conv2d(mask.view(b, 1, h, w), box, padding=(kh // 2, kw // 2))
