@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import attention
+
 __all__ = ["FourierFeatures", "FiLM", "AxialAttention", "TransformerBlock", "gaussian_blur_masked", "zero_module"]
 
 
@@ -135,7 +137,7 @@ class AxialAttention(nn.Module):
             bias = neg if bias is None else bias + neg
         if bias is not None:
             bias = bias.to(q.dtype)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        o = attention(q, k, v, bias)
         return self.out[axis](o.transpose(1, 2).reshape(s, length, c))
 
     def forward(self, x: Tensor, ys: Tensor, xs: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -191,7 +193,7 @@ class TransformerBlock(nn.Module):
         b, length, c = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, length, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         q, k = self.q_norm(q), self.k_norm(k)
-        o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, length, c)
+        o = attention(q, k, v).transpose(1, 2).reshape(b, length, c)
         x = x + self.attn_out(o)
         hdn = self.film(F.silu(self.fc1(self.norm2(x))), emb)
         return x + self.fc2(self.drop(hdn))

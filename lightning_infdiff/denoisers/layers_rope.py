@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import attention
 from .layers_fourier import TransformerBlock
 
 __all__ = ["AxialRoPE", "apply_rope", "RoPETransformerBlock"]
@@ -94,7 +95,7 @@ class RoPETransformerBlock(TransformerBlock):
         b, length, c = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, length, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(self.q_norm(q), *rope), apply_rope(self.k_norm(k), *rope)
-        o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, length, c)
+        o = attention(q, k, v).transpose(1, 2).reshape(b, length, c)
         x = x + self.attn_out(o)
         hdn = self.film(F.silu(self.fc1(self.norm2(x))), emb)
         return x + self.fc2(self.drop(hdn))
