@@ -191,6 +191,23 @@ def default_denoiser(in_channels: int = 1):  # noqa: ANN201 - returns the config
     return getattr(importlib.import_module(module), cls)(in_channels=in_channels, **cfg["init_args"])
 
 
+def default_optimizer(params):  # noqa: ANN001, ANN201 - parameters in, torch optimiser out
+    """The training optimiser of the README's main command: ``configs/base.yaml``'s ``model.optimizer``
+    (AdamW with the fused update), so a benchmarked step costs what a training step costs."""
+    import importlib
+
+    cfg = base_config()["model"]["optimizer"]
+    module, cls = cfg["class_path"].rsplit(".", 1)
+    return getattr(importlib.import_module(module), cls)(params, **cfg.get("init_args", {}))
+
+
+def base_config() -> dict:
+    """``configs/base.yaml`` (trainer, optimiser and callbacks of every run)."""
+    import yaml
+
+    return yaml.safe_load((ROOT / "configs" / "base.yaml").read_text())
+
+
 def default_process():  # noqa: ANN201 - returns a GaussianProcess
     """The quickstart's process: heat-kernel mollifier of the configured width, v-parametrisation."""
     from lightning_infdiff.operators import HeatKernelOperator

@@ -28,6 +28,7 @@ from ..denoisers.base import Denoiser
 from ..images import save_grid
 from ..processes import GaussianProcess
 from ..samplers import sample
+from .optim import clip_gradients, default_optimizer
 
 __all__ = ["DiffusionModule", "warmup_cosine"]
 
@@ -48,7 +49,8 @@ class DiffusionModule(L.LightningModule):
     Args:
         denoiser: the network (any :class:`~lightning_infdiff.denoisers.Denoiser`).
         process: the diffusion process (schedule, noise operator, parametrisation, weighting).
-        optimizer: optimiser factory (default: AdamW, lr 2e-4, no weight decay).
+        optimizer: optimiser factory (default: AdamW, lr 2e-4, no weight decay, fused on CPU and CUDA;
+            see :mod:`.optim`).
         lr_schedule: ``cosine`` (warm-up then cosine decay over the run) or ``constant`` (after warm-up).
         warmup_steps: linear learning-rate warm-up steps.
         min_lr_ratio: final learning rate of the cosine schedule as a fraction of the peak.
@@ -358,7 +360,9 @@ class DiffusionModule(L.LightningModule):
         """AdamW (or the configured optimiser) with warm-up and cosine or constant LR."""
         params = [p for p in self.denoiser.parameters() if p.requires_grad]
         if self.optimizer_factory is None:
-            opt = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0)
+            trainer = self._trainer
+            scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None) is not None
+            opt = default_optimizer(params, clip_with_scaler=scaler and bool(getattr(trainer, "gradient_clip_val", 0)))
         else:
             opt = self.optimizer_factory(params)
         total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 0
@@ -372,6 +376,14 @@ class DiffusionModule(L.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Lightning's clipping, or exact clipping for a fused optimiser without a loss scale (see :mod:`.optim`)."""
+        if not clip_gradients(self.trainer.precision_plugin, optimizer, gradient_clip_val or 0.0, gradient_clip_algorithm):
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def forward(self, *args: Any, **kwargs: Any) -> Tensor:
         """Call the denoiser."""
