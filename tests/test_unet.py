@@ -104,3 +104,13 @@ def test_layout_group_norm_matches_group_norm_and_keeps_the_layout():
     want.backward(g)
     torch.testing.assert_close(x.grad, x2.grad, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fast.weight.grad, ref.weight.grad, atol=1e-4, rtol=1e-5)
+    # the gradient reaching a non-leaf input has the input's layout, whatever layout the output's
+    # gradient has (so autograd never adds gradients of mixed layouts, slow on CPU)
+    for grad_out in (g, g.contiguous()):
+        x3 = x.detach().clone().requires_grad_(True)
+        y = x3 * 1.0
+        seen = []
+        y.register_hook(lambda t: seen.append(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()))
+        fast(y).backward(grad_out)
+        assert seen == [True]
+    torch.testing.assert_close(x3.grad, x2.grad, atol=1e-5, rtol=1e-5)
