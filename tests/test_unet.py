@@ -110,7 +110,7 @@ def test_layout_group_norm_matches_group_norm_and_keeps_the_layout():
         x3 = x.detach().clone().requires_grad_(True)
         y = x3 * 1.0
         seen = []
-        y.register_hook(lambda t: seen.append(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()))
+        y.register_hook(lambda t, seen=seen: seen.append(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()))
         fast(y).backward(grad_out)
         assert seen == [True]
     torch.testing.assert_close(x3.grad, x2.grad, atol=1e-5, rtol=1e-5)
