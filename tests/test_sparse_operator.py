@@ -71,6 +71,22 @@ def test_pointwise_layers_are_permutation_equivariant():
     assert torch.allclose(mlp(x)[:, perm], mlp(x[:, perm]), atol=1e-6)
 
 
+def test_modulated_layer_norm_keeps_bf16_under_autocast_and_matches_the_closed_form():
+    torch.manual_seed(0)
+    x, emb = torch.randn(2, 50, 8).bfloat16(), torch.randn(2, 12)
+    norm = ModulatedLayerNorm(8, 12)
+    nn.init.normal_(norm.film.weight)
+    scale, shift = norm.film(torch.nn.functional.silu(emb)).unsqueeze(1).chunk(2, dim=-1)
+    xd = x.double()
+    want = (xd - xd.mean(-1, keepdim=True)) / (xd.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+    want = want * (1 + scale.double()) + shift.double()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = norm(x, emb)
+    assert out.dtype == torch.bfloat16  # not autocast's fp32: the sparse level stays bf16
+    torch.testing.assert_close(out.double(), want.detach(), atol=5e-2, rtol=2e-2)
+    torch.testing.assert_close(norm(x.float(), emb).double(), want.detach(), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("backend", ["dense", "pairs"])
 def test_every_parameter_gets_a_gradient(backend):
     model = tiny(num_classes=3, sparse_backend=backend, dropout=0.0)
