@@ -249,3 +249,63 @@ def test_lattice_and_layer_under_bf16_autocast_at_another_resolution(backend):
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the resized kernel is not bf16-rounded
         assert layer.kernel((11, 11), (2.0, 2.0)).dtype == torch.float32
     assert out.shape == (1, 400, 4) and torch.isfinite(out).all()
+
+
+def _rel(a, b):  # noqa: ANN001, ANN202
+    return float((a.detach().double() - b.detach().double()).norm() / b.detach().double().norm())
+
+
+def test_bf16_depthwise_conv_weight_gradient_is_an_fp32_sum_of_exact_products():
+    """The bf16 conv's weight gradient equals the float64 one on the same bf16 values to fp32
+    rounding (bf16's own weight gradient is far coarser); its values and input gradient are
+    the bf16 conv's."""
+    from lightning_infdiff.denoisers.sparse_conv import _BF16DepthwiseConv
+
+    torch.manual_seed(0)
+    canvas = torch.randn(3, 16, 16, 8).bfloat16().permute(0, 3, 1, 2).requires_grad_(True)  # channels-last
+    weight = torch.randn(8, 1, 5, 5, requires_grad=True)
+    out = _BF16DepthwiseConv.apply(canvas, weight, (2, 2))
+    assert out.dtype == torch.bfloat16
+    g = torch.randn(out.shape).bfloat16()
+    out.backward(g)
+    c64, w64 = canvas.detach().double().requires_grad_(True), weight.detach().double().requires_grad_(True)
+    ref = F.conv2d(c64, w64, padding=2, groups=8)
+    ref.backward(g.double())
+    assert weight.grad.dtype == torch.float32
+    assert _rel(weight.grad, w64.grad) < 1e-6
+    assert _rel(out, ref) < 1e-2 and _rel(canvas.grad, c64.grad) < 1e-2
+
+
+def test_bf16_dense_layer_matches_the_fp32_layer_and_large_kernels_stay_fp32():
+    """bf16 points on the dense backend: the sparse conv runs in bf16 and stays close to the
+    fp32 layer in values and gradients; resized kernels above BF16_MAX_KERNEL keep the fp32 canvas."""
+    from lightning_infdiff.denoisers import sparse_conv
+
+    torch.manual_seed(0)
+    idx = torch.stack([torch.randperm(16 * 16)[:160] for _ in range(2)])
+    lat = PointLattice.build(idx, (16, 16), 5, 16, "dense")
+    layer = SparseDepthwiseConv2d(6, kernel_size=5, train_resolution=16)
+    x16 = torch.randn(2, 160, 6).bfloat16().requires_grad_(True)
+    x32 = x16.detach().float().requires_grad_(True)
+    out16 = layer(x16, lat)
+    assert out16.dtype == torch.bfloat16
+    g = torch.randn(out16.shape)
+    (out16.float() * g).sum().backward()
+    w16 = layer.weight.grad.clone()
+    layer.weight.grad = None
+    out32 = layer(x32, lat)
+    (out32 * g).sum().backward()
+    assert _rel(out16, out32) < 1e-2 and _rel(x16.grad, x32.grad) < 1e-2 and _rel(w16, layer.weight.grad) < 1e-2
+
+    calls = []
+    orig = sparse_conv._BF16DepthwiseConv.apply
+    sparse_conv._BF16DepthwiseConv.apply = lambda *a: calls.append(a[1].shape) or orig(*a)
+    try:
+        big = PointLattice.build(torch.arange(40 * 40).unsqueeze(0), (40, 40), 5, 16, "dense")  # 2.5x: 13x13
+        assert max(big.kernel_size) > sparse_conv.BF16_MAX_KERNEL
+        assert layer(torch.randn(1, 1600, 6).bfloat16(), big).dtype == torch.bfloat16
+        assert calls == []
+        layer(x16.detach(), lat)
+        assert len(calls) == 1
+    finally:
+        sparse_conv._BF16DepthwiseConv.apply = orig
