@@ -4,9 +4,11 @@ Each *variant* is a source tree of ``lightning_infdiff`` (a git commit exported 
 ``git archive``, or the working tree) plus optional run-time patches; children alternate
 between variants (``A B C A B C ...``), each a fresh process timing the same workloads, so
 machine load hits every variant alike. Workloads (default denoiser, ``configs/quickstart.yaml``,
-one thread, bf16 autocast as the quickstart):
+one thread unless ``--threads``, bf16 autocast as the quickstart):
 
 * ``train``: one training step at the quickstart setting (32², batch 32, 2x subsampling);
+* ``train_fp32``: the same step without autocast (so a variant's bf16 speed-up is
+  ``train_fp32 / train``, measured in the same children);
 * ``sample``: ``samplers.sample`` ddim, 3 steps, 4 images at 32² with guidance 2 (8-row batch);
 * ``sample64``: the same sampling at 64² (resized 11x11 sparse kernels, full grid);
 * ``sample128``, ``sample256``: one image (no guidance batch) at 128² / 256² (kernels 23², 47²);
@@ -33,7 +35,7 @@ from pathlib import Path
 
 from bench_common import BENCH, ROOT, child_main, spread
 
-WORKLOADS = ("train", "sample", "sample64", "train64", "sample128", "sample256")
+WORKLOADS = ("train", "train_fp32", "sample", "sample64", "train64", "sample128", "sample256")
 
 
 def patch_group_norm() -> None:
@@ -70,7 +72,7 @@ def child(spec: dict) -> dict:
     for wl in spec["workloads"]:
         if wl.startswith("train"):
             res = 64 if wl == "train64" else 32
-            fn = make_step(model.train(), dict(res=res, batch=32, rate=2), bf16=True)
+            fn = make_step(model.train(), dict(res=res, batch=32, rate=2), bf16=wl != "train_fp32")
         else:
             process = default_process()
             model.eval()
@@ -102,6 +104,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="child processes per variant (alternating)")
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per workload per child")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads of each child")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench_optim_"))
@@ -116,7 +119,7 @@ def main() -> None:
     loads = [os.getloadavg()[0]]
     for _ in range(args.rounds):
         for name, (root, patches) in variants.items():
-            env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=f"{root}{os.pathsep}{BENCH}")
+            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1", PYTHONPATH=f"{root}{os.pathsep}{BENCH}")
             spec = {"patches": patches, "workloads": workloads, "repeats": args.repeats}
             proc = subprocess.run([sys.executable, str(BENCH / "bench_optim.py"), "--child", json.dumps(spec)],
                                   env=env, capture_output=True, text=True, check=True)
