@@ -202,10 +202,14 @@ def default_optimizer(params):  # noqa: ANN001, ANN201 - parameters in, torch op
 
 
 def base_config() -> dict:
-    """``configs/base.yaml`` (trainer, optimiser and callbacks of every run)."""
+    """``configs/base.yaml`` (trainer, optimiser and callbacks of every run) of the source tree
+    ``lightning_infdiff`` is imported from (``bench_optim.py`` runs older trees side by side)."""
     import yaml
 
-    return yaml.safe_load((ROOT / "configs" / "base.yaml").read_text())
+    import lightning_infdiff
+
+    tree = Path(lightning_infdiff.__file__).resolve().parents[1] / "configs" / "base.yaml"
+    return yaml.safe_load((tree if tree.exists() else ROOT / "configs" / "base.yaml").read_text())
 
 
 def default_process():  # noqa: ANN201 - returns a GaussianProcess

@@ -16,6 +16,8 @@ so "channels_last" here only changes the layout of the model's 4-D weights.
 Where bf16 helps: one profiled step per precision is split into op classes (:data:`OP_CLASSES`;
 dense convs, the sparse level's depthwise convs, matmul/attention, normalisation, copies,
 index work, the rest), so the report shows which parts bf16 speeds up and which bound it.
+A batch sweep (:func:`batch_sweep`) splits the step into a fixed cost and a per-example cost
+per precision: bf16 can only speed up the second.
 """
 
 from __future__ import annotations
@@ -41,6 +43,35 @@ def setting(quick: bool) -> dict:
     return dict(res=16, batch=2, rate=2, repeats=2) if quick else dict(res=32, batch=32, rate=2, repeats=7)
 
 
+#: Batch sizes of the fixed-versus-per-example split (the setting's own batch is added).
+SWEEP_BATCHES = {True: (1,), False: (4, 8, 16)}
+
+
+def batch_sweep(base: torch.nn.Module, s: dict, batches: tuple[int, ...]) -> dict:
+    """Step time against batch size per precision, fitted as ``t = fixed + per_example · B``.
+
+    The fixed part is what a step costs whatever its size (operator dispatch, Python, autocast's
+    weight casts, the optimiser, tiny kernels); the per-example part is the arithmetic and memory
+    traffic that bf16 can speed up. Their split says how far bf16 can take the step at this batch.
+    """
+    points: dict[str, dict[int, float]] = {"fp32": {}, "bf16": {}}
+    for b in sorted({*batches, s["batch"]}):
+        sb = dict(s, batch=b)
+        steps = {p: make_step(copy.deepcopy(base).train(), sb, p == "bf16") for p in points}
+        times = interleaved(steps, s["repeats"], warmup=1)
+        for p in points:
+            points[p][b] = spread(times[p])["median"]
+    fits = {}
+    for p, pts in points.items():
+        bs = torch.tensor(list(pts), dtype=torch.float64)
+        ts = torch.tensor(list(pts.values()), dtype=torch.float64)
+        slope = float(((bs - bs.mean()) * (ts - ts.mean())).sum() / ((bs - bs.mean()) ** 2).sum())
+        fits[p] = {"fixed_s": float(ts.mean()) - slope * float(bs.mean()), "per_example_s": slope}
+    per_example = fits["fp32"]["per_example_s"] / fits["bf16"]["per_example_s"]
+    return {"step_s": {p: {str(b): t for b, t in pts.items()} for p, pts in points.items()}, "fit": fits,
+            "per_example_speedup": per_example}
+
+
 def tiny_denoiser() -> torch.nn.Module:
     from lightning_infdiff.denoisers.sparse_operator import SparseNeuralOperator
 
@@ -63,7 +94,7 @@ OP_CLASSES = (
 def _op_class(key: str, shapes: list) -> str | None:
     if "convolution" in key:
         weight = shapes[2] if "backward" in key else (shapes[1] if len(shapes) > 1 else [])
-        return "depthwise conv (sparse level, fp32)" if len(weight) == 4 and weight[1] == 1 else "dense conv (U-Net)"
+        return "depthwise conv (sparse level)" if len(weight) == 4 and weight[1] == 1 else "dense conv (U-Net)"
     for name, prefixes in OP_CLASSES:
         if key.startswith(prefixes):
             return name
@@ -138,6 +169,7 @@ def run(quick: bool, threads: int, budget_s: float) -> dict:
     times = interleaved(variants, s["repeats"], warmup=1)
     eager = {k: spread(v) for k, v in times.items()}
     breakdown = {k: op_breakdown(variants[k]) for k in ("fp32", "bf16")}
+    sweep = batch_sweep(base, s, SWEEP_BATCHES[quick])
     fp32 = eager["fp32"]["median"]
     ratios = {f"{k}_speedup_vs_fp32": fp32 / v["median"] for k, v in eager.items() if k != "fp32"}
     print("  " + ", ".join(f"{k} {1e3 * v['median']:.0f} ms" for k, v in eager.items()), flush=True)
@@ -152,7 +184,7 @@ def run(quick: bool, threads: int, budget_s: float) -> dict:
             msg = r.get("error", "")[-300:] or f"speed-up {r['speedup']:.2f}x, compile {r['compile_s']:.0f} s"
             print(f"  torch.compile {precision}: {msg}", flush=True)
     return {"setting": s, "model": "tiny SNO" if quick else "configs/quickstart.yaml SparseNeuralOperator",
-            "eager": eager, "ratios": ratios, "compile": compile_res, "breakdown": breakdown,
+            "eager": eager, "ratios": ratios, "compile": compile_res, "breakdown": breakdown, "batch_sweep": sweep,
             "method": "one Adam training step at the quickstart setting; eager variants timed round-robin in one "
                       "process; torch.compile in a child against an eager twin timed round-robin"}
 

@@ -140,6 +140,7 @@ def precision(rec: dict, out: Path, plots: list[str]) -> tuple[list[str], dict]:
             lines.append(f"| torch.compile ({prec}) | failed or skipped: {str(c.get('error', c))[-300:]} | | |")
     bf = res["ratios"].get("bf16_speedup_vs_fp32")
     lines += _breakdown(res.get("breakdown"))
+    lines += _sweep(res.get("batch_sweep"), s["batch"])
     if bf is not None:
         targets["bf16 ≥ 1.6× faster than fp32 (default denoiser training step)"] = (f"{bf:.2f}×", bf >= 1.6)
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -174,6 +175,27 @@ def _breakdown(bd: dict | None) -> list[str]:
         lines += ["", f"Bound: even if the dense convs and matmuls took zero time in bf16, the other classes as "
                   f"measured in bf16 ({1e3 * rest_b:.0f} ms) would cap the step's speed-up at {tf / rest_b:.2f}×; "
                   f"the dense convs and matmuls are {100 * fast_f / tf:.0f}% of the fp32 step."]
+    return lines
+
+
+def _sweep(sw: dict | None, batch: int) -> list[str]:
+    """Fixed and per-example cost of a step per precision (least-squares fit over batch sizes)."""
+    if not sw:
+        return []
+    f32, b16 = sw["fit"]["fp32"], sw["fit"]["bf16"]
+    bs = sorted(int(b) for b in sw["step_s"]["fp32"])
+    lines = ["", "Fixed and per-example cost (step time at batch sizes "
+             + ", ".join(map(str, bs)) + ", fitted as fixed + per-example × batch):", "",
+             "| precision | " + " | ".join(f"batch {b} ms" for b in bs) + " | fixed ms | per example ms |",
+             "|---|" + "---|" * (len(bs) + 2)]
+    for p, fit in (("fp32", f32), ("bf16", b16)):
+        lines.append(f"| {p} | " + " | ".join(f"{1e3 * sw['step_s'][p][str(b)]:.0f}" for b in bs)
+                     + f" | {1e3 * fit['fixed_s']:.1f} | {1e3 * fit['per_example_s']:.2f} |")
+    lines += ["", f"bf16 speeds up the per-example work {sw['per_example_speedup']:.2f}×; the fixed cost "
+              f"({1e3 * f32['fixed_s']:.0f} ms in fp32, {1e3 * b16['fixed_s']:.0f} ms in bf16: dispatch of "
+              "a few thousand small ops, Python, autocast's weight casts) it cannot. At batch "
+              f"{batch} even a zero fixed cost would give "
+              f"{f32['per_example_s'] / b16['per_example_s']:.2f}×, the bound of this model size on this CPU."]
     return lines
 
 

@@ -57,9 +57,16 @@ def test_suite_quick_mode(tmp_path: Path) -> None:
     assert set(prec["eager"]) == {"fp32", "bf16", "fp32+channels_last", "bf16+channels_last"}
     for p in ("fp32", "bf16"):  # the op-class breakdown found the convs and matmuls of the step
         bd = prec["breakdown"][p]
-        assert bd["dense conv (U-Net)"] > 0 and bd["depthwise conv (sparse level, fp32)"] > 0 and bd["matmul / attention"] > 0
+        assert bd["dense conv (U-Net)"] > 0 and bd["depthwise conv (sparse level)"] > 0 and bd["matmul / attention"] > 0
     assert math.isclose(prec["ratios"]["bf16_speedup_vs_fp32"],
                         prec["eager"]["fp32"]["median"] / prec["eager"]["bf16"]["median"])
+    sweep = prec["batch_sweep"]  # quick: batches 1 and 2, so the fitted line passes through both
+    for p in ("fp32", "bf16"):
+        fit, pts = sweep["fit"][p], sweep["step_s"][p]
+        assert set(pts) == {"1", "2"}
+        for b, t in pts.items():
+            assert math.isclose(fit["fixed_s"] + fit["per_example_s"] * int(b), t, rel_tol=1e-9, abs_tol=1e-12)
+    assert math.isclose(sweep["per_example_speedup"], sweep["fit"]["fp32"]["per_example_s"] / sweep["fit"]["bf16"]["per_example_s"])
 
     flops = suite["sections"]["flops"]["result"]
     for p in ("fp32", "bf16"):
@@ -74,6 +81,6 @@ def test_suite_quick_mode(tmp_path: Path) -> None:
 
     md = (tmp_path / "suite.md").read_text()
     assert md.startswith("# Benchmark suite") and "## 1." in md and "## 6." in md and m["cpu_model"] in md
-    assert "| depthwise conv (sparse level, fp32) |" in md and "Bound:" in md
+    assert "| depthwise conv (sparse level) |" in md and "Bound:" in md and "Fixed and per-example cost" in md
     pngs = sorted(tmp_path.glob("suite_*.png"))
     assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
