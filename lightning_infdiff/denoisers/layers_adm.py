@@ -31,6 +31,9 @@ class LayoutGroupNorm(nn.GroupNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            if not torch.is_grad_enabled():  # no gradients to keep in layout: skip the autograd Function
+                out = F.group_norm(x.contiguous(), self.num_groups, self.weight, self.bias, self.eps)
+                return out.contiguous(memory_format=torch.channels_last)
             out = F.group_norm(_Relayout.apply(x, False), self.num_groups, self.weight, self.bias, self.eps)
             return _Relayout.apply(out, True)
         return super().forward(x)

@@ -340,7 +340,7 @@ def _same_conv(weight: Tensor) -> Callable[[Tensor], Tensor]:
     pad = (kh // 2, kw // 2)
 
     def conv(canvas: Tensor) -> Tensor:
-        if canvas.dtype == torch.bfloat16:
+        if canvas.dtype == torch.bfloat16 and torch.is_grad_enabled():
             return _BF16DepthwiseConv.apply(canvas, weight, pad)
         return F.conv2d(canvas, weight.to(canvas.dtype), padding=pad, groups=canvas.shape[1])
 
