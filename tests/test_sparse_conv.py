@@ -296,6 +296,8 @@ def test_bf16_dense_layer_matches_the_fp32_layer_and_large_kernels_stay_fp32():
     out32 = layer(x32, lat)
     (out32 * g).sum().backward()
     assert _rel(out16, out32) < 1e-2 and _rel(x16.grad, x32.grad) < 1e-2 and _rel(w16, layer.weight.grad) < 1e-2
+    with torch.no_grad():  # sampling: the same bf16 conv, without the autograd Function
+        assert torch.equal(layer(x16.detach(), lat), out16.detach())
 
     calls = []
     orig = sparse_conv._BF16DepthwiseConv.apply
@@ -306,6 +308,9 @@ def test_bf16_dense_layer_matches_the_fp32_layer_and_large_kernels_stay_fp32():
         assert layer(torch.randn(1, 1600, 6).bfloat16(), big).dtype == torch.bfloat16
         assert calls == []
         layer(x16.detach(), lat)
+        assert len(calls) == 1
+        with torch.no_grad():
+            layer(x16.detach(), lat)
         assert len(calls) == 1
     finally:
         sparse_conv._BF16DepthwiseConv.apply = orig
