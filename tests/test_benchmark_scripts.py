@@ -70,3 +70,18 @@ def test_subsample_budget_prediction_ignores_skipped_and_failed_rows():
             dict(name="m", res=128, rate=1, error="boom", wall_s=1.0)]
     assert bench_subsample.predict(done, dict(name="m", res=128, rate=4)) == pytest.approx(10.0 * 2**2.6)
     assert bench_subsample.predict(done, dict(name="other", res=64, rate=1)) == 0.0
+
+
+def test_kernel_measurements_write_a_report(tmp_path, monkeypatch):
+    """bench_kernels.py runs every comparison once and writes the markdown table and its JSON."""
+    import bench_kernels
+
+    out = tmp_path / "kernels.md"
+    monkeypatch.setattr(sys, "argv", ["bench_kernels.py", "--threads", "1", "--repeats", "1", "--out", str(out)])
+    monkeypatch.setattr(bench_kernels, "median_ms", lambda fn, repeats, warmup=0: (fn(), 1.0)[1])
+    bench_kernels.main()
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    names = [r["name"] for r in rows]
+    assert any(n.startswith("attention") for n in names) and any("weight gradient" in n for n in names)
+    assert any("AdamW" in n for n in names) and any("add_" in n for n in names) and any("LN + FiLM" in n for n in names)
+    assert out.read_text().count("\n| ") == len(rows) + 1  # header + one line per row

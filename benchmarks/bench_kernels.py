@@ -1,0 +1,158 @@
+"""Kernel-level measurements behind the bf16 training-step optimisations (one process, medians).
+
+Each row times one choice the package makes against its alternative, on the shapes of the
+default model's training step (``configs/quickstart.yaml``: batch 32, 32² sparse level with 32
+channels, 16² inner U-Net):
+
+* attention: ``F.scaled_dot_product_attention`` against the plain matmul-softmax-matmul of
+  :func:`lightning_infdiff.denoisers.attention.attention` (forward + backward);
+* depthwise 5x5 conv on a channels-last 32x32x32x32 canvas: forward, input gradient and weight
+  gradient in fp32 and bf16 (why :class:`~lightning_infdiff.denoisers.sparse_conv._BF16DepthwiseConv`
+  takes its weight gradient in fp32);
+* AdamW step over the default model's parameters: per-tensor loop, ``foreach`` and ``fused``;
+* gradient accumulation ``add_`` of same-layout against mixed-layout (contiguous + channels_last)
+  tensors, fp32 and bf16 (why ``LayoutGroupNorm`` hands gradients back in their tensor's layout);
+* ModulatedLayerNorm-style LN + FiLM under bf16 autocast: fp32 output (autocast's rule) against
+  bf16 output.
+
+    python benchmarks/bench_kernels.py --threads 2 --out benchmarks/results/kernels.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from bench_common import default_denoiser, machine_info
+
+
+def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+def attention_rows(repeats: int) -> list[tuple[str, float, float]]:
+    from lightning_infdiff.denoisers.attention import attention
+
+    rows = []
+    for shape in ((32, 2, 16, 32), (32, 2, 64, 32), (8, 4, 256, 64)):
+        for dt in (torch.float32, torch.bfloat16):
+            q, k, v = (torch.randn(*shape, dtype=dt, requires_grad=True) for _ in range(3))
+            g = torch.randn(*shape, dtype=dt)
+
+            def run(f: Callable, q=q, k=k, v=v, g=g) -> None:  # noqa: ANN001
+                torch.autograd.grad(f(q, k, v), (q, k, v), g)
+
+            fused = median_ms(lambda run=run: run(F.scaled_dot_product_attention), repeats)
+            plain = median_ms(lambda run=run: run(attention), repeats)
+            rows.append((f"attention fwd+bwd {shape} {str(dt)[6:]}: fused SDPA / plain", fused, plain))
+    return rows
+
+
+def _conv_grad(g: torch.Tensor, x: torch.Tensor, wt: torch.Tensor, mask: tuple[bool, bool, bool]) -> tuple:
+    """One part of a depthwise 'same' conv's backward (stride 1, padding 2)."""
+    return torch.ops.aten.convolution_backward(g, x, wt, None, (1, 1), (2, 2), (1, 1), False, (0, 0), x.shape[1], mask)
+
+
+def depthwise_rows(repeats: int) -> list[tuple[str, float, float]]:
+    b, c, h, w, k = 32, 32, 32, 32, 5
+    ops = {}
+    for dt in (torch.float32, torch.bfloat16):
+        x = torch.randn(b, h, w, c).to(dt).permute(0, 3, 1, 2)  # channels-last canvas
+        wt = torch.randn(c, 1, k, k, dtype=dt)
+        y = F.conv2d(x, wt, padding=2, groups=c)
+        g = torch.randn_like(y)
+        ops[dt] = {
+            "forward": median_ms(lambda x=x, wt=wt: F.conv2d(x, wt, padding=2, groups=c), repeats),
+            "input gradient": median_ms(lambda g=g, x=x, wt=wt: _conv_grad(g, x, wt, (True, False, False)), repeats),
+            "weight gradient": median_ms(lambda g=g, x=x, wt=wt: _conv_grad(g, x, wt, (False, True, False)), repeats),
+        }
+    return [(f"depthwise 5x5 conv {name}, 32x32x32x32 channels-last: fp32 / bf16", ops[torch.float32][name],
+             ops[torch.bfloat16][name]) for name in ops[torch.float32]]
+
+
+def adamw_rows(repeats: int) -> list[tuple[str, float, float]]:
+    model = default_denoiser()
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    t = {}
+    for name, kw in (("loop", {"foreach": False}), ("foreach", {"foreach": True}), ("fused", {"fused": True})):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **kw)
+        t[name] = median_ms(opt.step, repeats)
+    return [("AdamW step, default model: per-tensor loop / fused", t["loop"], t["fused"]),
+            ("AdamW step, default model: foreach / fused", t["foreach"], t["fused"])]
+
+
+def layout_rows(repeats: int) -> list[tuple[str, float, float]]:
+    rows = []
+    for dt in (torch.float32, torch.bfloat16):
+        a = torch.randn(32, 96, 16, 16).to(dt).contiguous(memory_format=torch.channels_last)
+        same = torch.randn(32, 96, 16, 16).to(dt).contiguous(memory_format=torch.channels_last)
+        mixed = same.contiguous()
+        rows.append((f"gradient add_ 32x96x16x16 {str(dt)[6:]}: mixed layouts / same layout",
+                     median_ms(lambda a=a, m=mixed: a.clone().add_(m), repeats),
+                     median_ms(lambda a=a, s=same: a.clone().add_(s), repeats)))
+    return rows
+
+
+def layer_norm_rows(repeats: int) -> list[tuple[str, float, float]]:
+    x = torch.randn(32, 512, 32).bfloat16().requires_grad_(True)
+    scale, shift = torch.randn(32, 1, 32), torch.randn(32, 1, 32)
+
+    def autocast_fp32() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = torch.addcmul(shift, F.layer_norm(x, (32,)), 1 + scale)
+        y.backward(torch.ones_like(y))
+
+    def native_bf16() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.autocast("cpu", enabled=False):
+            h = F.layer_norm(x, (32,))
+            y = torch.addcmul(shift.to(h.dtype), h, (1 + scale).to(h.dtype))
+        y.backward(torch.ones_like(y))
+
+    return [("LN + FiLM fwd+bwd 32x512x32 under bf16 autocast: fp32 out / bf16 out",
+             median_ms(autocast_fp32, repeats), median_ms(native_bf16, repeats))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--out", default=None, help="markdown report (a .json twin is written next to it)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    rows = []
+    for part in (attention_rows, depthwise_rows, adamw_rows, layout_rows, layer_norm_rows):
+        rows += part(args.repeats)
+        for name, a, b in rows[-3:]:
+            print(f"  {name}: {a:.2f} / {b:.2f} ms ({a / b:.2f}x)", flush=True)
+    info = machine_info()
+    lines = ["# Kernel measurements behind the bf16 step optimisations", "",
+             f"`python benchmarks/bench_kernels.py --threads {args.threads}`; {info['cpu_model']}, "
+             f"{info['logical_cores']} cores, torch {info['torch']}, {args.threads} thread(s), medians of "
+             f"{args.repeats} calls, {info['date_utc']} UTC, load {info['loadavg'][0]:.1f}.", "",
+             "| measurement (A / B) | A ms | B ms | A / B |", "|---|---|---|---|"]
+    lines += [f"| {name} | {a:.2f} | {b:.2f} | {a / b:.2f}× |" for name, a, b in rows]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+        Path(args.out).with_suffix(".json").write_text(json.dumps(
+            {"machine": info, "rows": [{"name": n, "a_ms": a, "b_ms": b} for n, a, b in rows]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
