@@ -34,7 +34,7 @@ def test_values_and_gradients_match_the_closed_form(length: int) -> None:
 
 def test_additive_bias_and_masked_keys() -> None:
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, 2, 12, 4, generator=g) for _ in range(3))
+    q, k, v = (torch.randn(2, 2, 12, 4, generator=g, requires_grad=True) for _ in range(3))  # the training path
     bias = torch.randn(1, 2, 12, 12, generator=g)
     keep = torch.rand(2, 1, 1, 12, generator=g) > 0.5
     keep[..., 0] = True
@@ -49,14 +49,14 @@ def test_additive_bias_and_masked_keys() -> None:
 
 def test_bf16_autocast_stays_close_to_fp32() -> None:
     g = torch.Generator().manual_seed(1)
-    q, k, v = (torch.randn(4, 2, 16, 32, generator=g) for _ in range(3))
+    q, k, v = (torch.randn(4, 2, 16, 32, generator=g, requires_grad=True) for _ in range(3))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = attention(q, k, v)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), attention(q, k, v), atol=3e-2, rtol=3e-2)
 
 
-def test_long_sequences_use_the_fused_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_long_sequences_and_sampling_use_the_fused_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     original = F.scaled_dot_product_attention
 
@@ -65,8 +65,12 @@ def test_long_sequences_use_the_fused_kernel(monkeypatch: pytest.MonkeyPatch) ->
         return original(*args, **kwargs)
 
     monkeypatch.setattr(attention_mod.F, "scaled_dot_product_attention", fused)
-    x = torch.randn(1, 1, PLAIN_MAX_TOKENS + 1, 4)
+    x = torch.randn(1, 1, PLAIN_MAX_TOKENS + 1, 4, requires_grad=True)
     attention(x, x, x)
-    y = torch.randn(1, 1, PLAIN_MAX_TOKENS, 4)
+    y = torch.randn(1, 1, PLAIN_MAX_TOKENS, 4, requires_grad=True)
     attention(y, y, y)
     assert calls == [PLAIN_MAX_TOKENS + 1]
+    attention(y.detach(), y.detach(), y.detach())  # no gradients (sampling): the fused kernel
+    with torch.no_grad():
+        attention(y, y, y)
+    assert calls == [PLAIN_MAX_TOKENS + 1, PLAIN_MAX_TOKENS, PLAIN_MAX_TOKENS]
