@@ -279,11 +279,15 @@ BF16_MAX_KERNEL = 9
 class _BF16DepthwiseConv(torch.autograd.Function):
     """bf16 "same" depthwise conv whose weight gradient is computed in fp32.
 
-    On CPU (oneDNN, torch 2.13, 2 cores; 32x32x32x32 channels-last, 5x5) bf16 halves the
-    forward (0.78 -> 0.39 ms) and the input gradient (1.1 -> 0.6 ms), but its weight gradient
-    takes 10.8 ms against 3.9 ms in fp32. So the weight gradient is computed from the bf16
-    canvas and output gradient upcast to fp32 (exact products, fp32 sums): faster and more
-    accurate than bf16's. The forward and input gradient accumulate in fp32 inside oneDNN.
+    On CPU (oneDNN, torch 2.13, 2 cores; 32x32x32x32 channels-last, 5x5) bf16's weight
+    gradient is consistently 2.7-3.5x slower than fp32's (12.7 vs 4.6 ms,
+    ``benchmarks/results/kernels.md``), so it is computed here from the bf16 canvas and output
+    gradient upcast to fp32 (exact products, fp32 sums): faster and more accurate. The forward
+    and input gradient stay bf16 (fp32 accumulation inside oneDNN); oneDNN's timings of those
+    vary between processes (bf16 forward 0.5x to 2x fp32's), but the whole path keeps the
+    sparse level's activations bf16 (no fp32 canvas and casts): in-process A/B of the quickstart
+    training step, 1.11x faster at 1 thread and within 1% at 2 threads; sampling a 32² full grid
+    (batch 8), the conv with its casts takes 0.2 ms against 1.3-1.5 ms.
     """
 
     @staticmethod
