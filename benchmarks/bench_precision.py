@@ -185,7 +185,7 @@ def run(quick: bool, threads: int, budget_s: float) -> dict:
             print(f"  torch.compile {precision}: {msg}", flush=True)
     return {"setting": s, "model": "tiny SNO" if quick else "configs/quickstart.yaml SparseNeuralOperator",
             "eager": eager, "ratios": ratios, "compile": compile_res, "breakdown": breakdown, "batch_sweep": sweep,
-            "method": "one Adam training step at the quickstart setting; eager variants timed round-robin in one "
+            "method": "one training step (loss, backward, clipping, fused AdamW) at the quickstart setting; eager variants timed round-robin in one "
                       "process; torch.compile in a child against an eager twin timed round-robin"}
 
 
