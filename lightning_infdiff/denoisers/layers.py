@@ -72,8 +72,9 @@ class ModulatedLayerNorm(nn.Module):
         """``x (B, N, C)``, ``emb (B, E)`` -> ``(B, N, C)``."""
         scale, shift = self.film(F.silu(emb)).unsqueeze(1).chunk(2, dim=-1)
         # in x's dtype even under autocast (which would return fp32): the statistics are fp32
-        # inside the kernel either way, and the sparse level then stays bf16 end to end
-        # (LN + FiLM forward and backward 1.73 -> 1.24 ms at 32x512x32 on 2 CPU cores)
+        # inside the kernel either way, and the sparse level then stays bf16 end to end (its
+        # conv runs on a bf16 canvas, no fp32 activations to cast back); on its own the LN
+        # costs about the same either way (benchmarks/results/kernels.md)
         with torch.autocast(x.device.type, enabled=False):
             h = F.layer_norm(x, (self.channels,))
             return torch.addcmul(shift.to(h.dtype), h, (1.0 + scale.float()).to(h.dtype))
