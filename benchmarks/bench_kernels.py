@@ -23,24 +23,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_common import default_denoiser, machine_info
+from bench_common import default_denoiser, machine_info, time_calls
 
 
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
+    """Median wall milliseconds of ``repeats`` calls after ``warmup`` untimed ones."""
+    return 1e3 * statistics.median(time_calls(fn, repeats, warmup))
 
 
 def attention_rows(repeats: int) -> list[tuple[str, float, float]]:
