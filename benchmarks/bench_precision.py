@@ -23,6 +23,7 @@ per precision: bf16 can only speed up the second.
 from __future__ import annotations
 
 import copy
+import statistics
 import time
 
 import torch
@@ -43,19 +44,21 @@ def setting(quick: bool) -> dict:
     return dict(res=16, batch=2, rate=2, repeats=2) if quick else dict(res=32, batch=32, rate=2, repeats=7)
 
 
-#: Batch sizes of the fixed-versus-per-example split (the setting's own batch is added).
+#: Extra batch sizes of the fixed-versus-per-example split (the setting's own batch reuses the
+#: main fp32 / bf16 medians).
 SWEEP_BATCHES = {True: (1,), False: (4, 8, 16)}
 
 
-def batch_sweep(base: torch.nn.Module, s: dict, batches: tuple[int, ...]) -> dict:
+def batch_sweep(base: torch.nn.Module, s: dict, batches: tuple[int, ...], at_batch: dict[str, float]) -> dict:
     """Step time against batch size per precision, fitted as ``t = fixed + per_example · B``.
 
     The fixed part is what a step costs whatever its size (operator dispatch, Python, autocast's
     weight casts, the optimiser, tiny kernels); the per-example part is the arithmetic and memory
     traffic that bf16 can speed up. Their split says how far bf16 can take the step at this batch.
+    ``at_batch`` holds the median step seconds per precision already measured at ``s["batch"]``.
     """
-    points: dict[str, dict[int, float]] = {"fp32": {}, "bf16": {}}
-    for b in sorted({*batches, s["batch"]}):
+    points: dict[str, dict[int, float]] = {p: {s["batch"]: at_batch[p]} for p in ("fp32", "bf16")}
+    for b in sorted(set(batches) - {s["batch"]}):
         sb = dict(s, batch=b)
         steps = {p: make_step(copy.deepcopy(base).train(), sb, p == "bf16") for p in points}
         times = interleaved(steps, s["repeats"], warmup=1)
@@ -63,12 +66,10 @@ def batch_sweep(base: torch.nn.Module, s: dict, batches: tuple[int, ...]) -> dic
             points[p][b] = spread(times[p])["median"]
     fits = {}
     for p, pts in points.items():
-        bs = torch.tensor(list(pts), dtype=torch.float64)
-        ts = torch.tensor(list(pts.values()), dtype=torch.float64)
-        slope = float(((bs - bs.mean()) * (ts - ts.mean())).sum() / ((bs - bs.mean()) ** 2).sum())
-        fits[p] = {"fixed_s": float(ts.mean()) - slope * float(bs.mean()), "per_example_s": slope}
+        slope, fixed = statistics.linear_regression(list(pts), list(pts.values()))
+        fits[p] = {"fixed_s": fixed, "per_example_s": slope}
     per_example = fits["fp32"]["per_example_s"] / fits["bf16"]["per_example_s"]
-    return {"step_s": {p: {str(b): t for b, t in pts.items()} for p, pts in points.items()}, "fit": fits,
+    return {"step_s": {p: {str(b): t for b, t in sorted(pts.items())} for p, pts in points.items()}, "fit": fits,
             "per_example_speedup": per_example}
 
 
@@ -169,7 +170,7 @@ def run(quick: bool, threads: int, budget_s: float) -> dict:
     times = interleaved(variants, s["repeats"], warmup=1)
     eager = {k: spread(v) for k, v in times.items()}
     breakdown = {k: op_breakdown(variants[k]) for k in ("fp32", "bf16")}
-    sweep = batch_sweep(base, s, SWEEP_BATCHES[quick])
+    sweep = batch_sweep(base, s, SWEEP_BATCHES[quick], {p: eager[p]["median"] for p in ("fp32", "bf16")})
     fp32 = eager["fp32"]["median"]
     ratios = {f"{k}_speedup_vs_fp32": fp32 / v["median"] for k, v in eager.items() if k != "fp32"}
     print("  " + ", ".join(f"{k} {1e3 * v['median']:.0f} ms" for k, v in eager.items()), flush=True)

@@ -63,7 +63,7 @@ def test_suite_quick_mode(tmp_path: Path) -> None:
     sweep = prec["batch_sweep"]  # quick: batches 1 and 2, so the fitted line passes through both
     for p in ("fp32", "bf16"):
         fit, pts = sweep["fit"][p], sweep["step_s"][p]
-        assert set(pts) == {"1", "2"}
+        assert set(pts) == {"1", "2"} and pts["2"] == prec["eager"][p]["median"]  # batch 2: the main measurement
         for b, t in pts.items():
             assert math.isclose(fit["fixed_s"] + fit["per_example_s"] * int(b), t, rel_tol=1e-9, abs_tol=1e-12)
     assert math.isclose(sweep["per_example_speedup"], sweep["fit"]["fp32"]["per_example_s"] / sweep["fit"]["bf16"]["per_example_s"])
