@@ -276,7 +276,7 @@ def test_bf16_depthwise_conv_weight_gradient_is_an_fp32_sum_of_exact_products():
     assert _rel(out, ref) < 1e-2 and _rel(canvas.grad, c64.grad) < 1e-2
 
 
-def test_bf16_dense_layer_matches_the_fp32_layer_and_large_kernels_stay_fp32():
+def test_bf16_dense_layer_matches_the_fp32_layer_and_large_kernels_stay_fp32(monkeypatch):
     """bf16 points on the dense backend: the sparse conv runs in bf16 and stays close to the
     fp32 layer in values and gradients; resized kernels above BF16_MAX_KERNEL keep the fp32 canvas."""
     from lightning_infdiff.denoisers import sparse_conv
@@ -301,16 +301,13 @@ def test_bf16_dense_layer_matches_the_fp32_layer_and_large_kernels_stay_fp32():
 
     calls = []
     orig = sparse_conv._BF16DepthwiseConv.apply
-    sparse_conv._BF16DepthwiseConv.apply = lambda *a: calls.append(a[1].shape) or orig(*a)
-    try:
-        big = PointLattice.build(torch.arange(40 * 40).unsqueeze(0), (40, 40), 5, 16, "dense")  # 2.5x: 13x13
-        assert max(big.kernel_size) > sparse_conv.BF16_MAX_KERNEL
-        assert layer(torch.randn(1, 1600, 6).bfloat16(), big).dtype == torch.bfloat16
-        assert calls == []
+    monkeypatch.setattr(sparse_conv._BF16DepthwiseConv, "apply", lambda *a: calls.append(a[1].shape) or orig(*a))
+    big = PointLattice.build(torch.arange(40 * 40).unsqueeze(0), (40, 40), 5, 16, "dense")  # 2.5x: 13x13
+    assert max(big.kernel_size) > sparse_conv.BF16_MAX_KERNEL
+    assert layer(torch.randn(1, 1600, 6).bfloat16(), big).dtype == torch.bfloat16
+    assert calls == []
+    layer(x16.detach(), lat)
+    assert len(calls) == 1
+    with torch.no_grad():
         layer(x16.detach(), lat)
-        assert len(calls) == 1
-        with torch.no_grad():
-            layer(x16.detach(), lat)
-        assert len(calls) == 1
-    finally:
-        sparse_conv._BF16DepthwiseConv.apply = orig
+    assert len(calls) == 1
