@@ -7,8 +7,8 @@ channels, 16² inner U-Net):
 * attention: ``F.scaled_dot_product_attention`` against the plain matmul-softmax-matmul of
   :func:`lightning_infdiff.denoisers.attention.attention` (forward + backward);
 * depthwise 5x5 conv on a channels-last 32x32x32x32 canvas: forward, input gradient and weight
-  gradient in fp32 and bf16 (why :class:`~lightning_infdiff.denoisers.sparse_conv._BF16DepthwiseConv`
-  takes its weight gradient in fp32);
+  gradient in fp32 and bf16, and the fp32 depthwise weight gradient against the bf16 block-diagonal
+  one (:func:`~lightning_infdiff.denoisers.sparse_conv._depthwise_weight_grad`) at three sizes;
 * AdamW step over the default model's parameters: per-tensor loop, ``foreach`` and ``fused``;
 * gradient accumulation ``add_`` of same-layout against mixed-layout (contiguous + channels_last)
   tensors, fp32 and bf16 (why ``LayoutGroupNorm`` hands gradients back in their tensor's layout);
@@ -72,8 +72,27 @@ def depthwise_rows(repeats: int) -> list[tuple[str, float, float]]:
             "input gradient": median_ms(lambda g=g, x=x, wt=wt: _conv_grad(g, x, wt, (True, False, False)), repeats),
             "weight gradient": median_ms(lambda g=g, x=x, wt=wt: _conv_grad(g, x, wt, (False, True, False)), repeats),
         }
-    return [(f"depthwise 5x5 conv {name}, 32x32x32x32 channels-last: fp32 / bf16", ops[torch.float32][name],
+    rows = [(f"depthwise 5x5 conv {name}, 32x32x32x32 channels-last: fp32 / bf16", ops[torch.float32][name],
              ops[torch.bfloat16][name]) for name in ops[torch.float32]]
+    return rows + block_weight_grad_rows(repeats)
+
+
+def block_weight_grad_rows(repeats: int) -> list[tuple[str, float, float]]:
+    """fp32 depthwise weight gradient against the bf16 block-diagonal one the sparse level uses."""
+    from lightning_infdiff.denoisers.sparse_conv import _depthwise_weight_grad
+
+    rows = []
+    for b, c, hw, k in ((32, 32, 32, 5), (8, 128, 64, 5), (4, 64, 128, 9)):
+        x = torch.randn(b, hw, hw, c).permute(0, 3, 1, 2)  # channels-last canvas
+        g = torch.randn_like(x)
+        wt = torch.randn(c, 1, k, k)
+        args = (None, (1, 1), (k // 2, k // 2), (1, 1), False, (0, 0), c, (False, True, False))
+        fp32 = median_ms(lambda g=g, x=x, wt=wt, args=args: torch.ops.aten.convolution_backward(g, x, wt, *args), repeats)
+        x16, g16 = x.bfloat16(), g.bfloat16()
+        blocks = median_ms(lambda g=g16, x=x16, wt=wt, k=k: _depthwise_weight_grad(g, x, wt, (k // 2, k // 2)), repeats)
+        rows.append((f"depthwise {k}x{k} weight gradient, {b}x{c}x{hw}x{hw}: fp32 depthwise / bf16 block-diagonal",
+                     fp32, blocks))
+    return rows
 
 
 def adamw_rows(repeats: int) -> list[tuple[str, float, float]]:
@@ -129,8 +148,9 @@ def main() -> None:
     torch.manual_seed(0)
     rows = []
     for part in (attention_rows, depthwise_rows, adamw_rows, layout_rows, layer_norm_rows):
-        rows += part(args.repeats)
-        for name, a, b in rows[-3:]:
+        part_rows = part(args.repeats)
+        rows += part_rows
+        for name, a, b in part_rows:
             print(f"  {name}: {a:.2f} / {b:.2f} ms ({a / b:.2f}x)", flush=True)
     info = machine_info()
     lines = ["# Kernel measurements behind the bf16 step optimisations", "",

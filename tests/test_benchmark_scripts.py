@@ -83,5 +83,6 @@ def test_kernel_measurements_write_a_report(tmp_path, monkeypatch):
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     names = [r["name"] for r in rows]
     assert any(n.startswith("attention") for n in names) and any("weight gradient" in n for n in names)
+    assert any("block-diagonal" in n for n in names)
     assert any("AdamW" in n for n in names) and any("add_" in n for n in names) and any("LN + FiLM" in n for n in names)
     assert out.read_text().count("\n| ") == len(rows) + 1  # header + one line per row

@@ -276,18 +276,45 @@ class PointLattice:
 BF16_MAX_KERNEL = 9
 
 
-class _BF16DepthwiseConv(torch.autograd.Function):
-    """bf16 "same" depthwise conv whose weight gradient is computed in fp32.
+#: Channels per block of the bf16 depthwise weight gradient (see :func:`_depthwise_weight_grad`).
+_WGRAD_BLOCKS = (8, 4)
 
-    On CPU (oneDNN, torch 2.13, 2 cores; 32x32x32x32 channels-last, 5x5) bf16's weight
-    gradient is consistently 2.7-3.5x slower than fp32's (12.7 vs 4.6 ms,
-    ``benchmarks/results/kernels.md``), so it is computed here from the bf16 canvas and output
-    gradient upcast to fp32 (exact products, fp32 sums): faster and more accurate. The forward
-    and input gradient stay bf16 (fp32 accumulation inside oneDNN); oneDNN's timings of those
-    vary between processes (bf16 forward 0.5x to 2x fp32's), but the whole path keeps the
-    sparse level's activations bf16 (no fp32 canvas and casts): in-process A/B of the quickstart
-    training step, 1.11x faster at 1 thread and within 1% at 2 threads; sampling a 32² full grid
-    (batch 8), the conv with its casts takes 0.2 ms against 1.3-1.5 ms.
+
+def _depthwise_weight_grad(grad: Tensor, canvas: Tensor, weight: Tensor, padding: tuple[int, int]) -> Tensor:
+    """Weight gradient ``dW[c, i, j] = Σ_{b,y,x} g[b,c,y,x] · x_pad[b,c,y+i,x+j]`` of a "same"
+    depthwise conv (``groups = C``), for a bf16 ``grad`` and ``canvas``; returned in ``weight``'s dtype.
+
+    oneDNN's depthwise weight gradient on CPU is slow in bf16 (torch 2.13, 2 cores, 32x32x32x32
+    channels-last, 5x5: 11-13 ms against 4.3-4.6 ms in fp32), but its *grouped* conv weight
+    gradient is fast. So the gradient of a conv with ``C / k`` groups of ``k`` channels (every
+    channel against every channel of its block) is computed, and the depthwise gradient is its
+    block diagonal ``dW[c] = dW_blocks[c, c mod k]``: ``k`` times the products, in bf16 with
+    fp32 accumulation, rounded to bf16 like every autocast conv's weight gradient. Measured with
+    ``k = 8`` (``benchmarks/results/kernels.md``): 2.7-2.8 ms at 32 channels, 10.9 ms against
+    23.7 ms fp32 at 128 channels and 64² (batch 8), 29 ms against 74 ms for a 9x9 kernel at 128².
+    Channel counts with no block of 8 or 4 take the fp32 depthwise gradient.
+    """
+    c, _, kh, kw = weight.shape
+    args = ((1, 1), padding, (1, 1), False, (0, 0))
+    k = next((k for k in _WGRAD_BLOCKS if c % k == 0), None)
+    if k is None:
+        return torch.ops.aten.convolution_backward(
+            grad.float(), canvas.float(), weight.float(), None, *args, c, (False, True, False))[1].to(weight.dtype)
+    blocks = torch.ops.aten.convolution_backward(
+        grad, canvas, canvas.new_empty(c, k, kh, kw), None, *args, c // k, (False, True, False))[1]
+    # (C/k, k out, k in, taps): the diagonal pairs each channel with itself
+    diag = blocks.view(c // k, k, k, kh * kw).diagonal(dim1=1, dim2=2)  # (C/k, taps, k)
+    return diag.transpose(1, 2).reshape(c, 1, kh, kw).to(weight.dtype)
+
+
+class _BF16DepthwiseConv(torch.autograd.Function):
+    """bf16 "same" depthwise conv, with its weight gradient from :func:`_depthwise_weight_grad`.
+
+    The forward and input gradient are oneDNN's bf16 depthwise kernels (fp32 accumulation);
+    their timings vary between processes (bf16 forward 0.5x to 2x fp32's), but the whole path
+    keeps the sparse level's activations bf16 (no fp32 canvas and casts). oneDNN's own bf16
+    weight gradient is 2.5-3x slower than fp32's, so it is taken through a block-diagonal
+    grouped conv instead.
     """
 
     @staticmethod
@@ -299,14 +326,13 @@ class _BF16DepthwiseConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # noqa: ANN001
         canvas, weight = ctx.saved_tensors
-        args = ((1, 1), ctx.padding, (1, 1), False, (0, 0), canvas.shape[1])
         g_in = g_w = None
         if ctx.needs_input_grad[0]:
+            args = ((1, 1), ctx.padding, (1, 1), False, (0, 0), canvas.shape[1])
             g_in = torch.ops.aten.convolution_backward(
                 grad, canvas, weight.to(grad.dtype), None, *args, (True, False, False))[0]
         if ctx.needs_input_grad[1]:
-            g_w = torch.ops.aten.convolution_backward(
-                grad.float(), canvas.float(), weight.float(), None, *args, (False, True, False))[1].to(weight.dtype)
+            g_w = _depthwise_weight_grad(grad, canvas, weight, ctx.padding)
         return g_in, g_w, None
 
 
