@@ -76,8 +76,8 @@ def test_modulated_layer_norm_keeps_bf16_under_autocast_and_matches_the_closed_f
     x, emb = torch.randn(2, 50, 8).bfloat16(), torch.randn(2, 12)
     norm = ModulatedLayerNorm(8, 12)
     nn.init.normal_(norm.film.weight)
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # the FiLM linear runs in bf16 under autocast
-        scale, shift = norm.film(torch.nn.functional.silu(emb)).unsqueeze(1).chunk(2, dim=-1)
+    # the FiLM linear runs in fp32 even under autocast (conditioning path, in_param_dtype)
+    scale, shift = norm.film(torch.nn.functional.silu(emb)).unsqueeze(1).chunk(2, dim=-1)
     xd = x.double()
     h = (xd - xd.mean(-1, keepdim=True)) / (xd.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
     scale, shift = scale.detach().double(), shift.detach().double()
@@ -88,9 +88,32 @@ def test_modulated_layer_norm_keeps_bf16_under_autocast_and_matches_the_closed_f
     # bf16 rounds h, (1 + scale), their product and the sum, each by at most 2^-9 relative
     bound = 4 * 2.0**-9 * (h.abs() * (1 + scale).abs() + shift.abs())
     assert ((out.double() - want).abs() <= bound).all()
-    # fp32 in, fp32 out, to fp32 rounding (the FiLM linear in fp32 here)
-    scale32, shift32 = (t.double() for t in norm.film(torch.nn.functional.silu(emb)).unsqueeze(1).chunk(2, dim=-1))
-    torch.testing.assert_close(norm(x.float(), emb).double(), (h * (1 + scale32) + shift32).detach(), atol=1e-5, rtol=1e-5)
+    # fp32 in, fp32 out, to fp32 rounding
+    torch.testing.assert_close(norm(x.float(), emb).double(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_conditioning_path_is_fp32_under_autocast():
+    """The noise embedding and the FiLM projections (one row per example) ignore bf16 autocast:
+    bit-identical to running them without it, gradients included."""
+    from lightning_infdiff.denoisers.base import in_param_dtype
+    from lightning_infdiff.denoisers.layers import NoiseEmbedding
+    from lightning_infdiff.denoisers.layers_adm import ResBlock
+
+    torch.manual_seed(0)
+    lin, x = nn.Linear(12, 8), torch.randn(4, 12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = in_param_dtype(lin, x.bfloat16())
+    assert out.dtype == torch.float32 and torch.equal(out, lin(x.bfloat16().float()))
+    embed, ls, cond = NoiseEmbedding(16, num_classes=3), torch.randn(4), torch.tensor([0, 1, 2, 3])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        e16 = embed(ls, cond)
+    assert e16.dtype == torch.float32 and torch.equal(e16, embed(ls, cond))
+    block = ResBlock(8, 8, emb_dim=16)
+    seen = []
+    block.emb.register_forward_hook(lambda m, i, o: seen.append((i[0].dtype, o.dtype)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        block(torch.randn(4, 8, 4, 4), e16).float().sum().backward()
+    assert seen == [(torch.float32, torch.float32)] and block.emb.weight.grad.dtype == torch.float32
 
 
 @pytest.mark.parametrize("backend", ["dense", "pairs"])

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import logsnr_embedding
+from .base import in_param_dtype, logsnr_embedding
 
 __all__ = ["NoiseEmbedding", "ModulatedLayerNorm", "PointMLP"]
 
@@ -40,7 +40,7 @@ class NoiseEmbedding(nn.Module):
 
     def forward(self, logsnr: Tensor, cond: Tensor | None = None) -> Tensor:
         """``(B,)`` logSNR (+ ``(B,)`` int labels or ``None``) -> ``(B, E)``."""
-        emb = self.mlp(logsnr_embedding(logsnr, self.fourier_dim, scale=self.logsnr_scale))
+        emb = in_param_dtype(self.mlp, logsnr_embedding(logsnr, self.fourier_dim, scale=self.logsnr_scale))
         if self.label is not None:
             if cond is None:
                 cond = torch.full_like(logsnr, self.num_classes, dtype=torch.long)
@@ -70,7 +70,7 @@ class ModulatedLayerNorm(nn.Module):
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         """``x (B, N, C)``, ``emb (B, E)`` -> ``(B, N, C)``."""
-        scale, shift = self.film(F.silu(emb)).unsqueeze(1).chunk(2, dim=-1)
+        scale, shift = in_param_dtype(self.film, F.silu(emb)).unsqueeze(1).chunk(2, dim=-1)
         # in x's dtype even under autocast (which would return fp32): the statistics are fp32
         # inside the kernel either way, and the sparse level then stays bf16 end to end (its
         # conv runs on a bf16 canvas, no fp32 activations to cast back); on its own the LN

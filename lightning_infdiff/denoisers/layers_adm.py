@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import attention
+from .base import in_param_dtype
 
 __all__ = ["group_norm", "LayoutGroupNorm", "ResBlock", "AttentionBlock", "Downsample", "Upsample"]
 
@@ -95,7 +96,7 @@ class ResBlock(nn.Module):
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         """``x (B, C_in, H, W)``, ``emb (B, E)`` -> ``(B, C_out, H, W)``."""
         h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        scale, shift = in_param_dtype(self.emb, F.silu(emb))[:, :, None, None].chunk(2, dim=1)
         h = self.norm2(h) * (1 + scale) + shift
         h = self.conv2(self.drop(F.silu(h)))
         return self.skip(x) + h
