@@ -261,13 +261,13 @@ def test_bf16_depthwise_conv_weight_gradient_is_the_rounded_exact_sum(channels, 
     depthwise one otherwise) equals the float64 gradient on the same bf16 values up to one bf16
     rounding plus fp32 accumulation: |dW - dW64| <= 2^-8 |dW64| + n 2^-24 Σ|g||x| (n summed
     terms). Its values and input gradient are the bf16 conv's."""
-    from lightning_infdiff.denoisers.sparse_conv import _BF16DepthwiseConv
+    from lightning_infdiff.denoisers.sparse_conv import depthwise_same_conv
 
     torch.manual_seed(0)
     b, hw, pad = 3, 16, kernel // 2
     canvas = torch.randn(b, hw, hw, channels).bfloat16().permute(0, 3, 1, 2).requires_grad_(True)  # channels-last
     weight = torch.randn(channels, 1, kernel, kernel, requires_grad=True)
-    out = _BF16DepthwiseConv.apply(canvas, weight, (pad, pad))
+    out = depthwise_same_conv(canvas, weight, pad, pad)
     assert out.dtype == torch.bfloat16
     g = torch.randn(out.shape).bfloat16()
     out.backward(g)
@@ -305,18 +305,58 @@ def test_bf16_dense_layer_matches_the_fp32_layer_and_large_kernels_stay_fp32(mon
     out32 = layer(x32, lat)
     (out32 * g).sum().backward()
     assert _rel(out16, out32) < 1e-2 and _rel(x16.grad, x32.grad) < 1e-2 and _rel(w16, layer.weight.grad) < 1e-2
-    with torch.no_grad():  # sampling: the same bf16 conv, without the autograd Function
+    with torch.no_grad():  # sampling: the same bf16 conv, without the custom op
         assert torch.equal(layer(x16.detach(), lat), out16.detach())
 
     calls = []
-    orig = sparse_conv._BF16DepthwiseConv.apply
-    monkeypatch.setattr(sparse_conv._BF16DepthwiseConv, "apply", lambda *a: calls.append(a[1].shape) or orig(*a))
+    orig = sparse_conv.depthwise_same_conv
+    monkeypatch.setattr(sparse_conv, "depthwise_same_conv", lambda *a: calls.append(a[0].dtype) or orig(*a))
     big = PointLattice.build(torch.arange(40 * 40).unsqueeze(0), (40, 40), 5, 16, "dense")  # 2.5x: 13x13
     assert max(big.kernel_size) > sparse_conv.BF16_MAX_KERNEL
     assert layer(torch.randn(1, 1600, 6).bfloat16(), big).dtype == torch.bfloat16
-    assert calls == []
+    assert calls == [torch.float32]  # the 13x13 canvas is fp32
     layer(x16.detach(), lat)
-    assert len(calls) == 1
-    with torch.no_grad():
+    assert calls == [torch.float32, torch.bfloat16]
+    with torch.no_grad():  # sampling calls the conv directly
         layer(x16.detach(), lat)
-    assert len(calls) == 1
+    assert len(calls) == 2
+
+
+def test_depthwise_same_conv_op_is_a_well_formed_differentiable_operator():
+    """The dense backend's custom op: schema, fake (meta) kernel and autograd registration agree
+    with the real kernel (``torch.library.opcheck``), its float64 gradients match finite
+    differences, and the fake kernel keeps the canvas's channels-last layout."""
+    from lightning_infdiff.denoisers.sparse_conv import depthwise_same_conv
+
+    torch.manual_seed(0)
+    op = torch.ops.lightning_infdiff.depthwise_same_conv.default
+    for dt in (torch.float64, torch.float32, torch.bfloat16):
+        canvas = torch.randn(2, 5, 6, 8).to(dt).permute(0, 3, 1, 2).requires_grad_(True)
+        weight = torch.randn(8, 1, 3, 3, dtype=torch.float64 if dt == torch.float64 else torch.float32,
+                             requires_grad=True)
+        torch.library.opcheck(op, (canvas, weight, 1, 1))
+    c64 = torch.randn(2, 4, 5, 3, dtype=torch.float64).permute(0, 3, 1, 2).requires_grad_(True)
+    w64 = torch.randn(3, 1, 3, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda c, w: depthwise_same_conv(c, w, 1, 2), (c64, w64))
+    with torch._subclasses.FakeTensorMode():
+        fake = op(torch.empty(2, 5, 6, 8).permute(0, 3, 1, 2), torch.empty(8, 1, 3, 3), 1, 1)
+        assert fake.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_compiled_dense_conv_gives_eager_gradients():
+    """Under torch.compile (inductor) the custom op runs with the eager gradients."""
+    from lightning_infdiff.denoisers.sparse_conv import depthwise_same_conv
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 6, 8).permute(0, 3, 1, 2).requires_grad_(True)
+    w = torch.randn(8, 1, 3, 3, requires_grad=True)
+
+    def loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (depthwise_same_conv(a.sin(), b, 1, 1) ** 2).sum()
+
+    torch.compile(loss)(x, w).backward()
+    compiled = (x.grad, w.grad)
+    x.grad = w.grad = None
+    loss(x, w).backward()
+    torch.testing.assert_close(compiled[0], x.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(compiled[1], w.grad, rtol=1e-5, atol=1e-5)

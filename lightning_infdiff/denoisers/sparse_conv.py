@@ -307,33 +307,87 @@ def _depthwise_weight_grad(grad: Tensor, canvas: Tensor, weight: Tensor, padding
     return diag.transpose(1, 2).reshape(c, 1, kh, kw).to(weight.dtype)
 
 
-class _BF16DepthwiseConv(torch.autograd.Function):
-    """bf16 "same" depthwise conv, with its weight gradient from :func:`_depthwise_weight_grad`.
+# The dense backend's training conv is a custom operator (forward, input gradient and weight
+# gradient each an opaque op with its own autograd formula) rather than an autograd.Function:
+# torch.compile then passes the canvas and its gradient in the channels-last layout eager
+# uses. Traced as plain ops, inductor stored them in other layouts (e.g. strides
+# (32768, 32, 1024, 1)), and oneDNN's depthwise backward on those took 66-90 ms per step
+# instead of 13-26 ms, which made the compiled quickstart step slower than eager (0.88x).
+_CONV_SCHEMA = "(Tensor canvas, Tensor weight, int pad_h, int pad_w) -> Tensor"
+_GRAD_SCHEMA = "(Tensor grad, Tensor canvas, Tensor weight, int pad_h, int pad_w) -> Tensor"
 
-    The forward and input gradient are oneDNN's bf16 depthwise kernels (fp32 accumulation);
-    their timings vary between processes (bf16 forward 0.5x to 2x fp32's), but the whole path
-    keeps the sparse level's activations bf16 (no fp32 canvas and casts). oneDNN's own bf16
-    weight gradient is 2.5-3x slower than fp32's, so it is taken through a block-diagonal
-    grouped conv instead.
+
+def _conv_args(canvas: Tensor, pad_h: int, pad_w: int) -> tuple:
+    return (1, 1), (pad_h, pad_w), (1, 1), False, (0, 0), canvas.shape[1]
+
+
+def _depthwise_same_conv(canvas: Tensor, weight: Tensor, pad_h: int, pad_w: int) -> Tensor:
+    """"Same" depthwise conv of a ``(B, C, H, W)`` canvas (any layout, fp32 or bf16) with an fp32
+    ``(C, 1, kh, kw)`` weight, computed in the canvas's dtype.
+
+    A bf16 canvas keeps the sparse level's activations bf16 (no fp32 canvas and casts). oneDNN's
+    bf16 depthwise forward and input gradient accumulate in fp32; their timings vary between
+    processes (bf16 forward 0.5x to 2x fp32's, ``benchmarks/results/kernels.md``).
     """
+    return F.conv2d(canvas, weight.to(canvas.dtype), padding=(pad_h, pad_w), groups=canvas.shape[1])
 
-    @staticmethod
-    def forward(ctx, canvas: Tensor, weight: Tensor, padding: tuple[int, int]) -> Tensor:  # noqa: ANN001
-        ctx.save_for_backward(canvas, weight)
-        ctx.padding = padding
-        return F.conv2d(canvas, weight.to(canvas.dtype), padding=padding, groups=canvas.shape[1])
 
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # noqa: ANN001
-        canvas, weight = ctx.saved_tensors
-        g_in = g_w = None
-        if ctx.needs_input_grad[0]:
-            args = ((1, 1), ctx.padding, (1, 1), False, (0, 0), canvas.shape[1])
-            g_in = torch.ops.aten.convolution_backward(
-                grad, canvas, weight.to(grad.dtype), None, *args, (True, False, False))[0]
-        if ctx.needs_input_grad[1]:
-            g_w = _depthwise_weight_grad(grad, canvas, weight, ctx.padding)
-        return g_in, g_w, None
+def _depthwise_same_conv_input_grad(grad: Tensor, canvas: Tensor, weight: Tensor, pad_h: int, pad_w: int) -> Tensor:
+    """Gradient of :func:`_depthwise_same_conv` with respect to the canvas (the canvas's dtype)."""
+    mask = (True, False, False)
+    return torch.ops.aten.convolution_backward(grad, canvas, weight.to(grad.dtype), None,
+                                               *_conv_args(canvas, pad_h, pad_w), mask)[0]
+
+
+def _depthwise_same_conv_weight_grad(grad: Tensor, canvas: Tensor, weight: Tensor, pad_h: int, pad_w: int) -> Tensor:
+    """Gradient of :func:`_depthwise_same_conv` with respect to the weight (the weight's dtype):
+    bf16 through :func:`_depthwise_weight_grad`, otherwise oneDNN's depthwise gradient."""
+    if canvas.dtype == torch.bfloat16:
+        return _depthwise_weight_grad(grad, canvas, weight, (pad_h, pad_w))
+    mask = (False, True, False)
+    return torch.ops.aten.convolution_backward(grad, canvas, weight.to(canvas.dtype), None,
+                                               *_conv_args(canvas, pad_h, pad_w), mask)[1].to(weight.dtype)
+
+
+depthwise_same_conv = torch.library.custom_op(
+    "lightning_infdiff::depthwise_same_conv", _depthwise_same_conv, mutates_args=(), schema=_CONV_SCHEMA)
+_input_grad_op = torch.library.custom_op(
+    "lightning_infdiff::depthwise_same_conv_input_grad", _depthwise_same_conv_input_grad, mutates_args=(),
+    schema=_GRAD_SCHEMA)
+_weight_grad_op = torch.library.custom_op(
+    "lightning_infdiff::depthwise_same_conv_weight_grad", _depthwise_same_conv_weight_grad, mutates_args=(),
+    schema=_GRAD_SCHEMA)
+
+
+@depthwise_same_conv.register_fake
+def _(canvas: Tensor, weight: Tensor, pad_h: int, pad_w: int) -> Tensor:
+    return torch.empty_like(canvas)  # "same" conv, stride 1: the canvas's shape, dtype and layout
+
+
+@_input_grad_op.register_fake
+def _(grad: Tensor, canvas: Tensor, weight: Tensor, pad_h: int, pad_w: int) -> Tensor:
+    return torch.empty_like(canvas)
+
+
+@_weight_grad_op.register_fake
+def _(grad: Tensor, canvas: Tensor, weight: Tensor, pad_h: int, pad_w: int) -> Tensor:
+    return torch.empty_like(weight)
+
+
+def _save_for_grad(ctx, inputs: tuple, output: Tensor) -> None:  # noqa: ANN001 - autograd context
+    canvas, weight, pad_h, pad_w = inputs
+    ctx.save_for_backward(canvas, weight)
+    ctx.pad = (pad_h, pad_w)
+
+
+def _grad(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:  # noqa: ANN001
+    canvas, weight = ctx.saved_tensors
+    g_in = _input_grad_op(grad, canvas, weight, *ctx.pad) if ctx.needs_input_grad[0] else None
+    g_w = _weight_grad_op(grad, canvas, weight, *ctx.pad) if ctx.needs_input_grad[1] else None
+    return g_in, g_w, None, None
+
+
+depthwise_same_conv.register_autograd(_grad, setup_context=_save_for_grad)
 
 
 def _conv_dense(x: Tensor, conv: Callable[[Tensor], Tensor], lat: PointLattice, bf16: bool = False) -> Tensor:
@@ -365,14 +419,13 @@ def _conv_dense(x: Tensor, conv: Callable[[Tensor], Tensor], lat: PointLattice, 
 
 def _same_conv(weight: Tensor) -> Callable[[Tensor], Tensor]:
     """Zero-padded "same" depthwise conv with an already resized ``(C, 1, kh, kw)`` kernel
-    (a bf16 canvas goes through :class:`_BF16DepthwiseConv`)."""
+    (through :data:`depthwise_same_conv` when gradients are recorded)."""
     kh, kw = weight.shape[-2:]
-    pad = (kh // 2, kw // 2)
 
     def conv(canvas: Tensor) -> Tensor:
-        if canvas.dtype == torch.bfloat16 and torch.is_grad_enabled():
-            return _BF16DepthwiseConv.apply(canvas, weight, pad)
-        return F.conv2d(canvas, weight.to(canvas.dtype), padding=pad, groups=canvas.shape[1])
+        if torch.is_grad_enabled():
+            return depthwise_same_conv(canvas, weight, kh // 2, kw // 2)
+        return _depthwise_same_conv(canvas, weight, kh // 2, kw // 2)
 
     return conv
 
