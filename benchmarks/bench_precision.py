@@ -6,9 +6,10 @@ One training step = ``GaussianProcess.loss`` forward, backward, gradient clippin
 the training optimiser (``configs/base.yaml``: norm clipping at 1, fused AdamW). The eager variants
 (fp32, bf16, each with and without ``channels_last`` on the model's 4-D weights, which only the
 inner U-Net has) are timed round-robin in one process, so their ratios share the machine's
-load. ``torch.compile`` (inductor, default mode) runs in a child process with a time-out,
-against an eager twin timed round-robin in the same child; its compile time (first calls) is
-reported separately, and a failure is recorded with its error.
+load. ``torch.compile`` (inductor, default mode) runs in a child process with a time-out: fp32
+and bf16, each compiled and eager, timed round-robin in that child, which gives the compiled
+bf16 / fp32 ratio from one run; compile times (first calls) are reported separately, and a
+failure is recorded with its error.
 
 Note: the inner ADM U-Net converts its input to channels_last itself (``denoisers/unet.py``),
 so "channels_last" here only changes the layout of the model's 4-D weights.
@@ -94,8 +95,11 @@ OP_CLASSES = (
 
 def _op_class(key: str, shapes: list) -> str | None:
     if "convolution" in key:
-        weight = shapes[2] if "backward" in key else (shapes[1] if len(shapes) > 1 else [])
-        return "depthwise conv (sparse level)" if len(weight) == 4 and weight[1] == 1 else "dense conv (U-Net)"
+        # grouped (the sparse level's depthwise convs and their block-diagonal weight gradient,
+        # groups > 1) or not (the U-Net's): weight in-channels against the input's channels
+        inp, weight = (shapes[1], shapes[2]) if "backward" in key else (shapes[0], shapes[1]) if len(shapes) > 1 else ([], [])
+        grouped = len(weight) == 4 and len(inp) == 4 and weight[1] != inp[1]
+        return "depthwise conv (sparse level)" if grouped else "dense conv (U-Net)"
     for name, prefixes in OP_CLASSES:
         if key.startswith(prefixes):
             return name
@@ -139,21 +143,32 @@ def make_step(model: torch.nn.Module, s: dict, bf16: bool, seed: int = 0):  # no
 
 
 def child(spec: dict) -> dict:
-    """torch.compile vs eager (same precision) in this fresh process."""
+    """torch.compile vs eager for each of ``spec["precisions"]``, all timed round-robin in this
+    fresh process (so the compiled bf16 / fp32 ratio is measured in one run, like the eager one)."""
     torch.manual_seed(0)
     s = spec["setting"]
     base = tiny_denoiser() if spec["quick"] else default_denoiser()
-    eager, compiled_model = copy.deepcopy(base), copy.deepcopy(base)
-    bf16 = spec["precision"] == "bf16"
-    compiled_model.compile()  # compiles forward on first call (nn.Module.compile, inductor)
-    cstep = make_step(compiled_model, s, bf16)
-    t0 = time.perf_counter()
-    cstep()
-    cstep()  # backward graphs and a possible recompilation happen within the first calls
-    compile_s = time.perf_counter() - t0
-    times = interleaved({"eager": make_step(eager, s, bf16), "compiled": cstep}, s["repeats"], warmup=1)
-    return {"compile_s": compile_s, "eager": spread(times["eager"]), "compiled": spread(times["compiled"]),
-            "speedup": spread(times["eager"])["median"] / spread(times["compiled"])["median"]}
+    out: dict = {}
+    variants = {}
+    for prec in spec["precisions"]:
+        bf16 = prec == "bf16"
+        compiled_model = copy.deepcopy(base)
+        compiled_model.compile()  # compiles forward on first call (nn.Module.compile, inductor)
+        cstep = make_step(compiled_model, s, bf16)
+        t0 = time.perf_counter()
+        cstep()
+        cstep()  # backward graphs and a possible recompilation happen within the first calls
+        out[prec] = {"compile_s": time.perf_counter() - t0}
+        variants[f"{prec} eager"] = make_step(copy.deepcopy(base), s, bf16)
+        variants[f"{prec} compiled"] = cstep
+    times = {k: spread(v) for k, v in interleaved(variants, s["repeats"], warmup=1).items()}
+    for prec in spec["precisions"]:
+        eager, compiled = times[f"{prec} eager"], times[f"{prec} compiled"]
+        out[prec].update(eager=eager, compiled=compiled, speedup=eager["median"] / compiled["median"])
+    if {"fp32", "bf16"} <= set(out):
+        out["bf16_vs_fp32"] = {mode: times[f"fp32 {mode}"]["median"] / times[f"bf16 {mode}"]["median"]
+                               for mode in ("eager", "compiled")}
+    return out
 
 
 def run(quick: bool, threads: int, budget_s: float) -> dict:
@@ -178,16 +193,21 @@ def run(quick: bool, threads: int, budget_s: float) -> dict:
     if quick:
         compile_res = {"skipped": "quick mode (compilation alone takes minutes on this CPU)"}
     else:
-        for precision in ("bf16",):
-            r = run_child(BENCH / "bench_precision.py", {"setting": s, "quick": quick, "precision": precision},
-                          threads, timeout=max(60.0, budget_s * 0.7))
-            compile_res[precision] = r
-            msg = r.get("error", "")[-300:] or f"speed-up {r['speedup']:.2f}x, compile {r['compile_s']:.0f} s"
-            print(f"  torch.compile {precision}: {msg}", flush=True)
+        r = run_child(BENCH / "bench_precision.py", {"setting": s, "quick": quick, "precisions": ["fp32", "bf16"]},
+                      threads, timeout=max(60.0, budget_s * 0.75))
+        if "error" in r:
+            compile_res = {"fp32": r, "bf16": r}
+            print(f"  torch.compile: {r['error'][-300:]}", flush=True)
+        else:
+            compile_res = r
+            for prec in ("fp32", "bf16"):
+                print(f"  torch.compile {prec}: speed-up {r[prec]['speedup']:.2f}x, compile {r[prec]['compile_s']:.0f} s",
+                      flush=True)
+            print(f"  compiled bf16 vs compiled fp32: {r['bf16_vs_fp32']['compiled']:.2f}x", flush=True)
     return {"setting": s, "model": "tiny SNO" if quick else "configs/quickstart.yaml SparseNeuralOperator",
             "eager": eager, "ratios": ratios, "compile": compile_res, "breakdown": breakdown, "batch_sweep": sweep,
             "method": "one training step (loss, backward, clipping, fused AdamW) at the quickstart setting; eager variants timed round-robin in one "
-                      "process; torch.compile in a child against an eager twin timed round-robin"}
+                      "process; torch.compile in a child: fp32 and bf16, compiled and eager, timed round-robin"}
 
 
 if __name__ == "__main__":

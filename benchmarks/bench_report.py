@@ -130,7 +130,10 @@ def precision(rec: dict, out: Path, plots: list[str]) -> tuple[list[str], dict]:
     fp32 = res["eager"]["fp32"]["median"]
     for k, st in res["eager"].items():
         lines.append(f"| {k} | {_ms(st)} | {1e3 * st['min']:.0f}-{1e3 * st['max']:.0f} | {fp32 / st['median']:.2f}× |")
-    for prec, c in res["compile"].items():
+    comp = res["compile"]
+    for prec, c in comp.items():
+        if prec == "bf16_vs_fp32":
+            continue
         if not isinstance(c, dict):
             lines.append(f"| torch.compile | {c} | | |")
         elif "speedup" in c:
@@ -139,10 +142,17 @@ def precision(rec: dict, out: Path, plots: list[str]) -> tuple[list[str], dict]:
         else:
             lines.append(f"| torch.compile ({prec}) | failed or skipped: {str(c.get('error', c))[-300:]} | | |")
     bf = res["ratios"].get("bf16_speedup_vs_fp32")
+    if "bf16_vs_fp32" in comp:
+        r = comp["bf16_vs_fp32"]
+        lines += ["", f"bf16 against fp32 in the torch.compile child (all four timed round-robin): "
+                      f"{r['compiled']:.2f}× compiled, {r['eager']:.2f}× eager."]
     lines += _breakdown(res.get("breakdown"))
     lines += _sweep(res.get("batch_sweep"), s["batch"])
     if bf is not None:
-        targets["bf16 ≥ 1.6× faster than fp32 (default denoiser training step)"] = (f"{bf:.2f}×", bf >= 1.6)
+        shown = f"{bf:.2f}× eager"
+        if "bf16_vs_fp32" in comp:
+            shown += f"; {comp['bf16_vs_fp32']['compiled']:.2f}× both under torch.compile"
+        targets["bf16 ≥ 1.6× faster than fp32 (default denoiser training step)"] = (shown, bf >= 1.6)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     keys = list(res["eager"])
     med = [1e3 * res["eager"][k]["median"] for k in keys]
