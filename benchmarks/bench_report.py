@@ -132,7 +132,7 @@ def precision(rec: dict, out: Path, plots: list[str]) -> tuple[list[str], dict]:
         lines.append(f"| {k} | {_ms(st)} | {1e3 * st['min']:.0f}-{1e3 * st['max']:.0f} | {fp32 / st['median']:.2f}× |")
     comp = res["compile"]
     for prec, c in comp.items():
-        if prec == "bf16_vs_fp32":
+        if prec not in ("fp32", "bf16", "skipped"):  # the child's ratios and bookkeeping
             continue
         if not isinstance(c, dict):
             lines.append(f"| torch.compile | {c} | | |")

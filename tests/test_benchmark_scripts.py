@@ -86,3 +86,27 @@ def test_kernel_measurements_write_a_report(tmp_path, monkeypatch):
     assert any("block-diagonal" in n for n in names)
     assert any("AdamW" in n for n in names) and any("add_" in n for n in names) and any("LN + FiLM" in n for n in names)
     assert out.read_text().count("\n| ") == len(rows) + 1  # header + one line per row
+
+
+def test_precision_report_shows_both_compiled_precisions_and_their_ratio(tmp_path):
+    """Section 3's report: one row per compiled precision, the compiled and eager bf16/fp32 ratios
+    of the compile child, no rows for the child's bookkeeping, and the target judged on eager."""
+    import bench_report
+
+    def st(ms: float) -> dict:
+        return {"median": ms / 1e3, "q1": ms / 1e3, "q3": ms / 1e3, "min": ms / 1e3, "max": ms / 1e3, "n": 3}
+
+    eager = {"fp32": st(240.0), "bf16": st(150.0)}
+    comp = {"fp32": {"compile_s": 40.0, "eager": st(250.0), "compiled": st(200.0), "speedup": 1.25},
+            "bf16": {"compile_s": 50.0, "eager": st(160.0), "compiled": st(125.0), "speedup": 1.28},
+            "bf16_vs_fp32": {"eager": 250 / 160, "compiled": 200 / 125}, "wall_s": 99.0, "load_before": [1.0]}
+    rec = {"section": 3, "title": "precision", "threads": 2, "wall_s": 1.0, "loadavg_before": [0.5],
+           "loadavg_after": [0.5], "result": {"setting": {"res": 32, "batch": 32, "rate": 2, "repeats": 3},
+                                              "model": "m", "eager": eager, "compile": comp,
+                                              "ratios": {"bf16_speedup_vs_fp32": 240 / 150}}}
+    lines, targets = bench_report.precision(rec, tmp_path, [])
+    rows = [ln for ln in lines if ln.startswith("| torch.compile")]
+    assert len(rows) == 2 and "1.25× vs eager fp32" in rows[0] and "1.28× vs eager bf16" in rows[1]
+    assert any("1.60× compiled, 1.56× eager" in ln for ln in lines)
+    shown, met = targets["bf16 ≥ 1.6× faster than fp32 (default denoiser training step)"]
+    assert shown == "1.60× eager; 1.60× both under torch.compile" and met is True
