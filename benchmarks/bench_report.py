@@ -202,16 +202,24 @@ def _sweep(sw: dict | None, batch: int) -> list[str]:
         lines.append(f"| {p} | " + " | ".join(f"{1e3 * sw['step_s'][p][str(b)]:.0f}" for b in bs)
                      + f" | {1e3 * fit['fixed_s']:.1f} | {1e3 * fit['per_example_s']:.2f} |")
     same_fixed = (f32["fixed_s"] + f32["per_example_s"] * batch) / (f32["fixed_s"] + b16["per_example_s"] * batch)
-    lines += ["", f"bf16 speeds up the per-example work {sw['per_example_speedup']:.2f}×, but not the fixed cost "
-              f"(dispatch of a few thousand small ops, Python, the optimiser): {1e3 * f32['fixed_s']:.0f} ms in fp32 "
-              f"and {1e3 * b16['fixed_s']:.0f} ms in bf16, which adds autocast's weight casts and their backward. "
-              f"At batch {batch} the step would gain {same_fixed:.2f}× if bf16's fixed cost were fp32's, and "
-              f"{f32['per_example_s'] / b16['per_example_s']:.2f}× with no fixed cost at all"
-              + (": the fixed cost is what keeps this small model's step below 1.6×."
-                 if sw["per_example_speedup"] >= 1.6 else
-                 ": below 1.6× even then, so here the per-example work (fp32 weight gradients of the depthwise "
-                 "convs, memory-bound elementwise ops) bounds it as well as the fixed cost.")]
-    return lines
+    step = sw["step_s"]["fp32"][str(batch)] / sw["step_s"]["bf16"][str(batch)]
+    extra = b16["fixed_s"] > f32["fixed_s"]
+    fixed_gain = f32["fixed_s"] / b16["fixed_s"] if b16["fixed_s"] > 0 else float("inf")
+    text = (f"bf16 speeds up the per-example work {sw['per_example_speedup']:.2f}×, "
+            + ("but not the fixed cost " if fixed_gain < 1.1 else f"and the fixed cost {fixed_gain:.2f}× ")
+            + f"(dispatch of a few thousand small ops, Python, the optimiser): {1e3 * f32['fixed_s']:.0f} ms in fp32 "
+            f"and {1e3 * b16['fixed_s']:.0f} ms in bf16"
+            + (", which adds autocast's weight casts and their backward. " if extra else ". ")
+            + f"At batch {batch} the step gains {step:.2f}×; it would gain {same_fixed:.2f}× if bf16's fixed cost "
+            f"were fp32's, and {sw['per_example_speedup']:.2f}× with no fixed cost at all")
+    if step >= 1.6:
+        text += "."
+    elif sw["per_example_speedup"] >= 1.6:
+        text += ": the fixed cost is what keeps this small model's step below 1.6×."
+    else:
+        text += (": below 1.6× even then, so here the per-example work (elementwise, normalisation and index "
+                 "ops that bf16 barely speeds up on this CPU) bounds it as well as the fixed cost.")
+    return lines + ["", text]
 
 
 def flops(rec: dict, out: Path, plots: list[str]) -> tuple[list[str], dict]:

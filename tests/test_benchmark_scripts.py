@@ -110,3 +110,27 @@ def test_precision_report_shows_both_compiled_precisions_and_their_ratio(tmp_pat
     assert any("1.60× compiled, 1.56× eager" in ln for ln in lines)
     shown, met = targets["bf16 ≥ 1.6× faster than fp32 (default denoiser training step)"]
     assert shown == "1.60× eager; 1.60× both under torch.compile" and met is True
+
+
+@pytest.mark.parametrize(("bf16_fixed", "bf16_per", "expect"), [
+    (0.040, 0.0035, "the fixed cost is what keeps this small model's step below 1.6×."),  # per-example 1.71x
+    (0.020, 0.0040, "bounds it as well as the fixed cost."),  # per-example 1.5x
+    (0.010, 0.0030, "× with no fixed cost at all."),  # step 2.1x: the target is met, no excuse
+])
+def test_batch_sweep_text_follows_the_numbers(bf16_fixed, bf16_per, expect):
+    """The fixed / per-example paragraph states the step's gain and explains a shortfall only
+    when there is one, naming the cause the fit shows."""
+    import bench_report
+
+    def line(fixed: float, per: float) -> dict:
+        return {"fixed_s": fixed, "per_example_s": per}
+
+    fits = {"fp32": line(0.030, 0.006), "bf16": line(bf16_fixed, bf16_per)}
+    sw = {"fit": fits, "per_example_speedup": 0.006 / bf16_per,
+          "step_s": {p: {str(b): f["fixed_s"] + f["per_example_s"] * b for b in (4, 32)} for p, f in fits.items()}}
+    text = bench_report._sweep(sw, 32)[-1]
+    step = (0.030 + 0.006 * 32) / (bf16_fixed + bf16_per * 32)
+    assert f"the step gains {step:.2f}×" in text and text.endswith(expect)
+    assert ("1.6×" in text) == (step < 1.6)  # a shortfall is explained only when there is one
+    assert ("adds autocast's weight casts" in text) == (bf16_fixed > 0.030)
+    assert ("but not the fixed cost" in text) == (0.030 / bf16_fixed < 1.1)
