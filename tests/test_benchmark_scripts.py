@@ -134,3 +134,46 @@ def test_batch_sweep_text_follows_the_numbers(bf16_fixed, bf16_per, expect):
     assert ("1.6×" in text) == (step < 1.6)  # a shortfall is explained only when there is one
     assert ("adds autocast's weight casts" in text) == (bf16_fixed > 0.030)
     assert ("but not the fixed cost" in text) == (0.030 / bf16_fixed < 1.1)
+
+
+def _counted(fn) -> int:  # noqa: ANN001 - a zero-argument closure
+    import bench_flops
+
+    counter = bench_flops.flop_counter()
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("groups", [1, 4, 8])
+def test_flop_counter_counts_grouped_conv_backward_per_group(groups):
+    """Forward, input gradient and weight gradient each take B·H'·W'·C_out·(C_in/g)·k² MACs."""
+    import torch
+
+    b, c, h, w, k = 2, 8, 6, 5, 3
+    conv = torch.nn.Conv2d(c, c, k, padding=1, groups=groups, bias=False)
+    macs = b * h * w * c * (c // groups) * k * k
+    x = torch.randn(b, c, h, w, requires_grad=True)
+    assert _counted(lambda: conv(x).sum().backward()) == 2 * 3 * macs
+    x.requires_grad_(False)  # weight gradient only
+    assert _counted(lambda: conv(x).sum().backward()) == 2 * 2 * macs
+    # transposed: the MACs run over the input's spatial positions
+    tconv = torch.nn.ConvTranspose2d(c, c, k, stride=2, groups=groups, bias=False)
+    xt = torch.randn(b, c, h, w, requires_grad=True)
+    assert _counted(lambda: tconv(xt).sum().backward()) == 2 * 3 * b * h * w * c * (c // groups) * k * k
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_flop_counter_sees_the_dense_sparse_conv(dtype):
+    """The sparse level's custom conv ops count 2·B·C·H·W·k² FLOPs each (forward, both gradients),
+    also for the bf16 weight gradient, whose block-diagonal grouped conv does more products."""
+    import torch
+
+    from lightning_infdiff.denoisers.sparse_conv import PointLattice, SparseDepthwiseConv2d
+
+    b, c, res, k, n = 2, 8, 8, 3, 40
+    conv = SparseDepthwiseConv2d(c, k, train_resolution=res)
+    idx = torch.stack([torch.randperm(res * res)[:n] for _ in range(b)])
+    lat = PointLattice.build(idx, (res, res), k, res, "dense")
+    x = torch.randn(b, n, c, dtype=getattr(torch, dtype), requires_grad=True)
+    assert _counted(lambda: conv(x, lat).float().sum().backward()) == 3 * 2 * b * c * res * res * k * k

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.flop_counter import register_flop_formula
 
 from ..coords import check_grid
 from .sno_kernel_map import KernelMap, kernel_map, pairs_depthwise_conv
@@ -388,6 +389,26 @@ def _grad(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
 
 
 depthwise_same_conv.register_autograd(_grad, setup_context=_save_for_grad)
+
+
+def _depthwise_flops(*args, out_shape: object = None, **kwargs) -> int:  # noqa: ANN002, ANN003 - flop formula
+    """FLOPs of one of the custom ops above for ``torch.utils.flop_counter.FlopCounterMode``.
+
+    The forward, the input gradient and the weight gradient of a stride-1 "same" depthwise conv
+    of a ``(B, C, H, W)`` canvas with a ``(C, 1, kh, kw)`` kernel each take ``B·C·H·W·kh·kw``
+    multiply-adds, counted as ``2·B·C·H·W·kh·kw`` FLOPs (the counter's convention). The
+    arguments arrive as shapes: ``(canvas, weight, ...)`` or ``(grad, canvas, weight, ...)``.
+    This is the algorithm's count: the bf16 weight gradient's block-diagonal grouped conv
+    (:func:`_depthwise_weight_grad`) does more products than that, which are not useful work.
+    """
+    shapes = [a for a in args if isinstance(a, (list, tuple)) and len(a) == 4]
+    (b, c, h, w), (_, _, kh, kw) = shapes[-2], shapes[-1]
+    return 2 * b * c * h * w * kh * kw
+
+
+register_flop_formula([torch.ops.lightning_infdiff.depthwise_same_conv,
+                       torch.ops.lightning_infdiff.depthwise_same_conv_input_grad,
+                       torch.ops.lightning_infdiff.depthwise_same_conv_weight_grad])(_depthwise_flops)
 
 
 def _conv_dense(x: Tensor, conv: Callable[[Tensor], Tensor], lat: PointLattice, bf16: bool = False) -> Tensor:
