@@ -48,6 +48,31 @@ def test_lattice_knn_is_permutation_equivariant():
     assert torch.equal(w, w_p)
 
 
+@pytest.mark.parametrize("b", [1, 2])
+def test_lattice_knn_breaks_ties_by_window_position(b):
+    """A query equidistant from four pixels takes the first k of them in row-major order,
+    whatever the order of the points, and nearest first."""
+    idx = torch.stack([torch.randperm(16) for _ in range(b)])  # every pixel of a 4x4 grid, shuffled
+    nbr, weight = lattice_knn(idx, (4, 4), (2, 2), k=3)
+    pixels = torch.gather(idx, 1, nbr.view(b, -1)).view(b, 4, 3)
+    # query (0, 0) sits at pixel coordinates (0.5, 0.5): pixels 0, 1, 4, 5 tie; query (1, 1) at (2.5, 2.5)
+    assert pixels[:, 0].tolist() == [[0, 1, 4]] * b
+    assert pixels[:, 3].tolist() == [[10, 11, 14]] * b
+    assert torch.allclose(weight, torch.full_like(weight, 1 / 3))
+
+
+def test_lattice_knn_many_blocks_and_rounds():
+    """Sparse points (many blocks per window, several window rounds) against brute force."""
+    h, w, n = 40, 24, 7
+    idx = torch.stack([torch.randperm(h * w)[:n] for _ in range(3)])
+    nbr, _ = lattice_knn(idx, (h, w), (20, 12), k=5)
+    pts = index_to_coords(idx, (h, w), dtype=torch.float64)
+    d = torch.cdist(pixel_centres((20, 12), dtype=torch.float64).expand(3, -1, -1), pts)
+    mine = torch.gather(d, 2, nbr)
+    assert torch.allclose(mine, d.topk(5, largest=False).values, atol=1e-12)  # nearest first
+    assert (nbr.sort(-1).values.diff(dim=-1) > 0).all()  # five distinct points
+
+
 def smooth(coords):
     y, x = coords[..., 0], coords[..., 1]
     # not symmetric under y <-> x or flips: a transposed/quadrant read-back would be caught

@@ -66,28 +66,78 @@ def lattice_knn(
         ry, rx = min(math.ceil(radius * h), h), min(math.ceil(radius * w), w)
         dy = torch.arange(-ry, ry + 1, device=dev).repeat_interleave(2 * rx + 1)
         dx = torch.arange(-rx, rx + 1, device=dev).repeat(2 * ry + 1)
-        # Window geometry depends on the query only, not on the example: compute it once per
+        # Window geometry depends on the query only, not on the example: computed once per
         # distinct pending query (U <= Gh*Gw rows instead of T = pending (example, query) pairs)
-        # and index it per pair; the float64 distances are bitwise those of a per-pair formula.
+        # and sorted there by distance (stable: ties keep window order).
         uq, inv = torch.unique(todo_q, return_inverse=True)
         rows, cols = cy[uq, None] + dy, cx[uq, None] + dx  # (U, window)
         inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
         pix = torch.where(inside, rows * w + cols, h * w)
         geo = (((rows - qy[uq, None]) / h) ** 2 + ((cols - qx[uq, None]) / w) ** 2).masked_fill(~inside, math.inf)
-        cand = pid[todo_b[:, None] * (h * w + 1) + pix[inv]]  # (T, window) point numbers or -1
-        dist = geo[inv].masked_fill_(cand < 0, math.inf)
-        best, pos = torch.topk(dist, k, dim=1, largest=False, sorted=True)
+        geo, order = torch.sort(geo, dim=1, stable=True)
+        found, sel, sel_d2 = _first_points(pid, torch.gather(pix, 1, order), geo, inv, todo_b * (h * w + 1), k)
         # Anything outside the window is at least (r + 1/2) pixels away along one axis.
         safe = min((ry + 0.5) / h, (rx + 0.5) / w) ** 2
         whole = ry >= h and rx >= w
-        ok = torch.isfinite(best[:, -1]) if whole else best[:, -1] < safe
-        nbr[todo_b[ok], todo_q[ok]] = torch.gather(cand, 1, pos)[ok]
-        d2[todo_b[ok], todo_q[ok]] = best[ok]
+        ok = found == k
+        if not whole:
+            ok &= sel_d2[:, -1] < safe
+        nbr[todo_b[ok], todo_q[ok]] = sel[ok]
+        d2[todo_b[ok], todo_q[ok]] = sel_d2[ok]
         todo_b, todo_q = todo_b[~ok], todo_q[~ok]
         radius *= 2.0
     weight = 1.0 / d2.clamp_min(eps)
     weight = weight / weight.sum(-1, keepdim=True)
     return nbr, weight.float()
+
+
+#: Up to this many (pair, tap) lookups :func:`_first_points` reads whole windows in one pass
+#: (per-pass overhead then outweighs the lookups saved).
+_ONE_PASS = 1 << 16
+
+
+def _first_points(
+    pid: Tensor, pix: Tensor, d2: Tensor, inv: Tensor, base: Tensor, k: int, block: int = 8
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The first ``k`` sampled points along each pair's distance-sorted window.
+
+    Args:
+        pid: flat point number per pixel slot (``-1``: no point), offset per example by ``base``.
+        pix: ``(U, window)`` pixel slots of each distinct query's window, nearest first.
+        d2: ``(U, window)`` their squared distances (sorted).
+        inv: ``(T,)`` query row of each (example, query) pair.
+        base: ``(T,)`` offset of the pair's example in ``pid``.
+        k: points wanted.
+        block: taps examined per pass at first; doubled each pass. Small problems (at most
+            :data:`_ONE_PASS` lookups in all) take the whole window in one pass.
+
+    Returns:
+        ``found (T,)`` points found (``<= k``), ``nbr (T, k)`` and ``d2 (T, k)`` nearest first
+        (entries beyond ``found`` undefined). Taps are read in blocks for the pairs still short
+        of ``k`` only: on a densely sampled lattice most pairs are done within the first block,
+        so the pass costs about ``T·block`` lookups instead of ``T·window``.
+    """
+    t, win = inv.numel(), pix.shape[1]
+    if t * win <= _ONE_PASS:
+        block = win
+    found = torch.zeros(t, dtype=torch.long, device=pix.device)
+    nbr = torch.zeros(t, k, dtype=torch.long, device=pix.device)
+    dist = torch.zeros(t, k, dtype=d2.dtype, device=pix.device)
+    todo = torch.arange(t, device=pix.device)
+    j = 0
+    while todo.numel() and j < win:
+        j1 = min(win, j + block)
+        rows = inv[todo]
+        cand = pid[pix[rows, j:j1] + base[todo, None]]  # (P, taps) point numbers or -1
+        rank = found[todo, None] + (cand >= 0).cumsum(1)  # points found up to and including each tap
+        pi, ti = ((cand >= 0) & (rank <= k)).nonzero(as_tuple=True)
+        slot, pair = rank[pi, ti] - 1, todo[pi]
+        nbr[pair, slot] = cand[pi, ti]
+        dist[pair, slot] = d2[rows[pi], j + ti]
+        found[todo] = rank[:, -1].clamp_max(k)
+        todo = todo[found[todo] < k]
+        j, block = j1, 2 * block
+    return found, nbr, dist
 
 
 def knn_interpolate(values: Tensor, nbr: Tensor, weight: Tensor) -> Tensor:
