@@ -12,6 +12,10 @@ channels, 16² inner U-Net):
 * AdamW step over the default model's parameters: per-tensor loop, ``foreach`` and ``fused``;
 * gradient accumulation ``add_`` of same-layout against mixed-layout (contiguous + channels_last)
   tensors, fp32 and bf16 (why ``LayoutGroupNorm`` hands gradients back in their tensor's layout);
+* GroupNorm on channels-last tensors: torch's kernel against a contiguous copy and back (the
+  choice :meth:`~lightning_infdiff.denoisers.layers_adm.LayoutGroupNorm.relayout_pays` makes),
+  forward + backward and forward alone, fp32 and bf16, on the inner U-Net's shapes and on a
+  grid denoiser's 128² map;
 * ModulatedLayerNorm-style LN + FiLM under bf16 autocast: fp32 output (autocast's rule) against
   bf16 output.
 
@@ -119,6 +123,31 @@ def layout_rows(repeats: int) -> list[tuple[str, float, float]]:
     return rows
 
 
+def group_norm_rows(repeats: int) -> list[tuple[str, float, float]]:
+    rows = []
+    for shape in ((32, 32, 16, 16), (32, 64, 8, 8), (32, 96, 16, 16), (1, 64, 128, 128), (8, 32, 64, 64)):
+        for dt in (torch.float32, torch.bfloat16):
+            x = torch.randn(*shape).to(dt).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+            g = torch.randn_like(x)
+
+            def native(x=x) -> torch.Tensor:  # noqa: ANN001
+                return F.group_norm(x, 32)
+
+            def copied(x=x) -> torch.Tensor:  # noqa: ANN001
+                return F.group_norm(x.contiguous(), 32).contiguous(memory_format=torch.channels_last)
+
+            for mode in ("fwd+bwd", "fwd"):
+                if mode == "fwd":
+                    with torch.no_grad():
+                        a, b = median_ms(native, repeats), median_ms(copied, repeats)
+                else:
+                    a = median_ms(lambda f=native, g=g: f().backward(g), repeats)
+                    b = median_ms(lambda f=copied, g=g: f().backward(g), repeats)
+                rows.append((f"GroupNorm(32) {mode} {'x'.join(map(str, shape))} channels-last {str(dt)[6:]}: "
+                             "torch's kernel / via contiguous copies", a, b))
+    return rows
+
+
 def layer_norm_rows(repeats: int) -> list[tuple[str, float, float]]:
     x = torch.randn(32, 512, 32).bfloat16().requires_grad_(True)
     scale, shift = torch.randn(32, 1, 32), torch.randn(32, 1, 32)
@@ -147,7 +176,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rows = []
-    for part in (attention_rows, depthwise_rows, adamw_rows, layout_rows, layer_norm_rows):
+    for part in (attention_rows, depthwise_rows, adamw_rows, layout_rows, group_norm_rows, layer_norm_rows):
         part_rows = part(args.repeats)
         rows += part_rows
         for name, a, b in part_rows:

@@ -116,3 +116,26 @@ def test_layout_group_norm_matches_group_norm_and_keeps_the_layout():
     with torch.no_grad():  # the no-grad path (sampling) computes the same values
         torch.testing.assert_close(fast(x), want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(x3.grad, x2.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_layout_group_norm_without_gradients_on_small_and_large_maps():
+    """Both no-grad paths (a contiguous copy below 32², torch's channels_last kernel from 32² on)
+    give GroupNorm's values in the input's layout; with gradients the copy is always taken."""
+    import torch
+
+    from lightning_infdiff.denoisers.layers_adm import LayoutGroupNorm
+
+    torch.manual_seed(0)
+    ref = torch.nn.GroupNorm(4, 16)
+    torch.nn.init.normal_(ref.weight)
+    torch.nn.init.normal_(ref.bias)
+    fast = LayoutGroupNorm(4, 16)
+    fast.load_state_dict(ref.state_dict())
+    for side, copies in ((8, True), (32, False), (40, False)):
+        x = torch.randn(2, 16, side, side).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            assert LayoutGroupNorm.relayout_pays(x) is copies
+            out = fast(x)
+            torch.testing.assert_close(out, ref(x.contiguous()), atol=1e-5, rtol=1e-5)
+        assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+        assert LayoutGroupNorm.relayout_pays(x)  # gradients recorded here

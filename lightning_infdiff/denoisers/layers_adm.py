@@ -21,17 +21,29 @@ __all__ = ["group_norm", "LayoutGroupNorm", "ResBlock", "AttentionBlock", "Downs
 
 
 class LayoutGroupNorm(nn.GroupNorm):
-    """GroupNorm that normalises channels_last inputs in the contiguous layout.
+    """GroupNorm that normalises channels_last inputs through a contiguous copy where that pays.
 
-    The same maths and parameters as :class:`torch.nn.GroupNorm`. On CPU, torch's GroupNorm on
-    a channels_last tensor was measured 60x slower (forward + backward, 32x16x16x16: 32 ms vs
-    0.5 ms) and took a quarter of a training step of the default model; converting to the
-    contiguous layout and back costs two copies and made whole training steps 1.4-1.7x faster
-    (``benchmarks/bench_optim.py``). The output keeps the input's memory format.
+    The same maths and parameters as :class:`torch.nn.GroupNorm`. On CPU (torch 2.13, 2 cores,
+    ``benchmarks/results/kernels.md``) torch's channels_last GroupNorm is slow with gradients
+    (bf16 forward + backward 7.2 ms against 0.8 ms through a contiguous copy at 32x32x16x16,
+    5.5x slower at 8x32x64x64) and on small maps without them (bf16 forward 3.9 against 0.18 ms
+    at 32x32x16x16), but fast without gradients on maps of 32² and more (forward 0.24 against
+    1.6 ms in bf16 and 0.38 against 3.2 ms in fp32 at 1x64x128x128: a grid denoiser sampling at
+    128²). :meth:`relayout_pays` picks the faster way. The output keeps the input's memory format.
     """
 
+    #: Smallest feature map (H·W) that runs torch's channels_last kernel when no gradient is recorded.
+    NO_GRAD_MIN_PIXELS = 32 * 32
+
+    @classmethod
+    def relayout_pays(cls, x: Tensor) -> bool:
+        """Whether a channels_last (not contiguous) ``x`` is normalised via a contiguous copy:
+        always when gradients are recorded, else on maps smaller than ``NO_GRAD_MIN_PIXELS``."""
+        return torch.is_grad_enabled() or x.shape[-2] * x.shape[-1] < cls.NO_GRAD_MIN_PIXELS
+
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        if (x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+                and self.relayout_pays(x)):
             if not torch.is_grad_enabled():  # no gradients to keep in layout: skip the autograd Function
                 out = F.group_norm(x.contiguous(), self.num_groups, self.weight, self.bias, self.eps)
                 return out.contiguous(memory_format=torch.channels_last)
