@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 
 from ..coords import coords_to_index, interpolate_at
-from .base import Denoiser
+from .base import Denoiser, autocast_dtype, in_param_dtype
 from .layers import ModulatedLayerNorm, NoiseEmbedding, PointMLP
 from .layers_knn import knn_interpolate, lattice_knn
 from .sparse_conv import SPARSE_BACKENDS, PointLattice, SparseDepthwiseConv2d
@@ -202,20 +202,23 @@ class SparseNeuralOperator(Denoiser):
         unet_emb = emb if latent is None else emb + self.latent_emb(latent).to(emb.dtype)
 
         with record_function("sno/down"):
-            x = self.lift(values)
+            # lift and output projection in fp32 (see in_param_dtype), the blocks in autocast's dtype
+            x = in_param_dtype(self.lift, values).to(autocast_dtype(values))
             skips = []
             for blk in self.down:
                 x = blk(x, emb, lattice, latent=latent)
                 skips.append(x)
         # Points -> fixed grid (inverse-distance kNN), grid network, grid -> points (bilinear).
+        point_dtype = x.dtype
         with record_function("sno/to_grid"):
             z = knn_interpolate(x, nbr, weight)  # (B, G*G, C), row-major = channels-last layout
             z = self.to_grid(z.view(b, g, g, -1).permute(0, 3, 1, 2))
         with record_function("sno/unet"):
             z = self.from_grid(self.unet(z, unet_emb))
         with record_function("sno/read_back"):
-            x = interpolate_at(z.contiguous(), coords)
+            # grid_sample runs in fp32 under autocast: back to the points' dtype before the up blocks
+            x = interpolate_at(z.contiguous(), coords).to(point_dtype)
         with record_function("sno/up"):
             for blk in self.up:
                 x = blk(x, emb, lattice, skip=skips.pop(), latent=latent)
-            return self.out(F.gelu(self.out_norm(x)))
+            return in_param_dtype(self.out, F.gelu(self.out_norm(x)))
