@@ -116,6 +116,34 @@ def test_conditioning_path_is_fp32_under_autocast():
     assert seen == [(torch.float32, torch.float32)] and block.emb.weight.grad.dtype == torch.float32
 
 
+def test_data_projections_are_fp32_and_the_points_stay_bf16_under_autocast():
+    """Lift (C_in -> C) and output (C -> C_out) run in fp32 under bf16 autocast (their weight
+    gradients are matrix-vector products, slow in bf16); every sparse block, including the first
+    up block after the fp32 grid_sample read-back, receives bf16 points."""
+    torch.manual_seed(0)
+    model = tiny(in_channels=1, num_classes=3)
+    idx, coords = sample(2, (16, 16), keep=0.5)
+    seen = {}
+
+    def hook(name):
+        def record(module, inputs, output) -> None:  # noqa: ANN001
+            seen.setdefault(name, (inputs[0].dtype, output.dtype))
+
+        return record
+
+    model.lift.register_forward_hook(hook("lift"))
+    model.out.register_forward_hook(hook("out"))
+    for k, blk in enumerate([*model.down, *model.up]):
+        blk.register_forward_hook(hook(f"block{k}"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(2, idx.shape[1], 1), coords, torch.zeros(2), (16, 16), torch.tensor([0, 1]))
+    out.sum().backward()
+    assert seen.pop("lift") == (torch.float32, torch.float32)
+    assert seen.pop("out") == (torch.float32, torch.float32)
+    assert out.dtype == torch.float32 and model.lift.weight.grad.dtype == torch.float32
+    assert seen and all(v == (torch.bfloat16, torch.bfloat16) for v in seen.values()), seen
+
+
 @pytest.mark.parametrize("backend", ["dense", "pairs"])
 def test_every_parameter_gets_a_gradient(backend):
     model = tiny(num_classes=3, sparse_backend=backend, dropout=0.0)
