@@ -150,6 +150,71 @@ def run_child(script: Path, spec: dict, threads: int, timeout: float | None = No
     return result
 
 
+_FORKSERVERS: dict[tuple[str, ...], object] = {}
+
+
+def _forked_main(module: str, spec: dict, threads: int, conn) -> None:  # noqa: ANN001 - a Connection
+    """Body of a :func:`run_forked` child: run ``module.child(spec)``, send the result or the error."""
+    import importlib
+    import traceback
+
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+        conn.send(("ok", importlib.import_module(module).child(spec)))
+    except BaseException:  # noqa: BLE001 - reported to the parent, not hidden
+        conn.send(("error", traceback.format_exc()[-1500:]))
+    finally:
+        conn.close()
+
+
+def run_forked(module: str, spec: dict, threads: int, timeout: float | None = None,
+               preload: tuple[str, ...] = ("torch",)) -> dict:
+    """``module.child(spec)`` in a fresh process forked from a server that has ``preload`` imported.
+
+    Like :func:`run_child` (a fresh process per setting, errors and time-outs returned as
+    ``{"error": ...}``, wall time and load averages added), but the children skip the
+    interpreter start, the imports (about 1.1 s for torch and the package here) and the
+    interpreter teardown: the suite's section 1 runs about a hundred settings. Each child is
+    still its own process, so ``ru_maxrss`` above a baseline taken after its set-up is its own
+    peak (a forked child's high-water mark starts at the server's resident size, which only
+    imported modules and is below any child's baseline).
+    """
+    import multiprocessing
+
+    ctx = _FORKSERVERS.get(preload)
+    if ctx is None:
+        ctx = multiprocessing.get_context("forkserver")
+        # "__main__" too: the server imports the main script once (the suite's, guarded by
+        # ``if __name__ == "__main__"``), so children do not re-run it
+        ctx.set_forkserver_preload(["__main__", *preload])
+        _FORKSERVERS[preload] = ctx
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_forked_main, args=(module, spec, threads, send), daemon=True)
+    proc.start()
+    send.close()
+    try:
+        msg = recv.recv() if recv.poll(timeout) else None
+    except EOFError:  # the child died without a word (killed, crashed in C)
+        msg = None
+    proc.join(5 if msg is not None else 0)  # a timed-out child is killed at once
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    wall = time.perf_counter() - t0
+    if msg is None:
+        why = f"timed out after {timeout:.0f} s" if proc.exitcode in (None, -9) else f"exit code {proc.exitcode}"
+        return dict(spec, error=why, wall_s=wall)
+    status, result = msg
+    if status != "ok":
+        return dict(spec, error=result, wall_s=wall)
+    result.update(wall_s=wall, load_before=load0, load_after=os.getloadavg()[0])
+    return result
+
+
 class Budget:
     """Wall-clock budget of a section: settings predicted to overrun it are skipped (and say so)."""
 

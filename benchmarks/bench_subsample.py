@@ -11,8 +11,9 @@ step on ``N = H·W / rate`` random pixels per image (a fresh subset every step).
 
 Grid models (FNO, UNO, U-ViT, U-Net) scatter the points onto a full canvas with a mask
 channel, so they do the same work at every rate: they are measured at rates 1, 4, 16 only, to
-show that (honestly) they gain nothing. Each setting runs in a fresh process; peak memory is
-the ``ru_maxrss`` high-water mark above the post-set-up baseline.
+show that (honestly) they gain nothing. Each setting runs in a fresh process, forked from a
+server with torch and the package imported (``bench_common.run_forked``); peak memory is the
+``ru_maxrss`` high-water mark above the post-set-up baseline.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from __future__ import annotations
 import resource
 import time
 
-from bench_common import BENCH, Budget, child_main, run_child, spread
+from bench_common import Budget, child_main, run_forked, spread
 
 GRID_MODELS = ("fno", "uno", "uvit", "unet")
+#: Imported once by the fork server the settings' processes are forked from (see ``run_forked``).
+PRELOAD = ("torch", "bench_sparse", "bench_denoisers", "lightning_infdiff.processes")
 RATES = (1, 2, 4, 8, 16)
 
 
@@ -107,7 +110,7 @@ def run(quick: bool, threads: int, budget_s: float) -> dict:
         if not budget.allows(guess):
             rows.append(dict(spec, skipped=f"predicted {guess:.0f} s > {budget.left():.0f} s left of the budget"))
             continue
-        r = run_child(BENCH / "bench_subsample.py", spec, threads, timeout=max(30.0, budget.left()))
+        r = run_forked("bench_subsample", spec, threads, timeout=max(30.0, budget.left()), preload=PRELOAD)
         rows.append(r)
         print(f"  {spec['name']} {spec['res']}² rate {spec['rate']}: "
               + (r.get("error", "")[-200:] or f"{1e3 * r['step']['median']:.0f} ms, {r['peak_mb']:.0f} MB"), flush=True)

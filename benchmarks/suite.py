@@ -47,7 +47,7 @@ SECTIONS = {
     6: ("e2e", "bench_e2e", "end to end: make train split into set-up, training, sampling"),
 }
 #: Wall-clock budgets (s) of the full run on 2 idle cores; settings predicted past them are skipped.
-BUDGET_FULL = {1: 720, 2: 360, 3: 420, 4: 90, 5: 90, 6: 30}
+BUDGET_FULL = {1: 600, 2: 620, 3: 360, 4: 60, 5: 60, 6: 30}
 BUDGET_QUICK = {1: 60, 2: 20, 3: 20, 4: 20, 5: 20, 6: 10}
 #: Fixed cost per section process (interpreter, torch and package imports), seconds.
 START_S = 8

@@ -177,3 +177,18 @@ def test_flop_counter_sees_the_dense_sparse_conv(dtype):
     lat = PointLattice.build(idx, (res, res), k, res, "dense")
     x = torch.randn(b, n, c, dtype=getattr(torch, dtype), requires_grad=True)
     assert _counted(lambda: conv(x, lat).float().sum().backward()) == 3 * 2 * b * c * res * res * k * k
+
+
+def test_run_forked_returns_results_errors_and_timeouts():
+    """Section 1's settings run in processes forked from a preloaded server: the child's result,
+    its traceback, or a time-out come back as a dict, never as an exception."""
+    from bench_common import run_forked
+
+    spec = dict(name="fno", res=16, rate=1, batch=1, repeats=2, warmup=1, precision="fp32", quick=True)
+    ok = run_forked("bench_subsample", spec, 1, timeout=120)
+    assert "error" not in ok, ok.get("error")
+    assert ok["step"]["n"] == 2 and ok["peak_mb"] >= 0 and ok["wall_s"] > 0 and ok["name"] == "fno"
+    bad = run_forked("bench_subsample", dict(spec, name="no_such_denoiser"), 1, timeout=120)
+    assert "KeyError" in bad["error"] and "no_such_denoiser" in bad["error"]
+    slow = run_forked("bench_subsample", dict(spec, repeats=10**6), 1, timeout=1.0)
+    assert slow["error"].startswith("timed out") and slow["wall_s"] < 30
