@@ -12,7 +12,9 @@ one thread unless ``--threads``, bf16 autocast as the quickstart):
 * ``sample``: ``samplers.sample`` ddim, 3 steps, 4 images at 32² with guidance 2 (8-row batch);
 * ``sample64``: the same sampling at 64² (resized 11x11 sparse kernels, full grid);
 * ``sample128``, ``sample256``: one image (no guidance batch) at 128² / 256² (kernels 23², 47²);
-* ``train64``: the training step at 64² (dense sparse-conv backend, resized 11x11 kernels).
+* ``train64``: the training step at 64² (dense sparse-conv backend, resized 11x11 kernels);
+* ``unet128``: the ADM U-Net grid denoiser (``configs/denoisers/unet.yaml``) sampling one image
+  at 128², 3 steps (GroupNorm on 128² channels-last maps without gradients).
 
 The ``+gn_contiguous`` patch measured a proposal that is now in the package
 (``layers_adm.LayoutGroupNorm``): GroupNorm on a channels-last CPU tensor is tens of times
@@ -35,7 +37,7 @@ from pathlib import Path
 
 from bench_common import BENCH, ROOT, child_main, spread
 
-WORKLOADS = ("train", "train_fp32", "sample", "sample64", "train64", "sample128", "sample256")
+WORKLOADS = ("train", "train_fp32", "sample", "sample64", "train64", "sample128", "sample256", "unet128")
 
 
 def patch_group_norm() -> None:
@@ -73,6 +75,14 @@ def child(spec: dict) -> dict:
         if wl.startswith("train"):
             res = 64 if wl == "train64" else 32
             fn = make_step(model.train(), dict(res=res, batch=32, rate=2), bf16=wl != "train_fp32")
+        elif wl == "unet128":
+            from bench_denoisers import build
+
+            unet, process = build("unet").eval(), default_process()
+
+            def fn(unet=unet, process=process) -> None:  # noqa: ANN001
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    sample(process, unet, (128, 128), [0], channels=1, steps=3, cond=torch.tensor([3]))
         else:
             process = default_process()
             model.eval()
