@@ -15,7 +15,10 @@
   the same machine and thread count.
 * Bound: torch.profiler's self CPU time of one step split into counted (matmul-like) ops and
   everything else: when most time goes to uncounted ops, the step is bound by memory traffic
-  and per-op overhead, not by the FMA units.
+  and per-op overhead, not by the FMA units. The counted ops' own rate (the step's FLOPs over
+  their share of its wall time) is what the step would reach if everything else took no time:
+  when that is far below the peak too, the convolutions and matmuls themselves are too small
+  to feed the units.
 """
 
 from __future__ import annotations
@@ -82,10 +85,14 @@ def run(quick: bool, threads: int, budget_s: float) -> dict:
         total = sum(e.self_cpu_time_total for e in prof.key_averages())
         counted = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key.startswith(MATMUL_OPS))
         achieved = flops / st["median"]
+        share = counted / max(total, 1e-9)
+        # the matmul-like ops' own rate: the step's FLOPs over their share of the step's wall time
+        own = flops / max(share * st["median"], 1e-12)
         out["by_precision"][precision] = {
             "flops_per_step": flops, "step_s": st, "achieved_flops_per_s": achieved,
             "fraction_of_peak": achieved / peaks[precision]["flops_per_s"],
-            "matmul_like_share_of_self_time": counted / max(total, 1e-9),
+            "matmul_like_share_of_self_time": share,
+            "matmul_like_flops_per_s": own, "matmul_like_fraction_of_peak": own / peaks[precision]["flops_per_s"],
             "top_ops": sorted(((e.key, e.self_cpu_time_total / 1e3) for e in prof.key_averages()
                                if e.key.startswith("aten::")),
                               key=lambda kv: -kv[1])[:8],

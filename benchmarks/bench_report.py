@@ -238,9 +238,19 @@ def flops(rec: dict, out: Path, plots: list[str]) -> tuple[list[str], dict]:
     if bf:
         top = ", ".join(f"{k} {v:.0f} ms" for k, v in bf["top_ops"][:5])
         lines += ["", f"bf16 step, largest self-time ops: {top}."]
+        own = bf.get("matmul_like_fraction_of_peak")
+        why = (f"matmul-like ops are {100 * bf['matmul_like_share_of_self_time']:.0f}% of the step time, the rest "
+               "elementwise, normalisation and index work with no counted FLOPs")
+        if own is not None:
+            lines += ["", f"Within their {100 * bf['matmul_like_share_of_self_time']:.0f}% of the bf16 step the "
+                          f"matmul-like ops alone run at {bf['matmul_like_flops_per_s'] / 1e9:.0f} GFLOP/s, "
+                          f"{100 * own:.0f}% of the peak: the bound on this model's fraction of peak even if "
+                          "every other op took no time. Its convolutions and matmuls are small (batch 32 on "
+                          "4²-32² maps, 32-128 channels), so per-call overhead, not the multiply units, sets "
+                          "their speed."]
+            why += f"; those ops alone reach {100 * own:.0f}% of the peak"
         targets["default denoiser training step ≥ 25% of the bf16 matmul peak"] = (
-            f"{100 * bf['fraction_of_peak']:.1f}% (matmul-like ops are {100 * bf['matmul_like_share_of_self_time']:.0f}% "
-            "of the step time: the rest is memory-bound elementwise/index work)", bf["fraction_of_peak"] >= 0.25)
+            f"{100 * bf['fraction_of_peak']:.1f}% ({why})", bf["fraction_of_peak"] >= 0.25)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     precs = list(res["by_precision"])
     ax.bar([f"{p} peak" for p in precs], [res["peak"][p]["flops_per_s"] / 1e9 for p in precs], color="grey")
