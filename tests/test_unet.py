@@ -82,8 +82,8 @@ def test_unet_denoiser_interface_on_subsets_and_other_grids():
         assert out.shape == (2, idx.shape[1], 3)
 
 
-def test_layout_group_norm_matches_group_norm_and_keeps_the_layout():
-    """The channels_last fast path of LayoutGroupNorm is GroupNorm, values and gradients."""
+def _group_norm_pair():
+    """A GroupNorm(4, 16) with random affine parameters and a LayoutGroupNorm holding the same."""
     import torch
 
     from lightning_infdiff.denoisers.layers_adm import LayoutGroupNorm
@@ -94,6 +94,14 @@ def test_layout_group_norm_matches_group_norm_and_keeps_the_layout():
     torch.nn.init.normal_(ref.bias)
     fast = LayoutGroupNorm(4, 16)
     fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+def test_layout_group_norm_matches_group_norm_and_keeps_the_layout():
+    """The channels_last fast path of LayoutGroupNorm is GroupNorm, values and gradients."""
+    import torch
+
+    ref, fast = _group_norm_pair()
     x = torch.randn(3, 16, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_(True)
     x2 = x.detach().clone().requires_grad_(True)
     out, want = fast(x), ref(x2)
@@ -125,12 +133,7 @@ def test_layout_group_norm_without_gradients_on_small_and_large_maps():
 
     from lightning_infdiff.denoisers.layers_adm import LayoutGroupNorm
 
-    torch.manual_seed(0)
-    ref = torch.nn.GroupNorm(4, 16)
-    torch.nn.init.normal_(ref.weight)
-    torch.nn.init.normal_(ref.bias)
-    fast = LayoutGroupNorm(4, 16)
-    fast.load_state_dict(ref.state_dict())
+    ref, fast = _group_norm_pair()
     for side, copies in ((8, True), (32, False), (40, False)):
         x = torch.randn(2, 16, side, side).contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
