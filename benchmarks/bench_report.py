@@ -293,6 +293,10 @@ def e2e(rec: dict, out: Path, plots: list[str]) -> tuple[list[str], dict]:
               f"{'-' if r['steps_per_s'] is None else format(r['steps_per_s'], '.2f')} |", "",
               "Sampling seconds per image (25 steps, guided, bf16): "
               + ", ".join(f"{g} {s:.2f}" for g, s in r["sample_seconds_per_image"].items()) + "."]
+    acc = {g: a for g, a in (r.get("accuracy_vs_requested_digit") or {}).items() if a is not None}
+    if acc:
+        lines.append("The quickstart's classifier agrees with the requested digit in "
+                     + ", ".join(f"{100 * a:.0f}% at {g}" for g, a in acc.items()) + " of the samples.")
     imp = res.get("import_s", {})
     if "median" in imp:
         lines.append(f"Importing `lightning_infdiff.quickstart` in a fresh interpreter: {imp['median']:.1f} s "
