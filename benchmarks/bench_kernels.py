@@ -16,6 +16,9 @@ channels, 16² inner U-Net):
   choice :meth:`~lightning_infdiff.denoisers.layers_adm.LayoutGroupNorm.relayout_pays` makes),
   forward + backward and forward alone, fp32 and bf16, on the inner U-Net's shapes and on a
   grid denoiser's 128² map;
+* the sparse operator's data projections (``Linear(1, 32)`` lift and ``Linear(32, 1)`` output on
+  32x512 points), forward + backward in fp32 and under bf16 autocast (why they run in fp32:
+  their weight gradients are matrix-vector products);
 * ModulatedLayerNorm-style LN + FiLM under bf16 autocast: fp32 output (autocast's rule) against
   bf16 output.
 
@@ -148,6 +151,22 @@ def group_norm_rows(repeats: int) -> list[tuple[str, float, float]]:
     return rows
 
 
+def projection_rows(repeats: int) -> list[tuple[str, float, float]]:
+    rows = []
+    for cin, cout in ((1, 32), (32, 1)):
+        lin = torch.nn.Linear(cin, cout)
+        x = torch.randn(32, 512, cin)
+
+        def run(bf16: bool, lin=lin, x=x) -> None:  # noqa: ANN001
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                y = lin(x.bfloat16() if bf16 else x)
+            y.float().sum().backward()
+
+        rows.append((f"Linear({cin}, {cout}) fwd+bwd on 32x512 points: bf16 autocast / fp32",
+                     median_ms(lambda run=run: run(True), repeats), median_ms(lambda run=run: run(False), repeats)))
+    return rows
+
+
 def layer_norm_rows(repeats: int) -> list[tuple[str, float, float]]:
     x = torch.randn(32, 512, 32).bfloat16().requires_grad_(True)
     scale, shift = torch.randn(32, 1, 32), torch.randn(32, 1, 32)
@@ -176,7 +195,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rows = []
-    for part in (attention_rows, depthwise_rows, adamw_rows, layout_rows, group_norm_rows, layer_norm_rows):
+    for part in (attention_rows, depthwise_rows, adamw_rows, layout_rows, group_norm_rows, projection_rows, layer_norm_rows):
         part_rows = part(args.repeats)
         rows += part_rows
         for name, a, b in part_rows:

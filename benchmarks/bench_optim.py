@@ -13,6 +13,8 @@ one thread unless ``--threads``, bf16 autocast as the quickstart):
 * ``sample64``: the same sampling at 64² (resized 11x11 sparse kernels, full grid);
 * ``sample128``, ``sample256``: one image (no guidance batch) at 128² / 256² (kernels 23², 47²);
 * ``train64``: the training step at 64² (dense sparse-conv backend, resized 11x11 kernels);
+* ``knn``: ``lattice_knn`` alone at the training setting (32 examples of 512 points on 32²,
+  to the 16² inner grid, k = 3);
 * ``unet128``: the ADM U-Net grid denoiser (``configs/denoisers/unet.yaml``) sampling one image
   at 128², 3 steps (GroupNorm on 128² channels-last maps without gradients).
 
@@ -37,7 +39,7 @@ from pathlib import Path
 
 from bench_common import BENCH, ROOT, child_main, spread
 
-WORKLOADS = ("train", "train_fp32", "sample", "sample64", "train64", "sample128", "sample256", "unet128")
+WORKLOADS = ("train", "train_fp32", "sample", "sample64", "train64", "sample128", "sample256", "unet128", "knn")
 
 
 def patch_group_norm() -> None:
@@ -75,6 +77,14 @@ def child(spec: dict) -> dict:
         if wl.startswith("train"):
             res = 64 if wl == "train64" else 32
             fn = make_step(model.train(), dict(res=res, batch=32, rate=2), bf16=wl != "train_fp32")
+        elif wl == "knn":
+            from lightning_infdiff.denoisers.layers_knn import lattice_knn
+
+            gen = torch.Generator().manual_seed(0)
+            idx = torch.stack([torch.randperm(1024, generator=gen)[:512] for _ in range(32)])
+
+            def fn(idx=idx) -> None:  # noqa: ANN001
+                lattice_knn(idx, (32, 32), (16, 16), 3)
         elif wl == "unet128":
             from bench_denoisers import build
 
