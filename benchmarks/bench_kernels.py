@@ -16,6 +16,9 @@ channels, 16² inner U-Net):
   choice :meth:`~lightning_infdiff.denoisers.layers_adm.LayoutGroupNorm.relayout_pays` makes),
   forward + backward and forward alone, fp32 and bf16, on the inner U-Net's shapes and on a
   grid denoiser's 128² map;
+* the inner U-Net's 3x3 convolutions (64 -> 64 channels, channels-last, on 4² and 16² maps at
+  batch 1 and 32), forward + backward under bf16 autocast against fp32: the per-call cost that
+  bf16 adds on small maps;
 * the sparse operator's data projections (``Linear(1, 32)`` lift and ``Linear(32, 1)`` output on
   32x512 points), forward + backward in fp32 and under bf16 autocast (why they run in fp32:
   their weight gradients are matrix-vector products);
@@ -151,6 +154,24 @@ def group_norm_rows(repeats: int) -> list[tuple[str, float, float]]:
     return rows
 
 
+def small_conv_rows(repeats: int) -> list[tuple[str, float, float]]:
+    rows = []
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(memory_format=torch.channels_last)
+    for b, side in ((1, 4), (32, 4), (1, 16), (32, 16)):
+        x = torch.randn(b, 64, side, side).contiguous(memory_format=torch.channels_last)
+        xb = x.bfloat16().requires_grad_(True)
+        x.requires_grad_(True)
+
+        def run(bf16: bool, x=x, xb=xb) -> None:  # noqa: ANN001
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                y = conv(xb if bf16 else x)
+            y.sum().backward()
+
+        rows.append((f"3x3 conv 64->64 fwd+bwd {b}x64x{side}x{side} channels-last: bf16 autocast / fp32",
+                     median_ms(lambda run=run: run(True), repeats), median_ms(lambda run=run: run(False), repeats)))
+    return rows
+
+
 def projection_rows(repeats: int) -> list[tuple[str, float, float]]:
     rows = []
     for cin, cout in ((1, 32), (32, 1)):
@@ -195,7 +216,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rows = []
-    for part in (attention_rows, depthwise_rows, adamw_rows, layout_rows, group_norm_rows, projection_rows, layer_norm_rows):
+    for part in (attention_rows, depthwise_rows, adamw_rows, layout_rows, group_norm_rows, small_conv_rows, projection_rows, layer_norm_rows):
         part_rows = part(args.repeats)
         rows += part_rows
         for name, a, b in part_rows:

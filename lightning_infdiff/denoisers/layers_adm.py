@@ -25,10 +25,10 @@ class LayoutGroupNorm(nn.GroupNorm):
 
     The same maths and parameters as :class:`torch.nn.GroupNorm`. On CPU (torch 2.13, 2 cores,
     ``benchmarks/results/kernels.md``) torch's channels_last GroupNorm is slow with gradients
-    (bf16 forward + backward 7.2 ms against 0.8 ms through a contiguous copy at 32x32x16x16,
-    5.5x slower at 8x32x64x64) and on small maps without them (bf16 forward 3.9 against 0.18 ms
-    at 32x32x16x16), but fast without gradients on maps of 32² and more (forward 0.24 against
-    1.6 ms in bf16 and 0.38 against 3.2 ms in fp32 at 1x64x128x128: a grid denoiser sampling at
+    (bf16 forward + backward 6.7 ms against 0.8 ms through a contiguous copy at 32x32x16x16,
+    4.9x slower at 8x32x64x64) and on small maps without them (bf16 forward 3.6 against 0.19 ms
+    at 32x32x16x16), but fast without gradients on maps of 32² and more (forward 0.26 against
+    1.7 ms in bf16 and 0.36 against 3.2 ms in fp32 at 1x64x128x128: a grid denoiser sampling at
     128²). :meth:`relayout_pays` picks the faster way. The output keeps the input's memory format.
     """
 

@@ -286,13 +286,15 @@ def _depthwise_weight_grad(grad: Tensor, canvas: Tensor, weight: Tensor, padding
     depthwise conv (``groups = C``), for a bf16 ``grad`` and ``canvas``; returned in ``weight``'s dtype.
 
     oneDNN's depthwise weight gradient on CPU is slow in bf16 (torch 2.13, 2 cores, 32x32x32x32
-    channels-last, 5x5: 10.9 ms against 4.1 ms in fp32), but its *grouped* conv weight gradient
-    is fast. So the gradient of a conv with ``C / k`` groups of ``k`` channels (every channel
-    against every channel of its block) is computed, and the depthwise gradient is its block
-    diagonal ``dW[c] = dW_blocks[c, c mod k]``: ``k`` times the products, in bf16 with fp32
-    accumulation, rounded to bf16 like every autocast conv's weight gradient. With ``k = 8``
-    (``benchmarks/results/kernels.md``) it is 1.6x faster than fp32's depthwise gradient at 32
-    channels and 32² (2.6 vs 4.1 ms), 2.4x at 128 channels and 64², 2.5x for a 9x9 kernel at 128².
+    channels-last, 5x5: 18.9 ms against 3.6 ms in fp32 on an Intel Xeon with AMX; 10.9 against
+    4.1 ms on an AMD EPYC), but its *grouped* conv weight gradient is fast. So the gradient of a
+    conv with ``C / k`` groups of ``k`` channels (every channel against every channel of its
+    block) is computed, and the depthwise gradient is its block diagonal
+    ``dW[c] = dW_blocks[c, c mod k]``: ``k`` times the products, in bf16 with fp32 accumulation,
+    rounded to bf16 like every autocast conv's weight gradient. With ``k = 8``
+    (``benchmarks/results/kernels.md``, Xeon) it is 2.4x faster than fp32's depthwise gradient
+    at 32 channels and 32² (1.6 vs 3.8 ms), 2.9x at 128 channels and 64², 4.7x for a 9x9 kernel
+    at 128² (1.6x, 2.4x and 2.5x on the EPYC).
     Channel counts with no block of 8 or 4 take the fp32 depthwise gradient.
     """
     c, _, kh, kw = weight.shape
