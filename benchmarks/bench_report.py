@@ -22,6 +22,11 @@ def _ok(flag: bool | None) -> str:
     return "n/a" if flag is None else ("met" if flag else "NOT met")
 
 
+def _color(i: int) -> tuple:
+    """A distinct colour per series (the default cycle repeats after ten)."""
+    return plt.cm.tab20.colors[(2 * i) % 20 + (2 * i) // 20 % 2]
+
+
 def _section_head(rec: dict) -> list[str]:
     lines = [f"## {rec['section']}. {rec['title']}", ""]
     if "error" in rec:
@@ -65,7 +70,8 @@ def subsample(rec: dict, out: Path, plots: list[str]) -> tuple[list[str], dict]:
                 pts = [(r["rate"], r[key]) for r in res["rows"] if r["name"] == name and r["res"] == data_res
                        and key in r]
                 if pts:
-                    ax.plot(*zip(*pts, strict=True), style, marker="o", label=f"{name} {data_res}²")
+                    ax.plot(*zip(*pts, strict=True), style, marker="o", label=f"{name} {data_res}²",
+                            color=_color(names.index(name)))
         ax.set_xscale("log", base=2)
         ax.set_yscale("log", base=2)
         ax.set_xlabel("subsampling rate")
@@ -102,7 +108,8 @@ def sampling(rec: dict, out: Path, plots: list[str]) -> tuple[list[str], dict]:
             px = [p for p, _ in pts]
             med = [st["median"] for _, st in pts]
             err = [[st["median"] - st["min"] for _, st in pts], [st["max"] - st["median"] for _, st in pts]]
-            ax.errorbar(px, med, yerr=err, marker="o", capsize=2, label=f"{name} (p={row['exponent']['ddim']:.2f})")
+            ax.errorbar(px, med, yerr=err, marker="o", capsize=2, label=f"{name} (p={row['exponent']['ddim']:.2f})",
+                        color=_color(list(res["denoisers"]).index(name)))
         if name in OPERATOR_MODELS:
             hi = (row.get("exponent_64_256") or {}).get("ddim")
             if hi is not None:

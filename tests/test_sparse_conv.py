@@ -129,11 +129,14 @@ def test_pairs_backward_passes_gradcheck():
     assert torch.autograd.gradcheck(lambda a, b: sparse_depthwise_conv(a, b, lat), (x, wt))
 
 
-def test_auto_backend_switches_on_density():
+def test_auto_backend_switches_on_density_at_the_training_grid_only():
     full = torch.arange(256)[None]
     sparse = torch.randperm(256)[None, :20]
     assert PointLattice.build(full, (16, 16), 7, 16, "auto").backend == "dense"
     assert PointLattice.build(sparse, (16, 16), 7, 16, "auto").backend == "pairs"
+    # a grid other than the training grid resizes the kernel: dense at any density
+    assert PointLattice.build(sparse, (16, 16), 7, 8, "auto").backend == "dense"
+    assert PointLattice.build(torch.randperm(16 * 24)[None, :20], (16, 24), 7, 16, "auto").backend == "dense"
 
 
 @pytest.mark.parametrize(("size", "expected"), [(64, 7), (128, 15), (256, 31), (32, 5), (96, 11)])

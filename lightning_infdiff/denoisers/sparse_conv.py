@@ -23,7 +23,10 @@ Backends (all exact, selected by name, e.g. from YAML):
   convolution libraries do, in plain PyTorch with a memory-lean custom backward. Costs
   ``O(N·ρ·k²·C)`` for density ``ρ``: best for subsampled training.
 * ``"auto"`` (default): ``"pairs"`` when the sampling density is at most
-  :data:`AUTO_PAIRS_MAX_DENSITY`, else ``"dense"``.
+  :data:`AUTO_PAIRS_MAX_DENSITY` and the grid is the training grid, else ``"dense"``. On other
+  grids the kernel is resized (``k' ≈ k·s`` taps per side): the kernel map then enumerates
+  ``N·k'²`` window taps, while the dense canvas runs the factored ``k² + 2(2s - 1)``-tap form,
+  and dense was faster at every density measured (``benchmarks/results/backends.md``).
 * ``"torchsparse"``: optional accelerator for CUDA users; raises a clear error when missing.
 
 Resolution transfer: at a grid ``H' x W'`` the kernel is resampled bilinearly to an odd size
@@ -67,8 +70,8 @@ __all__ = [
 ]
 
 SPARSE_BACKENDS = ("auto", "dense", "pairs", "torchsparse")
-#: Above this fraction of sampled pixels the dense canvas is faster (measured on CPU, see
-#: ``benchmarks/bench_sparse.py``).
+#: Above this fraction of sampled pixels the dense canvas is faster at the training resolution
+#: (measured on CPU, ``benchmarks/results/backends.md``).
 AUTO_PAIRS_MAX_DENSITY = 0.2
 
 
@@ -241,10 +244,11 @@ class PointLattice:
                 "backend='auto' (pure PyTorch, exact)"
             )
         b, n = indices.shape
-        if backend == "auto":
-            backend = "pairs" if n <= AUTO_PAIRS_MAX_DENSITY * h * w else "dense"
         kh = resized_kernel_size(kernel_size, train_resolution, h)
         kw = resized_kernel_size(kernel_size, train_resolution, w)
+        if backend == "auto":
+            resized = (kh, kw) != (kernel_size, kernel_size)
+            backend = "pairs" if not resized and n <= AUTO_PAIRS_MAX_DENSITY * h * w else "dense"
         pairs = kernel_map(indices, (h, w), (kh, kw)) if backend in ("pairs", "torchsparse") else None
         sy, sx = _axis_scale(train_resolution, h), _axis_scale(train_resolution, w)
         # fp32 counts even under autocast (einsum in resize_kernel would otherwise run in bf16)
