@@ -214,3 +214,17 @@ def test_fit_latent_prior_samples_match_the_latents():
     torch.testing.assert_close(out.std(0), s, atol=0.1, rtol=0.25)
     with pytest.raises(ValueError, match="latents must be"):
         fit_latent_prior(prior, torch.randn(5, 4))
+
+
+def test_encoder_lift_is_fp32_and_its_blocks_bf16_under_autocast():
+    """The encoder's lift from the data's channels runs in fp32 under bf16 autocast; its sparse
+    blocks still receive bf16 points (as the decoder's, see test_sparse_operator)."""
+    model = tiny()
+    seen = {}
+    model.encoder.lift.register_forward_hook(lambda m, i, o: seen.setdefault("lift", (i[0].dtype, o.dtype)) and None)
+    model.encoder.blocks[0].register_forward_hook(lambda m, i, o: seen.setdefault("block", i[0].dtype) and None)
+    idx, coords = subset(2, (16, 16), 100)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = model.encode(torch.randn(2, 100, 1), coords, (16, 16))
+    z.float().sum().backward()
+    assert seen == {"lift": (torch.float32, torch.float32), "block": torch.bfloat16}

@@ -177,3 +177,19 @@ def test_training_reduces_loss(name: str) -> None:
     with torch.no_grad():
         after = loss(False).item()
     assert after < 0.9 * before, f"{name}: loss {before:.4f} -> {after:.4f}"
+
+
+@pytest.mark.parametrize("name", ["coord_mlp", "siid"])
+def test_output_projection_is_fp32_under_autocast(name):
+    """The projection to the data's channels runs in fp32 under bf16 autocast (its weight gradient
+    is a matrix-vector product, slow in bf16), so the prediction comes out fp32."""
+    model = TINY[name]()
+    seen = []
+    model.out.register_forward_hook(lambda m, i, o: seen.append((i[0].dtype, o.dtype)) and None)
+    idx = torch.randperm(256)[None, :64].expand(2, -1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(2, 64, 1), index_to_coords(idx, (16, 16)), torch.zeros(2), (16, 16),
+                    torch.tensor([0, 1]))
+    out.sum().backward()
+    assert seen == [(torch.float32, torch.float32)] and out.dtype == torch.float32
+    assert model.out.weight.grad.dtype == torch.float32

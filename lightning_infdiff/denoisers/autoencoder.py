@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..coords import coords_to_index
+from .base import autocast_dtype, in_param_dtype
 from .latent_prior import LatentPrior
 from .layers_adm import Downsample, ResBlock, group_norm
 from .layers_knn import knn_interpolate, lattice_knn
@@ -97,7 +98,8 @@ class SparseEncoder(nn.Module):
         lattice = PointLattice.build(indices, grid, self.kernel_size, self.train_resolution, self.sparse_backend)
         nbr, weight = lattice_knn(indices, grid, (g, g), self.knn_neighbours)
         emb = self.emb.expand(b, -1)
-        x = self.lift(values)
+        # lift from the data's channels in fp32 (see in_param_dtype), the blocks in autocast's dtype
+        x = in_param_dtype(self.lift, values).to(autocast_dtype(values))
         for blk in self.blocks:
             x = blk(x, emb, lattice)
         h = self.to_grid(knn_interpolate(x, nbr, weight).view(b, g, g, -1).permute(0, 3, 1, 2))

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..coords import coords_to_index, gather, scatter
-from .base import Denoiser
+from .base import Denoiser, in_param_dtype
 from .layers import ModulatedLayerNorm, NoiseEmbedding, PointMLP
 from .layers_fourier import FourierFeatures, gaussian_blur_masked, zero_module
 
@@ -169,4 +169,5 @@ class CoordMLPDenoiser(Denoiser):
         x = self.inp(raw)
         for blk in self.blocks:
             x = blk(x, raw, emb)
-        return self.out(torch.nn.functional.gelu(self.out_norm(x)))
+        # the output projection to the data's channels in fp32 (see in_param_dtype)
+        return in_param_dtype(self.out, torch.nn.functional.gelu(self.out_norm(x)))

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..coords import coords_to_index, pixel_centres
-from .base import Denoiser
+from .base import Denoiser, in_param_dtype
 from .layers import ModulatedLayerNorm, NoiseEmbedding, PointMLP
 from .layers_fourier import AxialAttention, FourierFeatures, zero_module
 
@@ -137,5 +137,6 @@ class SIIDDenoiser(Denoiser):
         mask = None if full else present.view(b, h, w)
         for blk in self.blocks:
             x = blk(x, emb, ys, xs, mask)
-        out = self.out(F.gelu(self.out_norm(x.reshape(b, h * w, -1))))
+        # the output projection to the data's channels in fp32 (see in_param_dtype)
+        out = in_param_dtype(self.out, F.gelu(self.out_norm(x.reshape(b, h * w, -1))))
         return torch.gather(out, 1, idx[..., None].expand(b, n, out.shape[-1]))
