@@ -171,6 +171,21 @@ def test_nonfinite_guard_names_bad_data(tmp_path):
         t.fit(tiny_module(), datamodule=tiny_dm(source=NaNPixels()))
 
 
+def test_any_nonfinite_is_exact():
+    """NaN and ±inf anywhere are found, in any dtype; large finite values (whose 2-norm would
+    overflow) and empty tensors are not flagged."""
+    from lightning_infdiff.callbacks.nonfinite import any_nonfinite
+
+    ok = [torch.randn(5, 3), torch.full((4,), 3e38), torch.ones(2, dtype=torch.bfloat16), torch.empty(0)]
+    assert not bool(any_nonfinite(ok)) and not bool(any_nonfinite([]))
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for dtype in (torch.float32, torch.bfloat16, torch.float64):
+            t = torch.zeros(7, dtype=dtype)
+            t[5] = bad
+            assert bool(any_nonfinite([*ok, t])), (bad, dtype)
+            assert bool(any_nonfinite([t, *ok])), (bad, dtype)
+
+
 def test_nonfinite_guard_checks_its_arguments():
     with pytest.raises(ValueError, match="max_consecutive must be >= 1"):
         NonFiniteGuard(max_consecutive=0)

