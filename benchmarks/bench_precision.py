@@ -19,6 +19,11 @@ dense convs, the sparse level's depthwise convs, matmul/attention, normalisation
 index work, the rest), so the report shows which parts bf16 speeds up and which bound it.
 A batch sweep (:func:`batch_sweep`) splits the step into a fixed cost and a per-example cost
 per precision: bf16 can only speed up the second.
+
+Every process of this section pins glibc's malloc thresholds first (:func:`bench_common.pin_malloc`)
+and records each variant's minor page faults per step: with the dynamic threshold, one variant
+could fault in fresh pages on every step because of what another allocated before it, and the
+ratio would measure that instead of the precision.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from bench_common import (
     default_optimizer,
     default_process,
     interleaved,
+    pin_malloc,
     run_child,
     spread,
 )
@@ -146,9 +152,10 @@ def child(spec: dict) -> dict:
     """torch.compile vs eager for each of ``spec["precisions"]``, all timed round-robin in this
     fresh process (so the compiled bf16 / fp32 ratio is measured in one run, like the eager one)."""
     torch.manual_seed(0)
+    malloc = pin_malloc()
     s = spec["setting"]
     base = tiny_denoiser() if spec["quick"] else default_denoiser()
-    out: dict = {}
+    out: dict = {"malloc": malloc}
     variants = {}
     for prec in spec["precisions"]:
         bf16 = prec == "bf16"
@@ -161,7 +168,9 @@ def child(spec: dict) -> dict:
         out[prec] = {"compile_s": time.perf_counter() - t0}
         variants[f"{prec} eager"] = make_step(copy.deepcopy(base), s, bf16)
         variants[f"{prec} compiled"] = cstep
-    times = {k: spread(v) for k, v in interleaved(variants, s["repeats"], warmup=1).items()}
+    faults: dict[str, list[int]] = {}
+    times = {k: spread(v) for k, v in interleaved(variants, s["repeats"], warmup=1, faults=faults).items()}
+    out["faults_per_step"] = {k: statistics.median(v) for k, v in faults.items()}
     for prec in spec["precisions"]:
         eager, compiled = times[f"{prec} eager"], times[f"{prec} compiled"]
         out[prec].update(eager=eager, compiled=compiled, speedup=eager["median"] / compiled["median"])
@@ -172,6 +181,7 @@ def child(spec: dict) -> dict:
 
 
 def run(quick: bool, threads: int, budget_s: float) -> dict:
+    malloc = pin_malloc()  # before any tensor: the thresholds then hold for the whole section
     torch.manual_seed(0)
     s = setting(quick)
     base = tiny_denoiser() if quick else default_denoiser()
@@ -182,7 +192,8 @@ def run(quick: bool, threads: int, budget_s: float) -> dict:
         if cl:
             m = m.to(memory_format=torch.channels_last)
         variants[name] = make_step(m, s, bf16)
-    times = interleaved(variants, s["repeats"], warmup=1)
+    faults: dict[str, list[int]] = {}
+    times = interleaved(variants, s["repeats"], warmup=1, faults=faults)
     eager = {k: spread(v) for k, v in times.items()}
     breakdown = {k: op_breakdown(variants[k]) for k in ("fp32", "bf16")}
     sweep = batch_sweep(base, s, SWEEP_BATCHES[quick], {p: eager[p]["median"] for p in ("fp32", "bf16")})
@@ -205,9 +216,11 @@ def run(quick: bool, threads: int, budget_s: float) -> dict:
                       flush=True)
             print(f"  compiled bf16 vs compiled fp32: {r['bf16_vs_fp32']['compiled']:.2f}x", flush=True)
     return {"setting": s, "model": "tiny SNO" if quick else "configs/quickstart.yaml SparseNeuralOperator",
-            "eager": eager, "ratios": ratios, "compile": compile_res, "breakdown": breakdown, "batch_sweep": sweep,
+            "eager": eager, "faults_per_step": {k: statistics.median(v) for k, v in faults.items()},
+            "malloc": malloc, "ratios": ratios, "compile": compile_res, "breakdown": breakdown, "batch_sweep": sweep,
             "method": "one training step (loss, backward, clipping, fused AdamW) at the quickstart setting; eager variants timed round-robin in one "
-                      "process; torch.compile in a child: fp32 and bf16, compiled and eager, timed round-robin"}
+                      "process; torch.compile in a child: fp32 and bf16, compiled and eager, timed round-robin; glibc malloc "
+                      "thresholds pinned in both processes, minor page faults counted per step"}
 
 
 if __name__ == "__main__":

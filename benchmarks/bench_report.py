@@ -133,10 +133,14 @@ def precision(rec: dict, out: Path, plots: list[str]) -> tuple[list[str], dict]:
     lines += [f"Model: {res['model']}; {s['res']}², batch {s['batch']}, {s['rate']}× subsampling; "
               f"medians of {s['repeats']} round-robin steps. The inner U-Net converts its input to channels_last "
               "itself, so `+channels_last` only changes the weights' layout.", "",
-              "| variant | step ms median [IQR] | min-max ms | speed-up vs fp32 |", "|---|---|---|---|"]
+              "| variant | step ms median [IQR] | min-max ms | speed-up vs fp32 | minor page faults / step |",
+              "|---|---|---|---|---|"]
     fp32 = res["eager"]["fp32"]["median"]
+    faults = res.get("faults_per_step") or {}
     for k, st in res["eager"].items():
-        lines.append(f"| {k} | {_ms(st)} | {1e3 * st['min']:.0f}-{1e3 * st['max']:.0f} | {fp32 / st['median']:.2f}× |")
+        fl = f"{faults[k]:.0f}" if k in faults else "not recorded"
+        lines.append(f"| {k} | {_ms(st)} | {1e3 * st['min']:.0f}-{1e3 * st['max']:.0f} | {fp32 / st['median']:.2f}× "
+                     f"| {fl} |")
     comp = res["compile"]
     for prec, c in comp.items():
         if prec not in ("fp32", "bf16", "skipped"):  # the child's ratios and bookkeeping
@@ -153,6 +157,7 @@ def precision(rec: dict, out: Path, plots: list[str]) -> tuple[list[str], dict]:
         r = comp["bf16_vs_fp32"]
         lines += ["", f"bf16 against fp32 in the torch.compile child (all four timed round-robin): "
                       f"{r['compiled']:.2f}× compiled, {r['eager']:.2f}× eager."]
+    lines += _fault_check(res.get("malloc"), faults, fp32)
     lines += _breakdown(res.get("breakdown"))
     lines += _sweep(res.get("batch_sweep"), s["batch"])
     if bf is not None:
@@ -170,6 +175,29 @@ def precision(rec: dict, out: Path, plots: list[str]) -> tuple[list[str], dict]:
     ax.tick_params(axis="x", labelsize=7)
     _save(fig, out / "suite_precision.png", plots)
     return lines + [""], targets
+
+
+#: A variant faulting this many pages more per step than another is flagged: at about 10 µs a
+#: fault here (notes of issue 10: ~8,000 extra faults cost ~100 ms), 1,000 is ~10 ms.
+FAULT_GAP = 1000
+
+
+def _fault_check(malloc: dict | None, faults: dict, step_s: float) -> list[str]:
+    """Whether the malloc thresholds were pinned and whether page faults could skew the ratios."""
+    if malloc is None:
+        return ["", "malloc thresholds: not recorded (a run from before they were pinned)."]
+    pinned = (f"glibc malloc thresholds pinned (mmap {malloc['mmap_threshold'] >> 20} MiB, trim "
+              f"{malloc['trim_threshold'] >> 20} MiB)" if malloc.get("pinned")
+              else f"malloc thresholds NOT pinned ({malloc.get('why') or malloc})")
+    if not faults:
+        return ["", pinned + "."]
+    gap = max(faults.values()) - min(faults.values())
+    verdict = (f"the variants' page faults per step differ by {gap:.0f}, so faulting does not skew the ratios"
+               if gap < FAULT_GAP else
+               f"WARNING: the variants' page faults per step differ by {gap:.0f} (about "
+               f"{1e3 * gap * 1e-5:.0f} ms at ~10 µs each, against a {1e3 * step_s:.0f} ms fp32 step): "
+               "the ratios above partly measure page faults")
+    return ["", f"{pinned}; {verdict}."]
 
 
 def _breakdown(bd: dict | None) -> list[str]:

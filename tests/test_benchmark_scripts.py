@@ -192,3 +192,69 @@ def test_run_forked_returns_results_errors_and_timeouts():
     assert "KeyError" in bad["error"] and "no_such_denoiser" in bad["error"]
     slow = run_forked("bench_subsample", dict(spec, repeats=10**6), 1, timeout=1.0)
     assert slow["error"].startswith("timed out") and slow["wall_s"] < 30
+
+
+def test_interleaved_counts_each_variants_page_faults():
+    """The fault counts belong to the variant that caused them: one variant maps and touches a
+    fresh 4 MiB region per call (at least one fault per 4 KiB page), the other touches nothing."""
+    import mmap
+
+    from bench_common import interleaved
+
+    size = 4 << 20
+
+    def touch() -> None:
+        region = mmap.mmap(-1, size)
+        for off in range(0, size, mmap.PAGESIZE):
+            region[off] = 1
+        region.close()
+
+    faults: dict = {}
+    times = interleaved({"touch": touch, "idle": lambda: None}, repeats=3, warmup=1, faults=faults)
+    assert [len(v) for v in times.values()] == [3, 3] and [len(v) for v in faults.values()] == [3, 3]
+    assert min(faults["touch"]) >= size // mmap.PAGESIZE and max(faults["idle"]) < 64
+
+
+def test_pin_malloc_keeps_a_step_from_faulting_in_fresh_pages():
+    """With the thresholds pinned, a repeated step that allocates and frees the same buffers
+    (here 256 KiB to 24 MiB, below the pinned mmap threshold) reuses heap pages: after a warm-up
+    it faults almost nothing. Run in a subprocess, since the pin lasts for the whole process."""
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent("""
+        import json, sys
+        sys.path.insert(0, sys.argv[1])
+        from bench_common import minor_faults, pin_malloc
+        info = pin_malloc()
+        import torch
+        def step():
+            bufs = [torch.ones(n) for n in (1 << 16, 1 << 20, 6 << 20, 1 << 18)]
+            return sum(float(b[-1]) for b in bufs)
+        for _ in range(3):
+            step()
+        f0 = minor_faults()
+        for _ in range(10):
+            step()
+        print(json.dumps({"info": info, "per_step": (minor_faults() - f0) / 10}))
+    """)
+    bench = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    out = subprocess.run([sys.executable, "-c", code, bench], capture_output=True, text=True, check=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    if not res["info"]["pinned"]:
+        pytest.skip(f"not glibc: {res['info']}")
+    # 32 MiB of buffers per step would be ~8,000 faults if they were mapped afresh
+    assert res["info"]["mmap_threshold"] == 32 << 20 and res["per_step"] < 50
+
+
+@pytest.mark.parametrize(("faults", "expect"), [
+    ({"fp32": 640, "bf16": 600}, "differ by 40, so faulting does not skew"),
+    ({"fp32": 8000, "bf16": 600}, "WARNING: the variants' page faults per step differ by 7400 (about 74 ms"),
+])
+def test_precision_report_flags_a_fault_gap(faults, expect):
+    import bench_report
+
+    lines = bench_report._fault_check({"pinned": True, "mmap_threshold": 32 << 20, "trim_threshold": 1 << 30},
+                                      faults, 0.18)
+    assert "pinned (mmap 32 MiB, trim 1024 MiB)" in lines[-1] and expect in lines[-1]
+    assert "NOT pinned" in bench_report._fault_check({"pinned": False, "why": "no glibc"}, faults, 0.18)[-1]
