@@ -263,3 +263,35 @@ def test_precision_report_flags_a_fault_gap(faults, expect):
                                       faults, 0.18)
     assert "pinned (mmap 32 MiB, trim 1024 MiB)" in lines[-1] and expect in lines[-1]
     assert "NOT pinned" in bench_report._fault_check({"pinned": False, "why": "no glibc"}, faults, 0.18)[-1]
+
+
+def _e2e_record(path: Path, run: dict) -> Path:
+    path.write_text(json.dumps({"sections": {"e2e": {
+        "machine": {"date_utc": "2026-12-02 15:19:37", "torch": "2.13.0+cpu"},
+        "result": {"run": run}}}}))
+    return path
+
+
+def test_e2e_section_reports_the_last_complete_full_run(tmp_path, monkeypatch):
+    """Without --e2e, section 6 reports the last full measurement (with its total and set-up and
+    where and when it ran); an incomplete or failed one is not used, and the quickstart's own
+    record (no total, so set-up unknown) is the fallback."""
+    import bench_e2e
+
+    full = {"total_s": 588.4, "train_s": 498.6, "sample_s": 84.5, "setup_s": 5.3, "steps": 1906,
+            "steps_per_s": 3.82, "sample_seconds_per_image": {}, "accuracy_vs_requested_digit": {}}
+    rec = bench_e2e.last_e2e_run(_e2e_record(tmp_path / "ok.json", full))
+    assert rec["setup_s"] == 5.3 and "2026-12-02 15:19:37 UTC, torch 2.13.0+cpu" in rec["source"]
+    assert bench_e2e.last_e2e_run(_e2e_record(tmp_path / "err.json", {"error": "boom", "total_s": 3.0})) is None
+    assert bench_e2e.last_e2e_run(tmp_path / "missing.json") is None
+
+    summary = {"train_seconds": 504.3, "sample_seconds": 87.6, "steps": 1547, "grids": []}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    monkeypatch.setattr(bench_e2e, "RECORD", tmp_path / "summary.json")
+    monkeypatch.setattr(bench_e2e, "E2E_RECORD", tmp_path / "ok.json")
+    for record, setup in (("ok.json", "5.3"), ("err.json", "None")):
+        monkeypatch.setattr(bench_e2e, "E2E_RECORD", tmp_path / record)
+        run = bench_e2e.run(quick=True, threads=1, budget_s=1.0)["run"]
+        assert str(run["setup_s"]) == setup
+        assert run["source"].startswith("recorded: last full --e2e run" if record == "ok.json" else "recorded: ")
+    assert run["train_s"] == 504.3 and run["total_s"] is None
