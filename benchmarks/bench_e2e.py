@@ -8,7 +8,7 @@ its ``quickstart_summary.json``. This section:
 
 * by default (no new run) reports the last committed full ``--e2e`` measurement,
   ``benchmarks/results/suite_e2e/suite.json`` (total, set-up, training, sampling, with the date
-  and machine it was measured on); without it, the quickstart's own record
+  and torch version it was measured with); without it, the quickstart's own record
   ``benchmarks/results/quickstart/summary.json``, whose set-up is unknown because it has no
   total wall time;
 * with ``--e2e`` runs the command in a fresh process (working directory under the output
