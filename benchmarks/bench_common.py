@@ -26,6 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 
 
+#: ``torch.compile`` modes the precision section can time (``suite.py --compile-mode``); the
+#: CUDA-graph mode "reduce-overhead" is left out, these are CPU benchmarks.
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "max-autotune")
+
 def cpu_model() -> str:
     """CPU model name from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere)."""
     try:
@@ -179,8 +183,10 @@ def child_env(threads: int) -> dict:
     return env
 
 
-def run_child(script: Path, spec: dict, threads: int, timeout: float | None = None) -> dict:
+def run_child(script: Path, spec: dict, threads: int, timeout: float | None = None,
+              env: dict[str, str] | None = None) -> dict:
     """Run ``script --child JSON`` in a fresh interpreter; return its last stdout line as JSON.
+    ``env`` adds variables to the child's environment (:func:`child_env`).
 
     Adds the 1-minute load average before/after and the child's wall time (import included).
     Failures and time-outs come back as ``{"error": ...}`` rather than raising, so one broken
@@ -190,7 +196,7 @@ def run_child(script: Path, spec: dict, threads: int, timeout: float | None = No
     t0 = time.perf_counter()
     try:
         out = subprocess.run([sys.executable, str(script), "--child", json.dumps(spec)], capture_output=True,
-                             text=True, env=child_env(threads), timeout=timeout, check=False)
+                             text=True, env=dict(child_env(threads), **(env or {})), timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         return dict(spec, error=f"timed out after {timeout:.0f} s", wall_s=time.perf_counter() - t0)
     wall = time.perf_counter() - t0

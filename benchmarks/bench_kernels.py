@@ -23,9 +23,13 @@ channels, 16² inner U-Net):
   32x512 points), forward + backward in fp32 and under bf16 autocast (why they run in fp32:
   their weight gradients are matrix-vector products);
 * ModulatedLayerNorm-style LN + FiLM under bf16 autocast: fp32 output (autocast's rule) against
-  bf16 output.
+  bf16 output;
+* the memory-bound ops of the step (add, mul, SiLU, GELU, LayerNorm, a channels-last to contiguous
+  copy) on its shapes, fp32 against bf16, with the sparse level's point matmul for contrast: how
+  much bf16 can speed up the part of the step that is not convolution or matmul.
 
     python benchmarks/bench_kernels.py --threads 2 --out benchmarks/results/kernels.md
+    python benchmarks/bench_kernels.py --parts elementwise --out benchmarks/results/kernels_elementwise.md
 """
 
 from __future__ import annotations
@@ -207,23 +211,64 @@ def layer_norm_rows(repeats: int) -> list[tuple[str, float, float]]:
              median_ms(autocast_fp32, repeats), median_ms(native_bf16, repeats))]
 
 
+def elementwise_rows(repeats: int) -> list[tuple[str, float, float]]:
+    points, hidden = (32, 512, 32), (32, 512, 64)  # the sparse level's points and its MLP's hidden layer
+    fmap = (32, 64, 16, 16)  # an inner U-Net feature map (channels-last)
+    rows = []
+    ops: tuple[tuple[str, tuple[int, ...], Callable[[torch.Tensor], object]], ...] = (
+        ("add x + x", points, lambda x: x + x),
+        ("mul x * x", hidden, lambda x: x * x),
+        ("SiLU", fmap, F.silu),
+        ("GELU", hidden, F.gelu),
+        ("LayerNorm(32)", points, lambda x: F.layer_norm(x, (32,))),
+        ("channels-last -> contiguous copy", fmap, lambda x: x.contiguous()),
+    )
+    for name, shape, op in ops:
+        xs = {}
+        for dt in (torch.float32, torch.bfloat16):
+            x = torch.randn(shape).to(dt)
+            xs[dt] = x.contiguous(memory_format=torch.channels_last) if len(shape) == 4 else x
+        label = "x".join(map(str, shape))
+        rows.append((f"{name} {label}: fp32 / bf16", median_ms(lambda op=op, x=xs[torch.float32]: op(x), repeats),
+                     median_ms(lambda op=op, x=xs[torch.bfloat16]: op(x), repeats)))
+    a, w = torch.randn(32 * 512, 32), torch.randn(32, 64)
+    ab, wb = a.bfloat16(), w.bfloat16()
+    rows.append(("point matmul (16384, 32) @ (32, 64): fp32 / bf16", median_ms(lambda: a @ w, repeats),
+                 median_ms(lambda: ab @ wb, repeats)))
+    return rows
+
+
+#: The measurement groups, in report order (``--parts`` picks a subset).
+PARTS: dict[str, Callable[[int], list[tuple[str, float, float]]]] = {
+    "attention": attention_rows, "depthwise": depthwise_rows, "adamw": adamw_rows, "layout": layout_rows,
+    "group_norm": group_norm_rows, "small_conv": small_conv_rows, "projection": projection_rows,
+    "layer_norm": layer_norm_rows, "elementwise": elementwise_rows,
+}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--out", default=None, help="markdown report (a .json twin is written next to it)")
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
     args = ap.parse_args()
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown or not parts:
+        raise SystemExit(f"--parts: choose from {', '.join(PARTS)}; got {args.parts!r}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rows = []
-    for part in (attention_rows, depthwise_rows, adamw_rows, layout_rows, group_norm_rows, small_conv_rows, projection_rows, layer_norm_rows):
-        part_rows = part(args.repeats)
+    for part in parts:
+        part_rows = PARTS[part](args.repeats)
         rows += part_rows
         for name, a, b in part_rows:
             print(f"  {name}: {a:.2f} / {b:.2f} ms ({a / b:.2f}x)", flush=True)
     info = machine_info()
     lines = ["# Kernel measurements behind the bf16 step optimisations", "",
-             f"`python benchmarks/bench_kernels.py --threads {args.threads}`; {info['cpu_model']}, "
+             f"`python benchmarks/bench_kernels.py --threads {args.threads}"
+             f"{'' if parts == list(PARTS) else ' --parts ' + ','.join(parts)}`; {info['cpu_model']}, "
              f"{info['logical_cores']} cores, torch {info['torch']}, {args.threads} thread(s), medians of "
              f"{args.repeats} calls, {info['date_utc']} UTC, load {info['loadavg'][0]:.1f}.", "",
              "| measurement (A / B) | A ms | B ms | A / B |", "|---|---|---|---|"]

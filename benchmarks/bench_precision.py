@@ -6,7 +6,7 @@ One training step = ``GaussianProcess.loss`` forward, backward, gradient clippin
 the training optimiser (``configs/base.yaml``: norm clipping at 1, fused AdamW). The eager variants
 (fp32, bf16, each with and without ``channels_last`` on the model's 4-D weights, which only the
 inner U-Net has) are timed round-robin in one process, so their ratios share the machine's
-load. ``torch.compile`` (inductor, default mode) runs in a child process with a time-out: fp32
+load. ``torch.compile`` (inductor; default mode, or ``suite.py --compile-mode``) runs in a child process with a time-out: fp32
 and bf16, each compiled and eager, timed round-robin in that child, which gives the compiled
 bf16 / fp32 ratio from one run; compile times (first calls) are reported separately, and a
 failure is recorded with its error.
@@ -14,7 +14,7 @@ failure is recorded with its error.
 Note: the inner ADM U-Net converts its input to channels_last itself (``denoisers/unet.py``),
 so "channels_last" here only changes the layout of the model's 4-D weights.
 
-Where bf16 helps: one profiled step per precision is split into op classes (:data:`OP_CLASSES`;
+Where bf16 helps: profiled steps per precision (median of :data:`PROFILED_STEPS`) are split into op classes (:data:`OP_CLASSES`;
 dense convs, the sparse level's depthwise convs, matmul/attention, normalisation, copies,
 index work, the rest), so the report shows which parts bf16 speeds up and which bound it.
 A batch sweep (:func:`batch_sweep`) splits the step into a fixed cost and a per-example cost
@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import copy
 import statistics
+import tempfile
 import time
 
 import torch
 from bench_common import (
     BENCH,
+    COMPILE_MODES,
     base_config,
     child_main,
     default_denoiser,
@@ -112,16 +114,26 @@ def _op_class(key: str, shapes: list) -> str | None:
     return "other (elementwise, optimiser, autograd)" if key.startswith(("aten::", "Optimizer")) else None
 
 
-def op_breakdown(step) -> dict[str, float]:  # noqa: ANN001 - a zero-argument training step
-    """Self CPU seconds of one profiled step per op class (which parts bf16 does and does not speed up)."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
-        step()
-    out: dict[str, float] = {}
-    for e in prof.key_averages(group_by_input_shape=True):
-        cls = _op_class(e.key, e.input_shapes or [])
-        if cls is not None:
-            out[cls] = out.get(cls, 0.0) + e.self_cpu_time_total / 1e6
-    return out
+#: Profiled steps per precision in :func:`op_breakdown` (the median per class is reported: one
+#: step caught by a load spike on this shared machine would otherwise skew its classes).
+PROFILED_STEPS = 3
+
+
+def op_breakdown(step, steps: int = PROFILED_STEPS) -> dict[str, float]:  # noqa: ANN001 - a zero-argument training step
+    """Self CPU seconds per op class of a training step, the median over ``steps`` profiled steps
+    (which parts bf16 does and does not speed up)."""
+    per_step: list[dict[str, float]] = []
+    for _ in range(steps):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+            step()
+        out: dict[str, float] = {}
+        for e in prof.key_averages(group_by_input_shape=True):
+            cls = _op_class(e.key, e.input_shapes or [])
+            if cls is not None:
+                out[cls] = out.get(cls, 0.0) + e.self_cpu_time_total / 1e6
+        per_step.append(out)
+    classes = {c for out in per_step for c in out}
+    return {c: statistics.median(out.get(c, 0.0) for out in per_step) for c in sorted(classes, key=lambda c: -per_step[0].get(c, 0.0))}
 
 
 def make_step(model: torch.nn.Module, s: dict, bf16: bool, seed: int = 0):  # noqa: ANN201
@@ -155,12 +167,15 @@ def child(spec: dict) -> dict:
     malloc = pin_malloc()
     s = spec["setting"]
     base = tiny_denoiser() if spec["quick"] else default_denoiser()
-    out: dict = {"malloc": malloc}
+    out: dict = {"malloc": malloc, "mode": spec.get("compile_mode", "default")}
     variants = {}
     for prec in spec["precisions"]:
         bf16 = prec == "bf16"
         compiled_model = copy.deepcopy(base)
-        compiled_model.compile()  # compiles forward on first call (nn.Module.compile, inductor)
+        # compiles forward on first call (nn.Module.compile, inductor); "max-autotune" also
+        # benchmarks inductor's own GEMM templates (AMX micro-kernels for bf16 on this CPU)
+        mode = spec.get("compile_mode", "default")
+        compiled_model.compile(mode=None if mode == "default" else mode)
         cstep = make_step(compiled_model, s, bf16)
         t0 = time.perf_counter()
         cstep()
@@ -180,7 +195,9 @@ def child(spec: dict) -> dict:
     return out
 
 
-def run(quick: bool, threads: int, budget_s: float) -> dict:
+def run(quick: bool, threads: int, budget_s: float, compile_mode: str = "default") -> dict:
+    if compile_mode not in COMPILE_MODES:
+        raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
     malloc = pin_malloc()  # before any tensor: the thresholds then hold for the whole section
     torch.manual_seed(0)
     s = setting(quick)
@@ -204,8 +221,12 @@ def run(quick: bool, threads: int, budget_s: float) -> dict:
     if quick:
         compile_res = {"skipped": "quick mode (compilation alone takes minutes on this CPU)"}
     else:
-        r = run_child(BENCH / "bench_precision.py", {"setting": s, "quick": quick, "precisions": ["fp32", "bf16"]},
-                      threads, timeout=max(60.0, budget_s * 0.75))
+        # an empty inductor cache: the compile times are a first compilation's, not a cache hit
+        # left by an earlier run of the same graphs
+        with tempfile.TemporaryDirectory(prefix="infdiff_inductor_") as cache:
+            r = run_child(BENCH / "bench_precision.py", {"setting": s, "quick": quick, "precisions": ["fp32", "bf16"],
+                                                         "compile_mode": compile_mode},
+                          threads, timeout=max(60.0, budget_s * 0.75), env={"TORCHINDUCTOR_CACHE_DIR": cache})
         if "error" in r:
             compile_res = {"fp32": r, "bf16": r}
             print(f"  torch.compile: {r['error'][-300:]}", flush=True)
@@ -214,12 +235,13 @@ def run(quick: bool, threads: int, budget_s: float) -> dict:
             for prec in ("fp32", "bf16"):
                 print(f"  torch.compile {prec}: speed-up {r[prec]['speedup']:.2f}x, compile {r[prec]['compile_s']:.0f} s",
                       flush=True)
-            print(f"  compiled bf16 vs compiled fp32: {r['bf16_vs_fp32']['compiled']:.2f}x", flush=True)
+            print(f"  compiled ({compile_mode}) bf16 vs compiled fp32: {r['bf16_vs_fp32']['compiled']:.2f}x", flush=True)
     return {"setting": s, "model": "tiny SNO" if quick else "configs/quickstart.yaml SparseNeuralOperator",
             "eager": eager, "faults_per_step": {k: statistics.median(v) for k, v in faults.items()},
-            "malloc": malloc, "ratios": ratios, "compile": compile_res, "breakdown": breakdown, "batch_sweep": sweep,
+            "malloc": malloc, "ratios": ratios, "compile": compile_res, "breakdown": breakdown,
+            "breakdown_steps": PROFILED_STEPS, "batch_sweep": sweep,
             "method": "one training step (loss, backward, clipping, fused AdamW) at the quickstart setting; eager variants timed round-robin in one "
-                      "process; torch.compile in a child: fp32 and bf16, compiled and eager, timed round-robin; glibc malloc "
+                      "process; torch.compile in a child with an empty inductor cache: fp32 and bf16, compiled and eager, timed round-robin; glibc malloc "
                       "thresholds pinned in both processes, minor page faults counted per step"}
 
 

@@ -142,28 +142,30 @@ def precision(rec: dict, out: Path, plots: list[str]) -> tuple[list[str], dict]:
         lines.append(f"| {k} | {_ms(st)} | {1e3 * st['min']:.0f}-{1e3 * st['max']:.0f} | {fp32 / st['median']:.2f}× "
                      f"| {fl} |")
     comp = res["compile"]
+    mode = comp.get("mode", "default") if isinstance(comp, dict) else "default"
+    tc = "torch.compile" if mode == "default" else f"torch.compile mode={mode}"
     for prec, c in comp.items():
         if prec not in ("fp32", "bf16", "skipped"):  # the child's ratios and bookkeeping
             continue
         if not isinstance(c, dict):
             lines.append(f"| torch.compile | {c} | | |")
         elif "speedup" in c:
-            lines.append(f"| torch.compile ({prec}) vs eager {prec} | {_ms(c['compiled'])} (eager {_ms(c['eager'])}) | "
+            lines.append(f"| {tc} ({prec}) vs eager {prec} | {_ms(c['compiled'])} (eager {_ms(c['eager'])}) | "
                          f"compile {c['compile_s']:.0f} s | {c['speedup']:.2f}× vs eager {prec} |")
         else:
-            lines.append(f"| torch.compile ({prec}) | failed or skipped: {str(c.get('error', c))[-300:]} | | |")
+            lines.append(f"| {tc} ({prec}) | failed or skipped: {str(c.get('error', c))[-300:]} | | |")
     bf = res["ratios"].get("bf16_speedup_vs_fp32")
     if "bf16_vs_fp32" in comp:
         r = comp["bf16_vs_fp32"]
-        lines += ["", f"bf16 against fp32 in the torch.compile child (all four timed round-robin): "
+        lines += ["", f"bf16 against fp32 in the {tc} child (all four timed round-robin): "
                       f"{r['compiled']:.2f}× compiled, {r['eager']:.2f}× eager."]
     lines += _fault_check(res.get("malloc"), faults, fp32)
-    lines += _breakdown(res.get("breakdown"))
+    lines += _breakdown(res.get("breakdown"), res.get("breakdown_steps", 1))
     lines += _sweep(res.get("batch_sweep"), s["batch"])
     if bf is not None:
         shown = f"{bf:.2f}× eager"
         if "bf16_vs_fp32" in comp:
-            shown += f"; {comp['bf16_vs_fp32']['compiled']:.2f}× both under torch.compile"
+            shown += f"; {comp['bf16_vs_fp32']['compiled']:.2f}× both under {tc}"
         targets["bf16 ≥ 1.6× faster than fp32 (default denoiser training step)"] = (shown, bf >= 1.6)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     keys = list(res["eager"])
@@ -200,13 +202,14 @@ def _fault_check(malloc: dict | None, faults: dict, step_s: float) -> list[str]:
     return ["", f"{pinned}; {verdict}."]
 
 
-def _breakdown(bd: dict | None) -> list[str]:
-    """Per-op-class self time of one profiled fp32 and bf16 step, and what bounds the bf16 gain."""
+def _breakdown(bd: dict | None, steps: int = 1) -> list[str]:
+    """Per-op-class self time of profiled fp32 and bf16 steps (median of ``steps``; records from
+    before the median was taken hold one step), and what bounds the bf16 gain."""
     if not bd or "fp32" not in bd or "bf16" not in bd:
         return []
     f32, b16 = bd["fp32"], bd["bf16"]
     tf, tb = sum(f32.values()), sum(b16.values())
-    lines = ["", "Where the time goes (self CPU time of one profiled step; profiling adds overhead, so compare "
+    lines = ["", f"Where the time goes (self CPU time per op class, {'one profiled step' if steps == 1 else f'median of {steps} profiled steps'}; profiling adds overhead, so compare "
              "shares, not totals):", "", "| op class | fp32 ms (share) | bf16 ms (share) | fp32 / bf16 |", "|---|---|---|---|"]
     for k in sorted(f32, key=lambda k: -f32[k]):
         a, b = f32[k], b16.get(k, 0.0)

@@ -5,6 +5,7 @@
     python benchmarks/suite.py --sections 2,4 --threads 2 --section-threads 1=1
     python benchmarks/suite.py --estimate      # print the time plan and exit
     python benchmarks/suite.py --sections 6 --e2e   # also run `make train` (8+ minutes) for section 6
+    python benchmarks/suite.py --sections 3 --compile-mode max-autotune --budget-scale 1.5
 
 Sections (one fresh process each; settings whose memory is measured get their own process):
 
@@ -36,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import BENCH, ROOT, child_env, machine_info  # noqa: E402
+from bench_common import BENCH, COMPILE_MODES, ROOT, child_env, machine_info  # noqa: E402
 
 SECTIONS = {
     1: ("subsample", "bench_subsample", "training step time and peak memory vs subsampling rate"),
@@ -75,6 +76,8 @@ def run_section(num: int, args: argparse.Namespace) -> None:
     before = machine_info()
     t0 = time.perf_counter()
     kwargs = dict(e2e=args.e2e, out=Path(args.out), e2e_args=args.e2e_args) if num == 6 else {}
+    if num == 3:
+        kwargs = dict(compile_mode=args.compile_mode)
     result = importlib.import_module(module).run(args.quick, args.threads, args.budget, **kwargs)
     record = {"section": num, "name": name, "title": SECTIONS[num][2], "machine": before,
               "threads": args.threads, "wall_s": time.perf_counter() - t0, "loadavg_before": before["loadavg"],
@@ -96,6 +99,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(BENCH / "results"), help="output folder for suite.{json,md} and PNGs")
     ap.add_argument("--e2e", action="store_true", help="section 6 runs `make train` itself (8+ minutes)")
     ap.add_argument("--e2e-args", default="", help="extra arguments for the quickstart in --e2e mode")
+    ap.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
+                    help="torch.compile mode of section 3 (max-autotune compiles for minutes: add --budget-scale 1.5)")
     ap.add_argument("--estimate", action="store_true", help="print the time plan and exit")
     ap.add_argument("--run-section", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--budget", type=float, default=None, help=argparse.SUPPRESS)
@@ -128,6 +133,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--run-section", str(s), "--threads", str(threads[s]),
                "--budget", str(budgets[s]), "--json-out", str(tmp), "--out", str(out)]
         cmd += ["--quick"] * args.quick + ["--e2e"] * args.e2e + [f"--e2e-args={args.e2e_args}"]
+        cmd += ["--compile-mode", args.compile_mode]
         t0, load0 = time.perf_counter(), os.getloadavg()
         timeout = 2 * budgets[s] + 300 + (3600 if args.e2e and s == 6 else 0)
         try:

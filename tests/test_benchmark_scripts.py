@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -85,7 +86,25 @@ def test_kernel_measurements_write_a_report(tmp_path, monkeypatch):
     assert any(n.startswith("attention") for n in names) and any("weight gradient" in n for n in names)
     assert any("block-diagonal" in n for n in names)
     assert any("AdamW" in n for n in names) and any("add_" in n for n in names) and any("LN + FiLM" in n for n in names)
+    assert {"SiLU 32x64x16x16: fp32 / bf16", "point matmul (16384, 32) @ (32, 64): fp32 / bf16"} <= set(names)
     assert out.read_text().count("\n| ") == len(rows) + 1  # header + one line per row
+
+
+def test_kernel_measurements_run_a_chosen_subset(tmp_path, monkeypatch):
+    """``--parts elementwise`` times only that group and says so in the report's command line;
+    an unknown part is refused with the list of known ones."""
+    import bench_kernels
+
+    out = tmp_path / "k.md"
+    monkeypatch.setattr(sys, "argv", ["bench_kernels.py", "--parts", "elementwise", "--repeats", "1", "--out", str(out)])
+    monkeypatch.setattr(bench_kernels, "median_ms", lambda fn, repeats, warmup=0: (fn(), 1.0)[1])
+    bench_kernels.main()
+    names = [r["name"] for r in json.loads(out.with_suffix(".json").read_text())["rows"]]
+    assert len(names) == 7 and all(n.endswith("fp32 / bf16") for n in names)
+    assert "--parts elementwise`" in out.read_text()
+    monkeypatch.setattr(sys, "argv", ["bench_kernels.py", "--parts", "elementwise,gemm"])
+    with pytest.raises(SystemExit, match="choose from attention, .*elementwise; got 'elementwise,gemm'"):
+        bench_kernels.main()
 
 
 def test_precision_report_shows_both_compiled_precisions_and_their_ratio(tmp_path):
@@ -110,6 +129,35 @@ def test_precision_report_shows_both_compiled_precisions_and_their_ratio(tmp_pat
     assert any("1.60× compiled, 1.56× eager" in ln for ln in lines)
     shown, met = targets["bf16 ≥ 1.6× faster than fp32 (default denoiser training step)"]
     assert shown == "1.60× eager; 1.60× both under torch.compile" and met is True
+
+
+def test_precision_report_names_a_non_default_compile_mode(tmp_path):
+    """A ``--compile-mode max-autotune`` record says so in its rows, its ratio line and the target."""
+    import bench_report
+
+    def st(ms: float) -> dict:
+        return {"median": ms / 1e3, "q1": ms / 1e3, "q3": ms / 1e3, "min": ms / 1e3, "max": ms / 1e3, "n": 3}
+
+    comp = {"mode": "max-autotune", "fp32": {"compile_s": 90.0, "eager": st(250.0), "compiled": st(220.0), "speedup": 250 / 220},
+            "bf16": {"compile_s": 95.0, "eager": st(190.0), "compiled": st(160.0), "speedup": 190 / 160},
+            "bf16_vs_fp32": {"eager": 250 / 190, "compiled": 220 / 160}}
+    rec = {"section": 3, "title": "precision", "threads": 2, "wall_s": 1.0, "loadavg_before": [0.5],
+           "loadavg_after": [0.5], "result": {"setting": {"res": 32, "batch": 32, "rate": 2, "repeats": 3},
+                                              "model": "m", "eager": {"fp32": st(250.0), "bf16": st(190.0)},
+                                              "compile": comp, "ratios": {"bf16_speedup_vs_fp32": 250 / 190}}}
+    lines, targets = bench_report.precision(rec, tmp_path, [])
+    rows = [ln for ln in lines if ln.startswith("| torch.compile")]
+    assert len(rows) == 2 and all(r.startswith("| torch.compile mode=max-autotune (") for r in rows)
+    assert any("max-autotune child" in ln and "1.38× compiled, 1.32× eager" in ln for ln in lines)
+    shown, met = targets["bf16 ≥ 1.6× faster than fp32 (default denoiser training step)"]
+    assert shown == "1.32× eager; 1.38× both under torch.compile mode=max-autotune" and met is False
+
+
+def test_precision_section_rejects_an_unknown_compile_mode():
+    import bench_precision
+
+    with pytest.raises(ValueError, match="compile_mode must be one of .*'max-autotune'.*got 'fastest'"):
+        bench_precision.run(quick=True, threads=1, budget_s=10.0, compile_mode="fastest")
 
 
 @pytest.mark.parametrize(("bf16_fixed", "bf16_per", "expect"), [
@@ -177,6 +225,18 @@ def test_flop_counter_sees_the_dense_sparse_conv(dtype):
     lat = PointLattice.build(idx, (res, res), k, res, "dense")
     x = torch.randn(b, n, c, dtype=getattr(torch, dtype), requires_grad=True)
     assert _counted(lambda: conv(x, lat).float().sum().backward()) == 3 * 2 * b * c * res * res * k * k
+
+
+def test_run_child_adds_environment_variables(tmp_path):
+    """``run_child(env=...)`` reaches the child (section 3 gives its compile child an empty inductor cache)."""
+    from bench_common import run_child
+
+    script = tmp_path / "child.py"
+    script.write_text("import json, os, sys\nspec = json.loads(sys.argv[2])\n"
+                      "print(json.dumps({'cache': os.environ.get('TORCHINDUCTOR_CACHE_DIR'), 'threads': os.environ['OMP_NUM_THREADS'], **spec}))\n")
+    out = run_child(script, {"x": 1}, threads=1, timeout=60, env={"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "c")})
+    assert out["cache"] == str(tmp_path / "c") and out["threads"] == "1" and out["x"] == 1
+    assert run_child(script, {}, threads=1, timeout=60)["cache"] in (None, os.environ.get("TORCHINDUCTOR_CACHE_DIR"))
 
 
 def test_run_forked_returns_results_errors_and_timeouts():
