@@ -26,7 +26,8 @@ channels, 16² inner U-Net):
   bf16 output;
 * the memory-bound ops of the step (add, mul, SiLU, GELU, LayerNorm, a channels-last to contiguous
   copy) on its shapes, fp32 against bf16, with the sparse level's point matmul for contrast: how
-  much bf16 can speed up the part of the step that is not convolution or matmul.
+  much bf16 can speed up the part of the step that is not convolution or matmul (fp32 and bf16
+  calls alternate, :func:`paired_ms`).
 
     python benchmarks/bench_kernels.py --threads 2 --out benchmarks/results/kernels.md
     python benchmarks/bench_kernels.py --parts elementwise --out benchmarks/results/kernels_elementwise.md
@@ -37,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -211,6 +213,21 @@ def layer_norm_rows(repeats: int) -> list[tuple[str, float, float]]:
              median_ms(autocast_fp32, repeats), median_ms(native_bf16, repeats))]
 
 
+def paired_ms(fa: Callable[[], object], fb: Callable[[], object], repeats: int, warmup: int = 3) -> tuple[float, float]:
+    """Median wall milliseconds of ``fa`` and ``fb``, called alternately (``repeats`` each, after
+    ``warmup`` untimed pairs), so a drift in the machine's speed reaches both alike: sub-millisecond
+    kernels timed one after the other moved their ratio by up to 1.6x between runs here."""
+    for _ in range(warmup):
+        fa(), fb()
+    ta, tb = [], []
+    for _ in range(repeats):
+        for fn, out in ((fa, ta), (fb, tb)):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(ta), 1e3 * statistics.median(tb)
+
+
 def elementwise_rows(repeats: int) -> list[tuple[str, float, float]]:
     points, hidden = (32, 512, 32), (32, 512, 64)  # the sparse level's points and its MLP's hidden layer
     fmap = (32, 64, 16, 16)  # an inner U-Net feature map (channels-last)
@@ -229,12 +246,11 @@ def elementwise_rows(repeats: int) -> list[tuple[str, float, float]]:
             x = torch.randn(shape).to(dt)
             xs[dt] = x.contiguous(memory_format=torch.channels_last) if len(shape) == 4 else x
         label = "x".join(map(str, shape))
-        rows.append((f"{name} {label}: fp32 / bf16", median_ms(lambda op=op, x=xs[torch.float32]: op(x), repeats),
-                     median_ms(lambda op=op, x=xs[torch.bfloat16]: op(x), repeats)))
+        rows.append((f"{name} {label}: fp32 / bf16", *paired_ms(lambda op=op, x=xs[torch.float32]: op(x),
+                                                                lambda op=op, x=xs[torch.bfloat16]: op(x), repeats)))
     a, w = torch.randn(32 * 512, 32), torch.randn(32, 64)
     ab, wb = a.bfloat16(), w.bfloat16()
-    rows.append(("point matmul (16384, 32) @ (32, 64): fp32 / bf16", median_ms(lambda: a @ w, repeats),
-                 median_ms(lambda: ab @ wb, repeats)))
+    rows.append(("point matmul (16384, 32) @ (32, 64): fp32 / bf16", *paired_ms(lambda: a @ w, lambda: ab @ wb, repeats)))
     return rows
 
 

@@ -107,6 +107,24 @@ def test_kernel_measurements_run_a_chosen_subset(tmp_path, monkeypatch):
         bench_kernels.main()
 
 
+def test_paired_timing_alternates_the_two_kernels():
+    import time
+
+    import bench_kernels
+
+    calls: list[str] = []
+
+    def fa() -> None:
+        calls.append("a")
+
+    def fb() -> None:
+        calls.append("b")
+        time.sleep(0.002)
+
+    a_ms, b_ms = bench_kernels.paired_ms(fa, fb, repeats=4, warmup=1)
+    assert calls == ["a", "b"] * 5 and b_ms >= 2.0 > a_ms
+
+
 def test_precision_report_shows_both_compiled_precisions_and_their_ratio(tmp_path):
     """Section 3's report: one row per compiled precision, the compiled and eager bf16/fp32 ratios
     of the compile child, no rows for the child's bookkeeping, and the target judged on eager."""
