@@ -38,13 +38,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_common import default_denoiser, machine_info, time_calls
+from bench_common import default_denoiser, interleaved, machine_info, time_calls
 
 
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
@@ -214,18 +213,11 @@ def layer_norm_rows(repeats: int) -> list[tuple[str, float, float]]:
 
 
 def paired_ms(fa: Callable[[], object], fb: Callable[[], object], repeats: int, warmup: int = 3) -> tuple[float, float]:
-    """Median wall milliseconds of ``fa`` and ``fb``, called alternately (``repeats`` each, after
-    ``warmup`` untimed pairs), so a drift in the machine's speed reaches both alike: sub-millisecond
-    kernels timed one after the other moved their ratio by up to 1.6x between runs here."""
-    for _ in range(warmup):
-        fa(), fb()
-    ta, tb = [], []
-    for _ in range(repeats):
-        for fn, out in ((fa, ta), (fb, tb)):
-            t0 = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(ta), 1e3 * statistics.median(tb)
+    """Median wall milliseconds of ``fa`` and ``fb`` timed alternately (:func:`bench_common.interleaved`),
+    so a drift in the machine's speed reaches both alike: sub-millisecond kernels timed one after
+    the other moved their ratio by up to 1.6x between runs here."""
+    times = interleaved({"a": fa, "b": fb}, repeats, warmup)
+    return 1e3 * statistics.median(times["a"]), 1e3 * statistics.median(times["b"])
 
 
 def elementwise_rows(repeats: int) -> list[tuple[str, float, float]]:

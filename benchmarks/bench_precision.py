@@ -132,8 +132,8 @@ def op_breakdown(step, steps: int = PROFILED_STEPS) -> dict[str, float]:  # noqa
             if cls is not None:
                 out[cls] = out.get(cls, 0.0) + e.self_cpu_time_total / 1e6
         per_step.append(out)
-    classes = {c for out in per_step for c in out}
-    return {c: statistics.median(out.get(c, 0.0) for out in per_step) for c in sorted(classes, key=lambda c: -per_step[0].get(c, 0.0))}
+    classes = sorted({c for out in per_step for c in out})
+    return {c: statistics.median(out.get(c, 0.0) for out in per_step) for c in classes}
 
 
 def make_step(model: torch.nn.Module, s: dict, bf16: bool, seed: int = 0):  # noqa: ANN201
@@ -167,14 +167,14 @@ def child(spec: dict) -> dict:
     malloc = pin_malloc()
     s = spec["setting"]
     base = tiny_denoiser() if spec["quick"] else default_denoiser()
-    out: dict = {"malloc": malloc, "mode": spec.get("compile_mode", "default")}
+    mode = spec.get("compile_mode", "default")
+    out: dict = {"malloc": malloc, "mode": mode}
     variants = {}
     for prec in spec["precisions"]:
         bf16 = prec == "bf16"
         compiled_model = copy.deepcopy(base)
         # compiles forward on first call (nn.Module.compile, inductor); "max-autotune" also
         # benchmarks inductor's own GEMM templates (AMX micro-kernels for bf16 on this CPU)
-        mode = spec.get("compile_mode", "default")
         compiled_model.compile(mode=None if mode == "default" else mode)
         cstep = make_step(compiled_model, s, bf16)
         t0 = time.perf_counter()
