@@ -388,3 +388,49 @@ def test_e2e_section_reports_the_last_complete_full_run(tmp_path, monkeypatch):
     run = bench_e2e.run(quick=True, threads=1, budget_s=1.0)["run"]
     assert run["train_s"] == 504.3 and run["total_s"] is None and run["setup_s"] is None
     assert run["source"] == f"recorded: {tmp_path / 'summary.json'}"
+
+
+class _FakeEvent:
+    def __init__(self, key: str, ms: float, shapes: list) -> None:
+        self.key, self.self_cpu_time_total, self.input_shapes = key, ms * 1e3, shapes  # profiler: microseconds
+
+
+def test_op_breakdown_takes_the_median_of_the_profiled_steps(monkeypatch):
+    """Each class's time is the median over the profiled steps (a step caught by a load spike
+    does not move it; a class missing from a step counts as zero there), and convolutions are
+    split into the sparse level's grouped ones and the U-Net's dense ones by their shapes."""
+    import bench_precision
+
+    steps = [  # per profiled step: (op, self ms, input shapes)
+        [("aten::mm", 2.0, [[8, 4], [4, 4]]), ("aten::convolution", 5.0, [[2, 8, 4, 4], [8, 1, 3, 3]])],
+        [("aten::mm", 90.0, [[8, 4], [4, 4]]), ("aten::convolution", 50.0, [[2, 8, 4, 4], [8, 1, 3, 3]]),
+         ("aten::add", 7.0, [[8], [8]])],
+        [("aten::mm", 3.0, [[8, 4], [4, 4]]), ("aten::addmm", 1.0, [[4], [8, 4], [4, 4]]),
+         ("aten::convolution", 6.0, [[2, 8, 4, 4], [8, 1, 3, 3]]),
+         ("aten::convolution", 4.0, [[2, 8, 4, 4], [16, 8, 3, 3]]), ("python_function", 9.0, [])],
+    ]
+    calls = iter(steps)
+
+    class FakeProfile:
+        def __init__(self, **kwargs) -> None:
+            self.events = [_FakeEvent(*e) for e in next(calls)]
+
+        def __enter__(self):  # noqa: ANN204
+            return self
+
+        def __exit__(self, *exc) -> None:
+            return None
+
+        def key_averages(self, group_by_input_shape: bool = False) -> list:
+            return self.events
+
+    monkeypatch.setattr(bench_precision.torch.profiler, "profile", FakeProfile)
+    ran = []
+    out = bench_precision.op_breakdown(lambda: ran.append(1), steps=3)
+    assert len(ran) == 3
+    assert out == pytest.approx({
+        "matmul / attention": 4.0e-3,  # median of 2, 90 and 3 + 1 ms (not the 32 ms mean)
+        "depthwise conv (sparse level)": 6.0e-3,  # of 5, 50, 6
+        "dense conv (U-Net)": 0.0,  # of 0, 0, 4: present in one step only
+        "other (elementwise, optimiser, autograd)": 0.0,  # of 0, 7, 0 (python_function is not an op)
+    })
