@@ -63,8 +63,10 @@ def attention_rows(repeats: int) -> list[tuple[str, float, float]]:
             def run(f: Callable, q=q, k=k, v=v, g=g) -> None:  # noqa: ANN001
                 torch.autograd.grad(f(q, k, v), (q, k, v), g)
 
-            fused = median_ms(lambda run=run: run(F.scaled_dot_product_attention), repeats)
-            plain = median_ms(lambda run=run: run(attention), repeats)
+            # alternating calls: timed one after the other, the (8, 4, 256, 64) bf16 pair once
+            # reversed its order between two runs (plain 6.0 then 15.5 ms)
+            fused, plain = paired_ms(lambda run=run: run(F.scaled_dot_product_attention), lambda run=run: run(attention),
+                                     repeats)
             rows.append((f"attention fwd+bwd {shape} {str(dt)[6:]}: fused SDPA / plain", fused, plain))
     return rows
 
