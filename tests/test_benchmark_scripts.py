@@ -434,3 +434,51 @@ def test_op_breakdown_takes_the_median_of_the_profiled_steps(monkeypatch):
         "dense conv (U-Net)": 0.0,  # of 0, 0, 4: present in one step only
         "other (elementwise, optimiser, autograd)": 0.0,  # of 0, 7, 0 (python_function is not an op)
     })
+
+
+def test_bf16_probe_changes_keep_the_function_or_change_only_the_dtype():
+    """The what-if probes change how the step computes, not what: a 1x1 conv as a channels-last
+    matmul equals the convolution (values and gradients); held-bf16 weights are the autocast casts."""
+    import bench_bf16_probes as probes
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 5, 1)
+    net = nn.Sequential(nn.Conv2d(6, 6, 3, padding=1), conv, nn.Conv2d(5, 5, 1, groups=5), nn.Dropout(0.2))
+    ref = {k: v.clone() for k, v in conv.state_dict().items()}
+    x = torch.randn(3, 6, 4, 5).to(memory_format=torch.channels_last).requires_grad_()
+    want = torch.nn.functional.conv2d(x, conv.weight, conv.bias)
+    g_want = torch.autograd.grad(want.square().sum(), (x, conv.weight))
+    assert probes.pointwise_as_matmul(net) == 1  # the 3x3 and the grouped 1x1 are left alone
+    assert type(net[1]) is probes.PointwiseMatmulConv2d and type(net[2]) is nn.Conv2d
+    got = net[1](x)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for a, b in zip(torch.autograd.grad(got.square().sum(), (x, conv.weight)), g_want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(net[1](x.contiguous()), want, rtol=1e-5, atol=1e-6)  # other layouts: the conv
+    assert all(torch.equal(conv.state_dict()[k], v) for k, v in ref.items())
+    assert probes.drop_dropout(net) == 1 and net[3].p == 0.0
+    assert probes.hold_bf16_weights(net) == 6  # three convs, weight and bias each
+    assert {p.dtype for p in net.parameters()} == {torch.bfloat16}
+    assert torch.equal(conv.weight, ref["weight"].to(torch.bfloat16))
+
+
+def test_bf16_probes_write_a_report(tmp_path):
+    """bench_bf16_probes.py --quick times every probe against the unchanged step and writes the
+    table (one line per probe) and its JSON; an unknown probe is refused with the known ones."""
+    import bench_bf16_probes as probes
+
+    out = tmp_path / "probes.md"
+    probes.main(["--quick", "--repeats", "2", "--threads", "1", "--out", str(out)])
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert [r["probe"] for r in data["rows"]] == list(probes.PROBES)
+    assert {"base fp32", "base bf16", "bf16_weights bf16", "no_dropout fp32"} <= set(data["times_s"])
+    assert "bf16_weights fp32" not in data["times_s"]  # that probe is bf16-only
+    for r in data["rows"]:
+        assert r["bf16_speedup"]["n"] == 2 and r["bf16_speedup"]["median"] > 0
+    text = out.read_text()
+    assert text.count("\n| ") == len(probes.PROBES) + 1 and "--quick" in text
+    with pytest.raises(SystemExit, match="choose from bf16_weights, pointwise_matmul, no_dropout; got 'fp8'"):
+        probes.main(["--probes", "fp8"])

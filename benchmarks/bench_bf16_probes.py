@@ -1,0 +1,191 @@
+"""What-if probes on the default model's training step: how much each removable cost is worth.
+
+``benchmarks/results/bf16_bound.md`` explains why the bf16 step of the default denoiser stays
+below 1.6x fp32. This script puts numbers on candidate fixes by changing the model in one way
+and timing the changed step against the unchanged one. All variants are timed round-robin in
+one process (:func:`bench_common.interleaved`), at the quickstart setting (32² digits, batch 32,
+2x subsampling, the configured optimiser and clipping; :func:`bench_precision.make_step`).
+
+Probes (each is :data:`PROBES` entry: the change, and the precisions it applies to):
+
+* ``bf16_weights`` (bf16 only): the weights and biases of every ``nn.Conv2d`` and ``nn.Linear``
+  held in bf16. Autocast would cast them to bf16 at every call anyway, so this removes its
+  per-weight casts and their backward. It is an upper bound, not a training setup: it also runs
+  the layers the package keeps in fp32 on purpose (``denoisers.base.in_param_dtype``) in bf16,
+  and the optimiser updates the bf16 values with no fp32 master copy.
+* ``pointwise_matmul`` (fp32 and bf16): every 1x1 ``nn.Conv2d`` computed as a matmul over the
+  channels-last layout (``F.linear`` on the ``(B, H, W, C)`` view; no copies), not by oneDNN.
+* ``no_dropout`` (fp32 and bf16): dropout probability 0, which gives the cost of the dropout
+  masks.
+
+    python benchmarks/bench_bf16_probes.py --out benchmarks/results/bf16_probes_epyc.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from bench_common import default_denoiser, interleaved, machine_info, pin_malloc, spread
+from bench_precision import make_step, tiny_denoiser
+from torch import nn
+
+
+def hold_bf16_weights(model: nn.Module) -> int:
+    """Replace the weight and bias of every ``nn.Conv2d`` / ``nn.Linear`` in ``model`` by bf16
+    parameters (in place); returns how many tensors were replaced."""
+    n = 0
+    for mod in model.modules():
+        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+            for name in ("weight", "bias"):
+                p = getattr(mod, name, None)
+                if p is not None:
+                    setattr(mod, name, nn.Parameter(p.detach().to(torch.bfloat16)))
+                    n += 1
+    return n
+
+
+class PointwiseMatmulConv2d(nn.Conv2d):
+    """A 1x1, stride-1, ungrouped ``nn.Conv2d`` that multiplies channels-last inputs as a matmul.
+
+    ``y[b, :, h, w] = W x[b, :, h, w] + bias``: on a channels-last input, ``x.permute(0, 2, 3, 1)``
+    is a contiguous ``(B, H, W, C)`` view, ``F.linear`` maps it to ``(B, H, W, O)``, and the
+    permute back is again channels-last. Other layouts take the convolution.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+            return F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias).permute(0, 3, 1, 2)
+        return super().forward(x)
+
+
+def pointwise_as_matmul(model: nn.Module) -> int:
+    """Turn every 1x1, stride-1, ungrouped, unpadded ``nn.Conv2d`` of ``model`` into a
+    :class:`PointwiseMatmulConv2d` (same parameters, in place); returns how many."""
+    n = 0
+    for mod in model.modules():
+        if (type(mod) is nn.Conv2d and mod.kernel_size == (1, 1) and mod.stride == (1, 1) and mod.groups == 1
+                and mod.padding in ((0, 0), "valid")):
+            mod.__class__ = PointwiseMatmulConv2d
+            n += 1
+    return n
+
+
+def drop_dropout(model: nn.Module) -> int:
+    """Set every ``nn.Dropout`` of ``model`` with ``p > 0`` to ``p = 0``; returns how many."""
+    n = 0
+    for mod in model.modules():
+        if isinstance(mod, nn.Dropout) and mod.p > 0:
+            mod.p = 0.0
+            n += 1
+    return n
+
+
+#: name -> (change applied in place, returning the number of changed tensors / modules; precisions)
+PROBES: dict[str, tuple[Callable[[nn.Module], int], tuple[str, ...]]] = {
+    "bf16_weights": (hold_bf16_weights, ("bf16",)),
+    "pointwise_matmul": (pointwise_as_matmul, ("fp32", "bf16")),
+    "no_dropout": (drop_dropout, ("fp32", "bf16")),
+}
+
+
+def run(quick: bool, repeats: int, probes: list[str]) -> dict:
+    """Time the base step and every probe's step, fp32 and bf16, round-robin; returns each
+    variant's spread and the per-round ratios' spreads (base / probe per precision, and
+    fp32 / bf16 with the probe)."""
+    torch.manual_seed(0)
+    base = tiny_denoiser() if quick else default_denoiser()
+    s = dict(res=16, batch=2, rate=2) if quick else dict(res=32, batch=32, rate=2)
+    steps: dict[str, Callable[[], None]] = {}
+    changed: dict[str, int] = {}
+    for prec in ("fp32", "bf16"):
+        steps[f"base {prec}"] = make_step(copy.deepcopy(base).train(), s, prec == "bf16")
+    for name in probes:
+        change, precisions = PROBES[name]
+        for prec in precisions:
+            m = copy.deepcopy(base).train()
+            changed[name] = change(m)
+            steps[f"{name} {prec}"] = make_step(m, s, prec == "bf16")
+    raw = interleaved(steps, repeats, warmup=2)
+    times = {k: spread(v) for k, v in raw.items()}
+
+    def paired(a: str, b: str) -> dict:
+        """Spread of the per-round ratios ``a / b``: each round times every variant once, so a
+        ratio within a round is less exposed to the machine's drifting load than a ratio of medians."""
+        return spread([x / y for x, y in zip(raw[a], raw[b], strict=True)])
+
+    rows = []
+    for name in probes:
+        precisions = PROBES[name][1]
+        row = {"probe": name, "changed": changed[name], "precisions": list(precisions)}
+        for prec in precisions:
+            row[f"{prec}_speedup"] = paired(f"base {prec}", f"{name} {prec}")
+        row["bf16_vs_fp32"] = paired(f"{name} fp32" if "fp32" in precisions else "base fp32", f"{name} bf16")
+        rows.append(row)
+    return {"setting": s, "quick": quick, "repeats": repeats, "times_s": times, "rows": rows,
+            "base_bf16_vs_fp32": paired("base fp32", "base bf16")}
+
+
+def report(res: dict, info: dict, command: str) -> str:
+    """Markdown: the command and machine, the step medians with their IQR, one line per probe."""
+    t = res["times_s"]
+
+    def cell(key: str) -> str:
+        v = t[key]
+        return f"{1e3 * v['median']:.1f} [{1e3 * v['q1']:.1f}-{1e3 * v['q3']:.1f}]"
+
+    def ratio(v: dict) -> str:
+        return f"{v['median']:.3f}× [{v['q1']:.3f}-{v['q3']:.3f}]"
+
+    lines = ["# What-if probes on the default model's training step", "",
+             f"`{command}`; {info['cpu_model']}, {info['logical_cores']} cores, torch {info['torch']}, "
+             f"{info['torch_threads']} thread(s), medians of {res['repeats']} round-robin steps, {info['date_utc']} UTC, "
+             f"load {info['loadavg'][0]:.1f}. Setting {res['setting']}.", "",
+             f"Unchanged step: fp32 {cell('base fp32')} ms, bf16 {cell('base bf16')} ms [IQR]; "
+             f"bf16 / fp32 speed-up {ratio(res['base_bf16_vs_fp32'])}. Speed-ups are medians [IQR] of the "
+             "per-round ratios (every variant is timed once per round).", "",
+             "| probe | changed | fp32 step ms | bf16 step ms | fp32 speed-up | bf16 speed-up | bf16 vs fp32 |",
+             "|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        name = r["probe"]
+        fp32 = cell(f"{name} fp32") if "fp32" in r["precisions"] else "(unchanged)"
+        fp32_x = ratio(r["fp32_speedup"]) if "fp32_speedup" in r else "—"
+        lines.append(f"| {name} | {r['changed']} | {fp32} | {cell(f'{name} bf16')} | {fp32_x} | "
+                     f"{ratio(r['bf16_speedup'])} | {ratio(r['bf16_vs_fp32'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=11)
+    ap.add_argument("--probes", default=",".join(PROBES), help=f"comma-separated subset of {', '.join(PROBES)}")
+    ap.add_argument("--quick", action="store_true", help="tiny model and batch (a smoke test, not a measurement)")
+    ap.add_argument("--out", default=None, help="markdown report (a .json twin is written next to it)")
+    args = ap.parse_args(argv)
+    probes = [p.strip() for p in args.probes.split(",") if p.strip()]
+    unknown = sorted(set(probes) - set(PROBES))
+    if unknown or not probes:
+        raise SystemExit(f"--probes: choose from {', '.join(PROBES)}; got {args.probes!r}")
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats must be at least 1, got {args.repeats}")
+    pin_malloc()
+    torch.set_num_threads(args.threads)
+    res = run(args.quick, args.repeats, probes)
+    command = "python benchmarks/bench_bf16_probes.py" + (f" --threads {args.threads}" if args.threads != 2 else "") + (
+        f" --repeats {args.repeats}" if args.repeats != 11 else "") + (
+        "" if probes == list(PROBES) else f" --probes {','.join(probes)}") + (" --quick" if args.quick else "")
+    text = report(res, machine_info(), command)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+        Path(args.out).with_suffix(".json").write_text(json.dumps({"machine": machine_info(), **res}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
