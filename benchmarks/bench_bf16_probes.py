@@ -18,6 +18,9 @@ Probes (each is :data:`PROBES` entry: the change, and the precisions it applies 
 * ``no_dropout`` (fp32 and bf16): dropout probability 0, which gives the cost of the dropout
   masks.
 
+The report also splits the unchanged step into forward, backward and clipping + optimiser
+(:data:`PHASES`), fp32 against bf16, to show which part bf16 speeds up least.
+
     python benchmarks/bench_bf16_probes.py --out benchmarks/results/bf16_probes_epyc.md
 """
 
@@ -94,6 +97,10 @@ PROBES: dict[str, tuple[Callable[[nn.Module], int], tuple[str, ...]]] = {
 }
 
 
+#: Phases of the unchanged step, timed separately (:func:`bench_precision.make_step`'s ``phases``).
+PHASES = ("forward", "backward", "clipping + optimiser")
+
+
 def run(quick: bool, repeats: int, probes: list[str]) -> dict:
     """Time the base step and every probe's step, fp32 and bf16, round-robin; returns each
     variant's spread and the per-round ratios' spreads (base / probe per precision, and
@@ -103,15 +110,23 @@ def run(quick: bool, repeats: int, probes: list[str]) -> dict:
     s = dict(res=16, batch=2, rate=2) if quick else dict(res=32, batch=32, rate=2)
     steps: dict[str, Callable[[], None]] = {}
     changed: dict[str, int] = {}
+    phases: dict[str, list[tuple[float, float, float]]] = {"fp32": [], "bf16": []}
     for prec in ("fp32", "bf16"):
-        steps[f"base {prec}"] = make_step(copy.deepcopy(base).train(), s, prec == "bf16")
+        steps[f"base {prec}"] = make_step(copy.deepcopy(base).train(), s, prec == "bf16", phases=phases[prec])
     for name in probes:
         change, precisions = PROBES[name]
         for prec in precisions:
             m = copy.deepcopy(base).train()
             changed[name] = change(m)
             steps[f"{name} {prec}"] = make_step(m, s, prec == "bf16")
-    raw = interleaved(steps, repeats, warmup=2)
+    warmup = 2
+    raw = interleaved(steps, repeats, warmup=warmup)
+    timed = {p: v[warmup:] for p, v in phases.items()}  # the timed calls' phases, round by round
+    split = {}
+    for i, phase in enumerate(PHASES):
+        per = {p: [ph[i] for ph in timed[p]] for p in timed}
+        split[phase] = {"fp32": spread(per["fp32"]), "bf16": spread(per["bf16"]),
+                        "fp32_over_bf16": spread([a / b for a, b in zip(per["fp32"], per["bf16"], strict=True)])}
     times = {k: spread(v) for k, v in raw.items()}
 
     def paired(a: str, b: str) -> dict:
@@ -127,7 +142,7 @@ def run(quick: bool, repeats: int, probes: list[str]) -> dict:
             row[f"{prec}_speedup"] = paired(f"base {prec}", f"{name} {prec}")
         row["bf16_vs_fp32"] = paired(f"{name} fp32" if "fp32" in precisions else "base fp32", f"{name} bf16")
         rows.append(row)
-    return {"setting": s, "quick": quick, "repeats": repeats, "times_s": times, "rows": rows,
+    return {"setting": s, "quick": quick, "repeats": repeats, "times_s": times, "rows": rows, "phases": split,
             "base_bf16_vs_fp32": paired("base fp32", "base bf16")}
 
 
@@ -157,6 +172,11 @@ def report(res: dict, info: dict, command: str) -> str:
         fp32_x = ratio(r["fp32_speedup"]) if "fp32_speedup" in r else "—"
         lines.append(f"| {name} | {r['changed']} | {fp32} | {cell(f'{name} bf16')} | {fp32_x} | "
                      f"{ratio(r['bf16_speedup'])} | {ratio(r['bf16_vs_fp32'])} |")
+    lines += ["", "Where the unchanged step's time goes (the same rounds):", "",
+              "| phase | fp32 ms | bf16 ms | fp32 / bf16 |", "|---|---|---|---|"]
+    for phase, v in res["phases"].items():
+        ms = {p: f"{1e3 * v[p]['median']:.1f} [{1e3 * v[p]['q1']:.1f}-{1e3 * v[p]['q3']:.1f}]" for p in ("fp32", "bf16")}
+        lines.append(f"| {phase} | {ms['fp32']} | {ms['bf16']} | {ratio(v['fp32_over_bf16'])} |")
     return "\n".join(lines) + "\n"
 
 

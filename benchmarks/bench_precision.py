@@ -136,8 +136,13 @@ def op_breakdown(step, steps: int = PROFILED_STEPS) -> dict[str, float]:  # noqa
     return {c: statistics.median(out.get(c, 0.0) for out in per_step) for c in classes}
 
 
-def make_step(model: torch.nn.Module, s: dict, bf16: bool, seed: int = 0):  # noqa: ANN201
-    """A closure doing one training step of ``model`` on a fresh random batch."""
+def make_step(model: torch.nn.Module, s: dict, bf16: bool, seed: int = 0,  # noqa: ANN201
+              phases: list[tuple[float, float, float]] | None = None):
+    """A closure doing one training step of ``model`` on a fresh random batch.
+
+    With ``phases``, each call also appends its ``(forward, backward, clipping + optimiser)``
+    wall seconds to that list (the batch's creation is in none of them).
+    """
     process = default_process()
     opt = default_optimizer(model.parameters())
     clip = float(base_config()["trainer"].get("gradient_clip_val") or 0.0)
@@ -149,13 +154,18 @@ def make_step(model: torch.nn.Module, s: dict, bf16: bool, seed: int = 0):  # no
         x0 = torch.rand(b, 1, res, res, generator=gen) * 2 - 1
         idx = torch.stack([torch.randperm(res * res, generator=gen)[:n] for _ in range(b)])
         cond = torch.randint(0, 10, (b,), generator=gen)
+        t0 = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = process.loss(model, x0, idx, cond=cond).mean()
+        t1 = time.perf_counter()
         loss.backward()
+        t2 = time.perf_counter()
         if clip > 0:  # as the trainer does (configs/base.yaml)
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if phases is not None:
+            phases.append((t1 - t0, t2 - t1, time.perf_counter() - t2))
 
     return step
 

@@ -478,7 +478,14 @@ def test_bf16_probes_write_a_report(tmp_path):
     assert "bf16_weights fp32" not in data["times_s"]  # that probe is bf16-only
     for r in data["rows"]:
         assert r["bf16_speedup"]["n"] == 2 and r["bf16_speedup"]["median"] > 0
+    assert list(data["phases"]) == list(probes.PHASES)
+    for v in data["phases"].values():  # the timed rounds only, not the warm-up calls
+        assert v["fp32"]["n"] == v["bf16"]["n"] == v["fp32_over_bf16"]["n"] == 2
+    # the phases add up to (most of) the step: only the batch's creation is outside them
+    for prec in ("fp32", "bf16"):
+        phases = sum(v[prec]["median"] for v in data["phases"].values())
+        assert 0.5 * data["times_s"][f"base {prec}"]["median"] < phases <= 1.1 * data["times_s"][f"base {prec}"]["max"]
     text = out.read_text()
-    assert text.count("\n| ") == len(probes.PROBES) + 1 and "--quick" in text
+    assert text.count("\n| ") == len(probes.PROBES) + len(probes.PHASES) + 2 and "--quick" in text
     with pytest.raises(SystemExit, match="choose from bf16_weights, pointwise_matmul, no_dropout; got 'fp8'"):
         probes.main(["--probes", "fp8"])
