@@ -6,7 +6,7 @@ and timing the changed step against the unchanged one. All variants are timed ro
 one process (:func:`bench_common.interleaved`), at the quickstart setting (32² digits, batch 32,
 2x subsampling, the configured optimiser and clipping; :func:`bench_precision.make_step`).
 
-Probes (each is :data:`PROBES` entry: the change, and the precisions it applies to):
+Probes (each a :data:`PROBES` entry: the change, and the precisions it applies to):
 
 * ``bf16_weights`` (bf16 only): the weights and biases of every ``nn.Conv2d`` and ``nn.Linear``
   held in bf16. Autocast would cast them to bf16 at every call anyway, so this removes its
@@ -147,7 +147,8 @@ def run(quick: bool, repeats: int, probes: list[str]) -> dict:
 
 
 def report(res: dict, info: dict, command: str) -> str:
-    """Markdown: the command and machine, the step medians with their IQR, one line per probe."""
+    """Markdown: the command and machine, the step medians with their IQR, one line per probe,
+    then the unchanged step split into its phases."""
     t = res["times_s"]
 
     def cell(key: str) -> str:
