@@ -34,7 +34,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_common import default_denoiser, interleaved, machine_info, pin_malloc, spread
+from bench_common import (
+    choose_subset,
+    default_denoiser,
+    interleaved,
+    machine_info,
+    pin_malloc,
+    spread,
+)
 from bench_precision import make_step, tiny_denoiser
 from torch import nn
 
@@ -149,11 +156,11 @@ def run(quick: bool, repeats: int, probes: list[str]) -> dict:
 def report(res: dict, info: dict, command: str) -> str:
     """Markdown: the command and machine, the step medians with their IQR, one line per probe,
     then the unchanged step split into its phases."""
-    t = res["times_s"]
+    def ms(v: dict) -> str:
+        return f"{1e3 * v['median']:.1f} [{1e3 * v['q1']:.1f}-{1e3 * v['q3']:.1f}]"
 
     def cell(key: str) -> str:
-        v = t[key]
-        return f"{1e3 * v['median']:.1f} [{1e3 * v['q1']:.1f}-{1e3 * v['q3']:.1f}]"
+        return ms(res["times_s"][key])
 
     def ratio(v: dict) -> str:
         return f"{v['median']:.3f}× [{v['q1']:.3f}-{v['q3']:.3f}]"
@@ -176,8 +183,7 @@ def report(res: dict, info: dict, command: str) -> str:
     lines += ["", "Where the unchanged step's time goes (the same rounds):", "",
               "| phase | fp32 ms | bf16 ms | fp32 / bf16 |", "|---|---|---|---|"]
     for phase, v in res["phases"].items():
-        ms = {p: f"{1e3 * v[p]['median']:.1f} [{1e3 * v[p]['q1']:.1f}-{1e3 * v[p]['q3']:.1f}]" for p in ("fp32", "bf16")}
-        lines.append(f"| {phase} | {ms['fp32']} | {ms['bf16']} | {ratio(v['fp32_over_bf16'])} |")
+        lines.append(f"| {phase} | {ms(v['fp32'])} | {ms(v['bf16'])} | {ratio(v['fp32_over_bf16'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -189,10 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="tiny model and batch (a smoke test, not a measurement)")
     ap.add_argument("--out", default=None, help="markdown report (a .json twin is written next to it)")
     args = ap.parse_args(argv)
-    probes = [p.strip() for p in args.probes.split(",") if p.strip()]
-    unknown = sorted(set(probes) - set(PROBES))
-    if unknown or not probes:
-        raise SystemExit(f"--probes: choose from {', '.join(PROBES)}; got {args.probes!r}")
+    probes = choose_subset("--probes", args.probes, PROBES)
     if args.repeats < 1:
         raise SystemExit(f"--repeats must be at least 1, got {args.repeats}")
     pin_malloc()

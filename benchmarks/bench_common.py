@@ -82,6 +82,15 @@ def spread(times: list[float]) -> dict:
             "n": len(times)}
 
 
+def choose_subset(flag: str, text: str, known) -> list[str]:  # noqa: ANN001 - any iterable of names
+    """The names of a comma-separated ``--flag`` value, in the given order; exits with the known
+    names when one is unknown or none is given."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names or set(names) - set(known):
+        raise SystemExit(f"{flag}: choose from {', '.join(known)}; got {text!r}")
+    return names
+
+
 def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
     """Wall seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
     for _ in range(warmup):

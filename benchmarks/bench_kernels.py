@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_common import default_denoiser, interleaved, machine_info, time_calls
+from bench_common import choose_subset, default_denoiser, interleaved, machine_info, time_calls
 
 
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
@@ -263,10 +263,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="markdown report (a .json twin is written next to it)")
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
     args = ap.parse_args()
-    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    unknown = sorted(set(parts) - set(PARTS))
-    if unknown or not parts:
-        raise SystemExit(f"--parts: choose from {', '.join(PARTS)}; got {args.parts!r}")
+    parts = choose_subset("--parts", args.parts, PARTS)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rows = []
