@@ -19,7 +19,9 @@ Probes (each a :data:`PROBES` entry: the change, and the precisions it applies t
   masks.
 
 The report also splits the unchanged step into forward, backward and clipping + optimiser
-(:data:`PHASES`), fp32 against bf16, to show which part bf16 speeds up least.
+(:data:`PHASES`), fp32 against bf16, to show which part bf16 speeds up least, and counts the
+aten ops one step dispatches in each precision (:func:`count_ops`): the step's fixed cost is
+mostly a per-op cost, and autocast adds ops of its own.
 
     python benchmarks/bench_bf16_probes.py --out benchmarks/results/bf16_probes_epyc.md
 """
@@ -27,6 +29,7 @@ The report also splits the unchanged step into forward, backward and clipping + 
 from __future__ import annotations
 
 import argparse
+import collections
 import copy
 import json
 from collections.abc import Callable
@@ -44,6 +47,7 @@ from bench_common import (
 )
 from bench_precision import make_step, tiny_denoiser
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 def hold_bf16_weights(model: nn.Module) -> int:
@@ -104,6 +108,26 @@ PROBES: dict[str, tuple[Callable[[nn.Module], int], tuple[str, ...]]] = {
 }
 
 
+class _OpCounter(TorchDispatchMode):
+    """Counts every aten op dispatched while active, by op name (overload packet)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - dispatch protocol
+        self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(fn: Callable[[], None]) -> collections.Counter[str]:
+    """How many times each aten op is dispatched by one call of ``fn``, backward included
+    (autograd runs the CPU backward on the calling thread, inside the mode)."""
+    with _OpCounter() as counter:
+        fn()
+    return counter.counts
+
+
 #: Phases of the unchanged step, timed separately (:func:`bench_precision.make_step`'s ``phases``).
 PHASES = ("forward", "backward", "clipping + optimiser")
 
@@ -135,6 +159,12 @@ def run(quick: bool, repeats: int, probes: list[str]) -> dict:
         split[phase] = {"fp32": spread(per["fp32"]), "bf16": spread(per["bf16"]),
                         "fp32_over_bf16": spread([a / b for a, b in zip(per["fp32"], per["bf16"], strict=True)])}
     times = {k: spread(v) for k, v in raw.items()}
+    ops = {}
+    for prec in ("fp32", "bf16"):  # a fresh step, so the timed steps' phase lists stay as they are
+        step = make_step(copy.deepcopy(base).train(), s, prec == "bf16")
+        step()  # the first call also creates the optimiser's state
+        c = count_ops(step)
+        ops[prec] = {"total": sum(c.values()), "casts": c["_to_copy"], "by_op": dict(c.most_common())}
 
     def paired(a: str, b: str) -> dict:
         """Spread of the per-round ratios ``a / b``: each round times every variant once, so a
@@ -149,7 +179,7 @@ def run(quick: bool, repeats: int, probes: list[str]) -> dict:
             row[f"{prec}_speedup"] = paired(f"base {prec}", f"{name} {prec}")
         row["bf16_vs_fp32"] = paired(f"{name} fp32" if "fp32" in precisions else "base fp32", f"{name} bf16")
         rows.append(row)
-    return {"setting": s, "quick": quick, "repeats": repeats, "times_s": times, "rows": rows, "phases": split,
+    return {"setting": s, "quick": quick, "repeats": repeats, "times_s": times, "rows": rows, "phases": split, "ops": ops,
             "base_bf16_vs_fp32": paired("base fp32", "base bf16")}
 
 
@@ -184,6 +214,10 @@ def report(res: dict, info: dict, command: str) -> str:
               "| phase | fp32 ms | bf16 ms | fp32 / bf16 |", "|---|---|---|---|"]
     for phase, v in res["phases"].items():
         lines.append(f"| {phase} | {ms(v['fp32'])} | {ms(v['bf16'])} | {ratio(v['fp32_over_bf16'])} |")
+    ops = res["ops"]
+    lines += ["", "Aten ops one unchanged step dispatches (a second step, so the optimiser's state exists; the "
+              f"batch's creation included): fp32 {ops['fp32']['total']}, bf16 {ops['bf16']['total']}, of which "
+              f"casts (`_to_copy`) {ops['fp32']['casts']} and {ops['bf16']['casts']}. The JSON has the counts by op."]
     return "\n".join(lines) + "\n"
 
 

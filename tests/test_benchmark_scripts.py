@@ -465,6 +465,22 @@ def test_bf16_probe_changes_keep_the_function_or_change_only_the_dtype():
     assert torch.equal(conv.weight, ref["weight"].to(torch.bfloat16))
 
 
+def test_count_ops_counts_each_dispatched_op_backward_included():
+    import bench_bf16_probes as probes
+    import torch
+
+    x = torch.ones(3, requires_grad=True)
+
+    def fn() -> None:
+        x.mul(2).add(1).sum().backward()
+
+    counts = probes.count_ops(fn)
+    assert counts["add"] == 1 and counts["sum"] == 1  # the forward's
+    # the backward's: the seed gradient, sum's (the scalar spread over x), and mul's (times 2)
+    assert counts["ones_like"] == 1 and counts["expand"] == 1 and counts["mul"] == 2
+    assert probes.count_ops(lambda: None) == {}
+
+
 def test_bf16_probes_write_a_report(tmp_path):
     """bench_bf16_probes.py --quick times every probe against the unchanged step and writes the
     table (one line per probe) and its JSON; an unknown probe is refused with the known ones."""
@@ -485,7 +501,11 @@ def test_bf16_probes_write_a_report(tmp_path):
     for prec in ("fp32", "bf16"):
         phases = sum(v[prec]["median"] for v in data["phases"].values())
         assert 0.5 * data["times_s"][f"base {prec}"]["median"] < phases <= 1.1 * data["times_s"][f"base {prec}"]["max"]
+    ops = data["ops"]  # autocast adds casts (of the weights, and of their gradients back to fp32)
+    assert ops["bf16"]["casts"] > ops["fp32"]["casts"] and ops["bf16"]["total"] > ops["fp32"]["total"]
+    assert ops["fp32"]["total"] == sum(ops["fp32"]["by_op"].values()) and ops["fp32"]["by_op"]["convolution"] > 0
     text = out.read_text()
     assert text.count("\n| ") == len(probes.PROBES) + len(probes.PHASES) + 2 and "--quick" in text
+    assert f"fp32 {ops['fp32']['total']}, bf16 {ops['bf16']['total']}" in text
     with pytest.raises(SystemExit, match="choose from bf16_weights, pointwise_matmul, no_dropout; got 'fp8'"):
         probes.main(["--probes", "fp8"])

@@ -71,7 +71,8 @@ class ModulatedLayerNorm(nn.Module):
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         """``x (B, N, C)``, ``emb (B, E)`` -> ``(B, N, C)``."""
         scale, shift = in_param_dtype(self.film, F.silu(emb)).unsqueeze(1).chunk(2, dim=-1)
-        # in x's dtype even under autocast (which would return fp32): the statistics are fp32
+        # in x's dtype even under autocast (CUDA autocast would return fp32; CPU autocast in
+        # torch 2.13-2.14 already keeps a bf16 input's dtype): the statistics are fp32
         # inside the kernel either way, and the sparse level then stays bf16 end to end (its
         # conv runs on a bf16 canvas, no fp32 activations to cast back); on its own the LN
         # costs about the same either way (benchmarks/results/kernels.md)
