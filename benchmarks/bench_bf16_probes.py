@@ -20,8 +20,8 @@ Probes (each a :data:`PROBES` entry: the change, and the precisions it applies t
 
 The report also splits the unchanged step into forward, backward and clipping + optimiser
 (:data:`PHASES`), fp32 against bf16, to show which part bf16 speeds up least, and counts the
-aten ops one step dispatches in each precision (:func:`count_ops`): the step's fixed cost is
-mostly a per-op cost, and autocast adds ops of its own.
+aten ops one step dispatches in each precision (:func:`count_ops`): a step's fixed cost grows
+with that count, and autocast adds ops of its own.
 
     python benchmarks/bench_bf16_probes.py --out benchmarks/results/bf16_probes_epyc.md
 """
