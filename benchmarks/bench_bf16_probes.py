@@ -17,6 +17,10 @@ Probes (each a :data:`PROBES` entry: the change, and the precisions it applies t
   channels-last layout (``F.linear`` on the ``(B, H, W, C)`` view; no copies), not by oneDNN.
 * ``no_dropout`` (fp32 and bf16): dropout probability 0, which gives the cost of the dropout
   masks.
+* ``bf16_film`` (fp32 and bf16): the U-Net ResBlocks' FiLM ``GN(h)·(1 + s) + b`` in the map's
+  dtype, one ``addcmul`` with ``(s, b)`` cast to it, as ``ModulatedLayerNorm`` does on the sparse
+  level. The package's ResBlock multiplies by the fp32 ``(s, b)`` of the conditioning path,
+  which promotes a bf16 map to fp32 for the SiLU and the dropout, and casts it back for ``conv2``.
 
 The report also splits the unchanged step into forward, backward and clipping + optimiser
 (:data:`PHASES`), fp32 against bf16, to show which part bf16 speeds up least, and counts the
@@ -48,6 +52,9 @@ from bench_common import (
 from bench_precision import make_step, tiny_denoiser
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from lightning_infdiff.denoisers.base import in_param_dtype
+from lightning_infdiff.denoisers.layers_adm import ResBlock
 
 
 def hold_bf16_weights(model: nn.Module) -> int:
@@ -100,11 +107,34 @@ def drop_dropout(model: nn.Module) -> int:
     return n
 
 
+class BF16FiLMResBlock(ResBlock):
+    """:class:`~lightning_infdiff.denoisers.layers_adm.ResBlock` whose FiLM keeps the map's dtype:
+    ``addcmul(b, GN(h), 1 + s)`` with ``s`` and ``b`` cast to ``GN(h)``'s dtype (bf16 under autocast)."""
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.norm2(self.conv1(F.silu(self.norm1(x))))
+        scale, shift = in_param_dtype(self.emb, F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        h = torch.addcmul(shift.to(h.dtype), h, (1.0 + scale).to(h.dtype))
+        return self.skip(x) + self.conv2(self.drop(F.silu(h)))
+
+
+def bf16_film(model: nn.Module) -> int:
+    """Turn every ``ResBlock`` of ``model`` into a :class:`BF16FiLMResBlock` (same parameters,
+    in place); returns how many."""
+    n = 0
+    for mod in model.modules():
+        if type(mod) is ResBlock:
+            mod.__class__ = BF16FiLMResBlock
+            n += 1
+    return n
+
+
 #: name -> (change applied in place, returning the number of changed tensors / modules; precisions)
 PROBES: dict[str, tuple[Callable[[nn.Module], int], tuple[str, ...]]] = {
     "bf16_weights": (hold_bf16_weights, ("bf16",)),
     "pointwise_matmul": (pointwise_as_matmul, ("fp32", "bf16")),
     "no_dropout": (drop_dropout, ("fp32", "bf16")),
+    "bf16_film": (bf16_film, ("fp32", "bf16")),
 }
 
 

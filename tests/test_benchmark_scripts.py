@@ -465,6 +465,37 @@ def test_bf16_probe_changes_keep_the_function_or_change_only_the_dtype():
     assert torch.equal(conv.weight, ref["weight"].to(torch.bfloat16))
 
 
+def test_bf16_film_probe_computes_the_same_block_and_keeps_the_map_bf16():
+    """The probe's ResBlock (FiLM in the map's dtype) equals the package's in fp32, to rounding;
+    under bf16 autocast the package's SiLU and dropout see an fp32 map (promoted by the fp32
+    scale and shift), the probe's a bf16 one."""
+    import bench_bf16_probes as probes
+    import torch
+    from torch import nn
+
+    from lightning_infdiff.denoisers.layers_adm import ResBlock
+
+    torch.manual_seed(0)
+    net = nn.ModuleList([ResBlock(8, 8, 16), nn.Conv2d(8, 8, 1)])
+    block = net[0]
+    for p in block.parameters():
+        nn.init.normal_(p, std=0.3)  # conv2 and the FiLM start at zero otherwise
+    x, emb = torch.randn(2, 8, 6, 6), torch.randn(2, 16)
+    want = block(x, emb)
+    seen = []
+    block.drop.register_forward_hook(lambda m, i, o: seen.append(i[0].dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref16 = block(x.bfloat16(), emb)
+    assert seen == [torch.float32]
+    assert probes.bf16_film(net) == 1 and type(block) is probes.BF16FiLMResBlock
+    torch.testing.assert_close(block(x, emb), want, rtol=1e-5, atol=1e-5)
+    seen.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out16 = block(x.bfloat16(), emb)
+    assert seen == [torch.bfloat16] and out16.dtype == ref16.dtype == torch.bfloat16
+    assert (out16.float() - want).abs().max() < 0.05 * want.abs().max()  # bf16 rounding only
+
+
 def test_count_ops_counts_each_dispatched_op_backward_included():
     import bench_bf16_probes as probes
     import torch
@@ -507,5 +538,6 @@ def test_bf16_probes_write_a_report(tmp_path):
     text = out.read_text()
     assert text.count("\n| ") == len(probes.PROBES) + len(probes.PHASES) + 2 and "--quick" in text
     assert f"fp32 {ops['fp32']['total']}, bf16 {ops['bf16']['total']}" in text
-    with pytest.raises(SystemExit, match="choose from bf16_weights, pointwise_matmul, no_dropout; got 'fp8'"):
+    with pytest.raises(SystemExit, match="choose from bf16_weights, pointwise_matmul, no_dropout, bf16_film; "
+                                         "got 'fp8'"):
         probes.main(["--probes", "fp8"])
