@@ -53,7 +53,6 @@ from bench_precision import make_step, tiny_denoiser
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lightning_infdiff.denoisers.base import in_param_dtype
 from lightning_infdiff.denoisers.layers_adm import ResBlock
 
 
@@ -85,16 +84,20 @@ class PointwiseMatmulConv2d(nn.Conv2d):
         return super().forward(x)
 
 
+def _retype(model: nn.Module, match: Callable[[nn.Module], bool], cls: type[nn.Module]) -> int:
+    """Give every module of ``model`` for which ``match`` holds the class ``cls`` (a subclass of
+    its own with the same parameters, in place); returns how many."""
+    mods = [m for m in model.modules() if match(m)]
+    for m in mods:
+        m.__class__ = cls
+    return len(mods)
+
+
 def pointwise_as_matmul(model: nn.Module) -> int:
     """Turn every 1x1, stride-1, ungrouped, unpadded ``nn.Conv2d`` of ``model`` into a
     :class:`PointwiseMatmulConv2d` (same parameters, in place); returns how many."""
-    n = 0
-    for mod in model.modules():
-        if (type(mod) is nn.Conv2d and mod.kernel_size == (1, 1) and mod.stride == (1, 1) and mod.groups == 1
-                and mod.padding in ((0, 0), "valid")):
-            mod.__class__ = PointwiseMatmulConv2d
-            n += 1
-    return n
+    return _retype(model, lambda m: (type(m) is nn.Conv2d and m.kernel_size == (1, 1) and m.stride == (1, 1)
+                                     and m.groups == 1 and m.padding in ((0, 0), "valid")), PointwiseMatmulConv2d)
 
 
 def drop_dropout(model: nn.Module) -> int:
@@ -109,24 +112,17 @@ def drop_dropout(model: nn.Module) -> int:
 
 class BF16FiLMResBlock(ResBlock):
     """:class:`~lightning_infdiff.denoisers.layers_adm.ResBlock` whose FiLM keeps the map's dtype:
-    ``addcmul(b, GN(h), 1 + s)`` with ``s`` and ``b`` cast to ``GN(h)``'s dtype (bf16 under autocast)."""
+    ``addcmul(b, h, 1 + s)`` with ``s`` and ``b`` cast to ``h``'s dtype (bf16 under autocast)."""
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.norm2(self.conv1(F.silu(self.norm1(x))))
-        scale, shift = in_param_dtype(self.emb, F.silu(emb))[:, :, None, None].chunk(2, dim=1)
-        h = torch.addcmul(shift.to(h.dtype), h, (1.0 + scale).to(h.dtype))
-        return self.skip(x) + self.conv2(self.drop(F.silu(h)))
+    @staticmethod
+    def modulate(h: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(shift.to(h.dtype), h, (1.0 + scale).to(h.dtype))
 
 
 def bf16_film(model: nn.Module) -> int:
     """Turn every ``ResBlock`` of ``model`` into a :class:`BF16FiLMResBlock` (same parameters,
     in place); returns how many."""
-    n = 0
-    for mod in model.modules():
-        if type(mod) is ResBlock:
-            mod.__class__ = BF16FiLMResBlock
-            n += 1
-    return n
+    return _retype(model, lambda m: type(m) is ResBlock, BF16FiLMResBlock)
 
 
 #: name -> (change applied in place, returning the number of changed tensors / modules; precisions)

@@ -109,9 +109,15 @@ class ResBlock(nn.Module):
         """``x (B, C_in, H, W)``, ``emb (B, E)`` -> ``(B, C_out, H, W)``."""
         h = self.conv1(F.silu(self.norm1(x)))
         scale, shift = in_param_dtype(self.emb, F.silu(emb))[:, :, None, None].chunk(2, dim=1)
-        h = self.norm2(h) * (1 + scale) + shift
-        h = self.conv2(self.drop(F.silu(h)))
+        h = self.conv2(self.drop(F.silu(self.modulate(self.norm2(h), scale, shift))))
         return self.skip(x) + h
+
+    @staticmethod
+    def modulate(h: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+        """FiLM ``h·(1 + s) + b`` with the conditioning path's fp32 ``(s, b)`` (``(B, C, 1, 1)``),
+        so under autocast a bf16 ``h`` gives an fp32 result (``benchmarks/bench_bf16_probes.py``'s
+        ``bf16_film`` probe measures keeping it bf16: no gain)."""
+        return h * (1 + scale) + shift
 
 
 class AttentionBlock(nn.Module):
