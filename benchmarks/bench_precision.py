@@ -17,6 +17,8 @@ so "channels_last" here only changes the layout of the model's 4-D weights.
 Where bf16 helps: profiled steps per precision (median of :data:`PROFILED_STEPS`) are split into op classes (:data:`OP_CLASSES`;
 dense convs, the sparse level's depthwise convs, matmul/attention, normalisation, copies,
 index work, the rest), so the report shows which parts bf16 speeds up and which bound it.
+The compiled steps get the same split in the child, with inductor's fused kernels as one more
+class (:data:`COMPILED_GRAPH`).
 A batch sweep (:func:`batch_sweep`) splits the step into a fixed cost and a per-example cost
 per precision: bf16 can only speed up the second.
 
@@ -101,7 +103,16 @@ OP_CLASSES = (
 )
 
 
+#: The profiler's event for a call of an inductor-compiled graph (forward or backward): its self
+#: time is the graph's generated C++ kernels and their Python wrapper; the extern ops it calls
+#: (oneDNN convs, matmuls) are its children, so they keep their own classes.
+COMPILED_GRAPH = "## Call CompiledFxGraph"
+FUSED_CLASS = "inductor fused kernels (compiled graphs)"
+
+
 def _op_class(key: str, shapes: list) -> str | None:
+    if key.startswith(COMPILED_GRAPH):
+        return FUSED_CLASS
     if "convolution" in key:
         # grouped (the sparse level's depthwise convs and their block-diagonal weight gradient,
         # groups > 1) or not (the U-Net's): weight in-channels against the input's channels
@@ -196,6 +207,10 @@ def child(spec: dict) -> dict:
     faults: dict[str, list[int]] = {}
     times = {k: spread(v) for k, v in interleaved(variants, s["repeats"], warmup=1, faults=faults).items()}
     out["faults_per_step"] = {k: statistics.median(v) for k, v in faults.items()}
+    # where the compiled steps spend their time: which classes compilation fused away, and what
+    # bf16 gains in the fused kernels that remain
+    out["breakdown"] = {prec: op_breakdown(variants[f"{prec} compiled"]) for prec in spec["precisions"]}
+    out["breakdown_steps"] = PROFILED_STEPS
     for prec in spec["precisions"]:
         eager, compiled = times[f"{prec} eager"], times[f"{prec} compiled"]
         out[prec].update(eager=eager, compiled=compiled, speedup=eager["median"] / compiled["median"])

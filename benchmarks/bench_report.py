@@ -161,6 +161,8 @@ def precision(rec: dict, out: Path, plots: list[str]) -> tuple[list[str], dict]:
                       f"{r['compiled']:.2f}× compiled, {r['eager']:.2f}× eager."]
     lines += _fault_check(res.get("malloc"), faults, fp32)
     lines += _breakdown(res.get("breakdown"), res.get("breakdown_steps", 1))
+    if isinstance(comp, dict) and "breakdown" in comp:
+        lines += _breakdown(comp["breakdown"], comp.get("breakdown_steps", 1), f"both under {tc}")
     lines += _sweep(res.get("batch_sweep"), s["batch"])
     if bf is not None:
         shown = f"{bf:.2f}× eager"
@@ -202,14 +204,15 @@ def _fault_check(malloc: dict | None, faults: dict, step_s: float) -> list[str]:
     return ["", f"{pinned}; {verdict}."]
 
 
-def _breakdown(bd: dict | None, steps: int = 1) -> list[str]:
+def _breakdown(bd: dict | None, steps: int = 1, mode: str = "eager") -> list[str]:
     """Per-op-class self time of profiled fp32 and bf16 steps (median of ``steps``; records from
-    before the median was taken hold one step), and what bounds the bf16 gain."""
+    before the median was taken hold one step), and what bounds the bf16 gain; ``mode`` names
+    how the steps ran (eager, or both compiled)."""
     if not bd or "fp32" not in bd or "bf16" not in bd:
         return []
     f32, b16 = bd["fp32"], bd["bf16"]
     tf, tb = sum(f32.values()), sum(b16.values())
-    lines = ["", f"Where the time goes (self CPU time per op class, {'one profiled step' if steps == 1 else f'median of {steps} profiled steps'}; profiling adds overhead, so compare "
+    lines = ["", f"Where the time goes, {mode} (self CPU time per op class, {'one profiled step' if steps == 1 else f'median of {steps} profiled steps'}; profiling adds overhead, so compare "
              "shares, not totals):", "", "| op class | fp32 ms (share) | bf16 ms (share) | fp32 / bf16 |", "|---|---|---|---|"]
     for k in sorted(f32, key=lambda k: -f32[k]):
         a, b = f32[k], b16.get(k, 0.0)

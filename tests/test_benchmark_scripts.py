@@ -136,7 +136,10 @@ def test_precision_report_shows_both_compiled_precisions_and_their_ratio(tmp_pat
     eager = {"fp32": st(240.0), "bf16": st(150.0)}
     comp = {"fp32": {"compile_s": 40.0, "eager": st(250.0), "compiled": st(200.0), "speedup": 1.25},
             "bf16": {"compile_s": 50.0, "eager": st(160.0), "compiled": st(125.0), "speedup": 1.28},
-            "bf16_vs_fp32": {"eager": 250 / 160, "compiled": 200 / 125}, "wall_s": 99.0, "load_before": [1.0]}
+            "bf16_vs_fp32": {"eager": 250 / 160, "compiled": 200 / 125}, "wall_s": 99.0, "load_before": [1.0],
+            "breakdown": {"fp32": {"dense conv (U-Net)": 0.09, "inductor fused kernels (compiled graphs)": 0.05},
+                          "bf16": {"dense conv (U-Net)": 0.05, "inductor fused kernels (compiled graphs)": 0.04}},
+            "breakdown_steps": 3}
     rec = {"section": 3, "title": "precision", "threads": 2, "wall_s": 1.0, "loadavg_before": [0.5],
            "loadavg_after": [0.5], "result": {"setting": {"res": 32, "batch": 32, "rate": 2, "repeats": 3},
                                               "model": "m", "eager": eager, "compile": comp,
@@ -145,6 +148,12 @@ def test_precision_report_shows_both_compiled_precisions_and_their_ratio(tmp_pat
     rows = [ln for ln in lines if ln.startswith("| torch.compile")]
     assert len(rows) == 2 and "1.25× vs eager fp32" in rows[0] and "1.28× vs eager bf16" in rows[1]
     assert any("1.60× compiled, 1.56× eager" in ln for ln in lines)
+    # the compiled steps' op classes, after the eager ones (none here): fused kernels 50 -> 40 ms
+    head = lines.index(next(ln for ln in lines if ln.startswith("Where the time goes, both under torch.compile (")))
+    assert "median of 3 profiled steps" in lines[head]
+    assert "| inductor fused kernels (compiled graphs) | 50.0 (36%) | 40.0 (44%) | 1.25× |" in lines[head:]
+    assert "| **step** | 140.0 | 90.0 | 1.56× |" in lines[head:]
+    assert not any(ln.startswith("| breakdown") for ln in lines)  # the child's record is no compile row
     shown, met = targets["bf16 ≥ 1.6× faster than fp32 (default denoiser training step)"]
     assert shown == "1.60× eager; 1.60× both under torch.compile" and met is True
 
@@ -407,7 +416,8 @@ def test_op_breakdown_takes_the_median_of_the_profiled_steps(monkeypatch):
          ("aten::add", 7.0, [[8], [8]])],
         [("aten::mm", 3.0, [[8, 4], [4, 4]]), ("aten::addmm", 1.0, [[4], [8, 4], [4, 4]]),
          ("aten::convolution", 6.0, [[2, 8, 4, 4], [8, 1, 3, 3]]),
-         ("aten::convolution", 4.0, [[2, 8, 4, 4], [16, 8, 3, 3]]), ("python_function", 9.0, [])],
+         ("aten::convolution", 4.0, [[2, 8, 4, 4], [16, 8, 3, 3]]), ("python_function", 9.0, []),
+         ("## Call CompiledFxGraph f3abc ##", 8.0, [])],
     ]
     calls = iter(steps)
 
@@ -433,6 +443,7 @@ def test_op_breakdown_takes_the_median_of_the_profiled_steps(monkeypatch):
         "depthwise conv (sparse level)": 6.0e-3,  # of 5, 50, 6
         "dense conv (U-Net)": 0.0,  # of 0, 0, 4: present in one step only
         "other (elementwise, optimiser, autograd)": 0.0,  # of 0, 7, 0 (python_function is not an op)
+        "inductor fused kernels (compiled graphs)": 0.0,  # of 0, 0, 8: a compiled graph's own kernels
     })
 
 
