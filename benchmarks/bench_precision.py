@@ -251,7 +251,7 @@ def run(quick: bool, threads: int, budget_s: float, compile_mode: str = "default
         with tempfile.TemporaryDirectory(prefix="infdiff_inductor_") as cache:
             r = run_child(BENCH / "bench_precision.py", {"setting": s, "quick": quick, "precisions": ["fp32", "bf16"],
                                                          "compile_mode": compile_mode},
-                          threads, timeout=max(60.0, budget_s * 0.75), env={"TORCHINDUCTOR_CACHE_DIR": cache})
+                          threads, timeout=max(60.0, budget_s * 0.9), env={"TORCHINDUCTOR_CACHE_DIR": cache})
         if "error" in r:
             compile_res = {"fp32": r, "bf16": r}
             print(f"  torch.compile: {r['error'][-300:]}", flush=True)

@@ -42,8 +42,11 @@ def subsample(rec: dict, out: Path, plots: list[str]) -> tuple[list[str], dict]:
     if "error" in rec:
         return lines, targets
     res = rec["result"]
-    lines += [f"Grid models ({', '.join(res['grid_models'])}) scatter the points onto the full canvas: "
-              "they do the same work at every rate and are measured at 1, 4, 16x only.", "",
+    canvas = res.get("canvas_models", res.get("grid_models", []))  # "grid_models": reports before 2026-12-04
+    rates = ", ".join(str(r) for r in res.get("canvas_rates", (1, 4, 16)))
+    lines += ([f"Canvas models ({', '.join(canvas)}) run on the full canvas whatever the number of points "
+               f"(`Denoiser.full_canvas_cost`): they do the same work at every rate and are measured at {rates}x only.",
+               ""] if canvas else []) + [
               "| denoiser | data | rate | points/img | step ms median [IQR] | min-max ms | speed-up | peak MB | "
               "mem. reduction |", "|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:

@@ -9,11 +9,14 @@ step on ``N = H·W / rate`` random pixels per image (a fresh subset every step).
 * every small config of ``bench_denoisers.SMALL_CONFIGS`` (1 channel, 10 classes) through
   ``GaussianProcess(v).loss`` with the sampled ``indices``.
 
-Grid models (FNO, UNO, U-ViT, U-Net) scatter the points onto a full canvas with a mask
-channel, so they do the same work at every rate: they are measured at rates 1, 4, 16 only, to
-show that (honestly) they gain nothing. Each setting runs in a fresh process, forked from a
-server with torch and the package imported (``bench_common.run_forked``); peak memory is the
-``ru_maxrss`` high-water mark above the post-set-up baseline.
+Canvas models, the denoisers whose class sets ``full_canvas_cost`` (the grid models FNO, UNO,
+U-ViT and U-Net, which scatter the points onto a canvas with a mask channel, and SIID, whose
+point-wise layers run on the canvas), do the same work at every rate: they are measured at
+rates 1, 4, 16 only, to show that (honestly) they gain nothing, which leaves the budget for
+every denoiser at 128². The operator models run first at each resolution. Each setting runs in
+a fresh process, forked from a server with torch and the package imported
+(``bench_common.run_forked``); peak memory is the ``ru_maxrss`` high-water mark above the
+post-set-up baseline.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import time
 
 from bench_common import Budget, child_main, run_forked, spread
 
-GRID_MODELS = ("fno", "uno", "uvit", "unet")
+CANVAS_RATES = (1, 4, 16)
 #: Imported once by the fork server the settings' processes are forked from (see ``run_forked``).
 PRELOAD = ("torch", "bench_sparse", "bench_denoisers", "lightning_infdiff.processes")
 RATES = (1, 2, 4, 8, 16)
@@ -77,16 +80,24 @@ def settings(quick: bool) -> list[dict]:
         base = dict(batch=1, repeats=2, warmup=1, precision="fp32", quick=True)
         out = [dict(base, name="sparse_operator_infdiff", res=32, inner=8, rate=r) for r in (1, 8)]
         return out + [dict(base, name="fno", res=16, rate=r) for r in (1, 4)]
-    from bench_denoisers import SMALL_CONFIGS
+    from bench_denoisers import operators_first
 
     base = dict(repeats=3, warmup=1, precision="fp32", quick=False)
+    canvas = canvas_models()
     out = []
     for res in (64, 128):  # every denoiser at 64² before any at 128², so a tight budget cuts 128² first
         out += [dict(base, name="sparse_operator_infdiff", res=res, inner=res // 4, rate=r, batch=4) for r in RATES]
-        for name in SMALL_CONFIGS:
-            rates = (1, 4, 16) if name in GRID_MODELS else RATES
+        for name in operators_first():
+            rates = CANVAS_RATES if name in canvas else RATES
             out += [dict(base, name=name, res=res, rate=r, batch=2) for r in rates]
     return out
+
+
+def canvas_models() -> list[str]:
+    """Small configs whose cost is the full grid's whatever the rate (``Denoiser.full_canvas_cost``)."""
+    from bench_denoisers import SMALL_CONFIGS, config_class
+
+    return [n for n in SMALL_CONFIGS if config_class(n).full_canvas_cost]
 
 
 def predict(done: list[dict], spec: dict) -> float:
@@ -119,7 +130,7 @@ def run(quick: bool, threads: int, budget_s: float) -> dict:
         if ref and "step" in ref and "step" in r:
             r["speedup_vs_rate1"] = ref["step"]["median"] / r["step"]["median"]
             r["mem_reduction_vs_rate1"] = ref["peak_mb"] / max(r["peak_mb"], 1e-3)
-    return {"rows": rows, "grid_models": list(GRID_MODELS),
+    return {"rows": rows, "canvas_models": [] if quick else canvas_models(), "canvas_rates": list(CANVAS_RATES),
             "method": "median over repeats of one Adam training step; peak = ru_maxrss above set-up baseline, "
                       "fresh process per setting; ratios vs rate 1 of the same denoiser and resolution"}
 

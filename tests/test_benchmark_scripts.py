@@ -73,6 +73,46 @@ def test_subsample_budget_prediction_ignores_skipped_and_failed_rows():
     assert bench_subsample.predict(done, dict(name="other", res=64, rate=1)) == 0.0
 
 
+def test_subsample_full_plan_covers_every_denoiser_and_skips_only_rates_that_cannot_differ():
+    """Section 1's full plan: every config at 64² and 128², the canvas models (and only they) at
+    1/4/16x, and the operator models before the rest so a tight budget cannot cut them."""
+    import bench_subsample
+    from bench_denoisers import SMALL_CONFIGS
+
+    plan = bench_subsample.settings(quick=False)
+    canvas = set(bench_subsample.canvas_models())
+    assert {"fno", "uno", "uvit", "unet", "siid"} <= canvas
+    assert not canvas & {"sparse_operator", "coord_mlp", "coord_mlp_baseline"}
+    for res in (64, 128):
+        order = list(dict.fromkeys(s["name"] for s in plan if s["res"] == res))
+        assert order[:4] == ["sparse_operator_infdiff", "sparse_operator", "fno", "uno"]
+        assert set(order) == {"sparse_operator_infdiff", *SMALL_CONFIGS}
+        for name in order:
+            rates = [s["rate"] for s in plan if s["res"] == res and s["name"] == name]
+            assert rates == list(bench_subsample.CANVAS_RATES if name in canvas else bench_subsample.RATES), name
+    assert [s["res"] for s in plan] == sorted(s["res"] for s in plan)  # all of 64² before 128²
+
+
+def test_subsample_report_names_the_canvas_models_and_their_rates(tmp_path):
+    import bench_report
+
+    def row(name: str, rate: int, ms: float) -> dict:
+        t = {"median": ms / 1e3, "q1": ms / 1e3, "q3": ms / 1e3, "min": ms / 1e3, "max": ms / 1e3, "n": 3}
+        return {"name": name, "res": 64, "rate": rate, "n_points": 4096 // rate, "step": t, "peak_mb": 100.0,
+                "speedup_vs_rate1": 1.0, "mem_reduction_vs_rate1": 1.0}
+
+    rows = [row("coord_mlp", 1, 400.0), row("coord_mlp", 16, 40.0), row("siid", 1, 900.0), row("siid", 16, 880.0)]
+    rec = {"section": 1, "title": "subsample", "threads": 2, "wall_s": 1.0, "loadavg_before": [0.5],
+           "loadavg_after": [0.5], "result": {"rows": rows, "canvas_models": ["siid"], "canvas_rates": [1, 4, 16],
+                                              "method": "m"}}
+    lines, _ = bench_report.subsample(rec, tmp_path, [])
+    assert any(ln.startswith("Canvas models (siid) run on the full canvas") and "at 1, 4, 16x only" in ln
+               for ln in lines)
+    assert "| siid | 64² | 16× | 256 | 880.0 [880.0-880.0] | 880-880 | 1.00× | 100 | 1.00× |" in lines
+    quick = dict(rec, result=dict(rec["result"], canvas_models=[]))  # the quick plan has no canvas rule
+    assert not any(ln.startswith("Canvas models") for ln in bench_report.subsample(quick, tmp_path, [])[0])
+
+
 def test_kernel_measurements_write_a_report(tmp_path, monkeypatch):
     """bench_kernels.py runs every comparison once and writes the markdown table and its JSON."""
     import bench_kernels

@@ -118,6 +118,38 @@ def test_output_depends_on_logsnr_and_condition(name: str) -> None:
     torch.testing.assert_close(null, none)  # no condition = the null class of CFG
 
 
+def _tiny_sparse_operator() -> Denoiser:
+    from lightning_infdiff.denoisers.sparse_operator import SparseNeuralOperator
+
+    return SparseNeuralOperator(
+        in_channels=1, num_classes=K, train_resolution=16, channels=8, depth=1, kernel_size=3,
+        inner_resolution=8, inner_channels=8, channel_mult=(1,), num_res_blocks=1, attention_resolutions=(),
+        head_channels=8, emb_dim=16,
+    )
+
+
+@pytest.mark.parametrize("name", [*NAMES, "sparse_operator"])
+def test_full_canvas_cost_says_whether_subsampling_saves_flops(name: str) -> None:
+    """The flag the benchmarks use to skip rates that cannot differ: the matmul/conv FLOPs of a
+    forward on a quarter of the pixels equal the full grid's exactly when it is set."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = (_tiny_sparse_operator() if name == "sparse_operator" else TINY[name]()).eval()
+
+    def flops(frac: float) -> int:
+        values, coords, _ = make_inputs((16, 16), frac=frac)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(values, coords, torch.tensor([0.5, -1.0]), (16, 16), torch.tensor([2, 0]))
+        return counter.get_total_flops()
+
+    full, quarter = flops(1.0), flops(0.25)
+    assert full > 0
+    if type(model).full_canvas_cost:
+        assert quarter == pytest.approx(full, rel=0.02), f"{name}: {quarter} of {full} FLOPs at 1/4 of the pixels"
+    else:
+        assert quarter < 0.9 * full, f"{name}: {quarter} of {full} FLOPs at 1/4 of the pixels"
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_permutation_equivariance(name: str) -> None:
     """Point models by construction; grid models through the scatter/gather base."""

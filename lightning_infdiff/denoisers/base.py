@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -72,7 +73,15 @@ class Denoiser(nn.Module, ABC):
         out_channels: channels of the prediction (defaults to ``in_channels``).
         num_classes: number of classes for class conditioning; ``0`` for none. When positive,
             label ``num_classes`` is the null condition used by classifier-free guidance.
+
+    Attributes:
+        full_canvas_cost: ``True`` if the model's compute is that of the whole ``H x W`` grid
+            whatever the number of points ``N`` (grid models, which scatter the points onto a
+            canvas, and models whose point-wise layers run on the canvas), so training on a
+            random subset of the pixels saves no time. ``False`` if it shrinks with ``N``.
     """
+
+    full_canvas_cost: ClassVar[bool] = False
 
     def __init__(self, in_channels: int = 3, out_channels: int | None = None, num_classes: int = 0) -> None:
         super().__init__()
@@ -117,6 +126,8 @@ class GridDenoiser(Denoiser):
     mask channel (1 at the sampled pixels) is appended, so ``forward_grid`` receives
     ``in_channels + 1`` channels. Subclasses implement :meth:`forward_grid`.
     """
+
+    full_canvas_cost: ClassVar[bool] = True
 
     @property
     def grid_in_channels(self) -> int:

@@ -28,6 +28,8 @@ so the cost is that of the full grid, ``O(HW(H + W)C)``, whatever ``N`` is.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -86,6 +88,9 @@ class SIIDDenoiser(Denoiser):
         emb_dim: width of the logSNR/class embedding.
         zero_init_output: zero-initialise the output layer.
     """
+
+    #: the point-wise layers run on the whole canvas (module docstring)
+    full_canvas_cost: ClassVar[bool] = True
 
     def __init__(
         self,
