@@ -93,6 +93,20 @@ def test_subsample_full_plan_covers_every_denoiser_and_skips_only_rates_that_can
     assert [s["res"] for s in plan] == sorted(s["res"] for s in plan)  # all of 64² before 128²
 
 
+def test_sampling_budget_prediction_follows_a_model_that_grows_faster():
+    import bench_sampling
+
+    def row(*ms: float) -> dict:
+        return {"per_nfe": {s: {"median": m / 1e3} for s, m in zip(bench_sampling.SAMPLER_NAMES, ms, strict=False)}}
+
+    assert bench_sampling.predict_nfe_s({}, 64) == 0.0
+    slow = {32: row(10.0), 64: row(20.0, 25.0)}  # below the assumed growth: the floor, from the slowest sampler
+    assert bench_sampling.predict_nfe_s(slow, 128) == pytest.approx(0.025 * 2**2.6)
+    steep = {64: row(56.0), 128: row(480.0), 256: {"skipped": "budget"}}  # 8.6x per doubling: kept
+    assert bench_sampling.predict_nfe_s(steep, 256) == pytest.approx(0.480 * 480 / 56)
+    assert bench_sampling.predict_nfe_s({"64": row(56.0), "128": row(480.0)}, 256) == pytest.approx(0.480 * 480 / 56)
+
+
 def test_subsample_report_names_the_canvas_models_and_their_rates(tmp_path):
     import bench_report
 
