@@ -19,6 +19,8 @@ dense convs, the sparse level's depthwise convs, matmul/attention, normalisation
 index work, the rest), so the report shows which parts bf16 speeds up and which bound it.
 The compiled steps get the same split in the child, with inductor's fused kernels as one more
 class (:data:`COMPILED_GRAPH`).
+A per-op oracle (:func:`oracle_bound`) times the two steps op by op and asks whether any
+choice of precision per op could reach the target with this machine's kernels.
 A batch sweep (:func:`batch_sweep`) splits the step into a fixed cost and a per-example cost
 per precision: bf16 can only speed up the second.
 
@@ -49,6 +51,7 @@ from bench_common import (
     run_child,
     spread,
 )
+from precision_oracle import bound, matmul_gain, op_times
 
 
 def setting(quick: bool) -> dict:
@@ -147,6 +150,27 @@ def op_breakdown(step, steps: int = PROFILED_STEPS) -> dict[str, float]:  # noqa
     return {c: statistics.median(out.get(c, 0.0) for out in per_step) for c in classes}
 
 
+#: Steps per precision timed op by op for :func:`oracle_bound`, and the matmul (side, repeats)
+#: whose bf16 gain it is compared with, by quick mode.
+ORACLE_REPEATS = {True: 2, False: 7}
+ORACLE_MATMUL = {True: (256, 3), False: (2048, 5)}
+
+
+def oracle_bound(fp32_step, bf16_step, quick: bool) -> dict:  # noqa: ANN001 - zero-argument training steps
+    """Whether any choice of precision per op could reach 1.6× (:mod:`precision_oracle`): the two
+    steps timed op by op, the bound that follows, and a large matmul's bf16 gain to compare with."""
+    times = op_times({"fp32": fp32_step, "bf16": bf16_step}, ORACLE_REPEATS[quick])
+    out = bound(times["fp32"], times["bf16"])
+    out["repeats"] = ORACLE_REPEATS[quick]
+    out["matmul"] = matmul_gain(*ORACLE_MATMUL[quick])
+    req = out["required_conv_matmul_gain"]
+    print(f"  per-op oracle: op time {out['ratio']:.2f}x, best per-op precision {out['oracle_ratio']:.2f}x; "
+          f"convs/matmuls gain {out['conv_matmul']['gain']:.2f}x, would need "
+          f"{'more than any finite' if req is None else f'{req:.2f}x'} for {out['target']}x "
+          f"(a {out['matmul']['n']}² matmul gains {out['matmul']['gain']:.2f}x)", flush=True)
+    return out
+
+
 def make_step(model: torch.nn.Module, s: dict, bf16: bool, seed: int = 0,  # noqa: ANN201
               phases: list[tuple[float, float, float]] | None = None):
     """A closure doing one training step of ``model`` on a fresh random batch.
@@ -238,6 +262,7 @@ def run(quick: bool, threads: int, budget_s: float, compile_mode: str = "default
     times = interleaved(variants, s["repeats"], warmup=1, faults=faults)
     eager = {k: spread(v) for k, v in times.items()}
     breakdown = {k: op_breakdown(variants[k]) for k in ("fp32", "bf16")}
+    oracle = oracle_bound(variants["fp32"], variants["bf16"], quick)
     sweep = batch_sweep(base, s, SWEEP_BATCHES[quick], {p: eager[p]["median"] for p in ("fp32", "bf16")})
     fp32 = eager["fp32"]["median"]
     ratios = {f"{k}_speedup_vs_fp32": fp32 / v["median"] for k, v in eager.items() if k != "fp32"}
@@ -264,7 +289,7 @@ def run(quick: bool, threads: int, budget_s: float, compile_mode: str = "default
     return {"setting": s, "model": "tiny SNO" if quick else "configs/quickstart.yaml SparseNeuralOperator",
             "eager": eager, "faults_per_step": {k: statistics.median(v) for k, v in faults.items()},
             "malloc": malloc, "ratios": ratios, "compile": compile_res, "breakdown": breakdown,
-            "breakdown_steps": PROFILED_STEPS, "batch_sweep": sweep,
+            "breakdown_steps": PROFILED_STEPS, "batch_sweep": sweep, "oracle": oracle,
             "method": "one training step (loss, backward, clipping, fused AdamW) at the quickstart setting; eager variants timed round-robin in one "
                       "process; torch.compile in a child with an empty inductor cache: fp32 and bf16, compiled and eager, timed round-robin; glibc malloc "
                       "thresholds pinned in both processes, minor page faults counted per step"}

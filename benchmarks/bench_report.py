@@ -167,6 +167,7 @@ def precision(rec: dict, out: Path, plots: list[str]) -> tuple[list[str], dict]:
     if isinstance(comp, dict) and "breakdown" in comp:
         lines += _breakdown(comp["breakdown"], comp.get("breakdown_steps", 1), f"both under {tc}")
     lines += _sweep(res.get("batch_sweep"), s["batch"])
+    lines += _oracle(res.get("oracle"))
     if bf is not None:
         shown = f"{bf:.2f}× eager"
         if "bf16_vs_fp32" in comp:
@@ -264,6 +265,49 @@ def _sweep(sw: dict | None, batch: int) -> list[str]:
         text += (": below 1.6× even then, so here the per-example work (elementwise, normalisation and index "
                  "ops that bf16 barely speeds up on this CPU) bounds it as well as the fixed cost.")
     return lines + ["", text]
+
+
+def _gain(g: float | None) -> str:
+    return "n/a" if g is None else f"{g:.2f}×"
+
+
+def _oracle(o: dict | None) -> list[str]:
+    """The per-op precision oracle (``precision_oracle.py``): the table and what it rules out."""
+    if not o:
+        return []
+    cm, rest, target = o["conv_matmul"], o["rest"], o["target"]
+    lines = ["", f"Per-op precision oracle (every op of a step timed in both precisions, keyed by op and input "
+                 f"shapes, median of {o['repeats']} steps each; time inside ops only, so these ratios are upper "
+                 "bounds on the step's):", "",
+             "| ops | fp32 ms | bf16 ms | fp32 / bf16 |", "|---|---|---|---|",
+             f"| convolutions and matmuls | {1e3 * cm['fp32_s']:.1f} ({100 * cm['share_fp32']:.0f}%) | "
+             f"{1e3 * cm['bf16_s']:.1f} | {_gain(cm['gain'])} |",
+             f"| the rest (autocast's casts included) | {1e3 * rest['fp32_s']:.1f} | {1e3 * rest['bf16_s']:.1f} | "
+             f"{_gain(rest['gain'])} |",
+             f"| all ops | {1e3 * o['fp32_s']:.1f} | {1e3 * o['bf16_s']:.1f} | {o['ratio']:.2f}× |",
+             f"| oracle: every op in its faster precision, no casts | {1e3 * o['fp32_s']:.1f} | "
+             f"{1e3 * o['oracle_s']:.1f} | {o['oracle_ratio']:.2f}× |", ""]
+    if o["oracle_ratio"] < target:
+        text = (f"No choice of precision per op reaches {target}× with these kernels: the best, {o['oracle_ratio']:.2f}×, "
+                "ignores the casts a mixed choice needs and the step's Python and autograd time.")
+    else:
+        text = (f"A choice of precision per op could reach {o['oracle_ratio']:.2f}× of op time (an upper bound: it "
+                "ignores the casts a mixed choice needs and the step's Python and autograd time).")
+    req, mm = o["required_conv_matmul_gain"], o["matmul"]
+    if req is None:
+        text += (f" The rest of the ops at their oracle time ({1e3 * rest['oracle_s']:.1f} ms) already exceed "
+                 f"the fp32 op time over {target}, so no speed-up of the convolutions and matmuls could reach it.")
+    else:
+        text += (f" For {target}× with the rest at its oracle time ({1e3 * rest['oracle_s']:.1f} ms), the "
+                 f"convolutions and matmuls would have to gain {req:.2f}× on average; they gain "
+                 f"{_gain(cm['gain'])} here, and {100 * o['conv_matmul_share_reaching_required']:.0f}% of their fp32 "
+                 f"time is in ops that gain {req:.2f}× or more. A {mm['n']}² matmul, the shape these kernels suit "
+                 f"best, gains {mm['gain']:.2f}× on this machine.")
+    lines.append(text)
+    if o["slower_in_bf16"]:
+        lines += ["", "Ops that bf16 slows down most: " + "; ".join(
+            f"`{r['op']}` {1e3 * r['fp32_s']:.2f} -> {1e3 * r['bf16_s']:.2f} ms" for r in o["slower_in_bf16"][:3]) + "."]
+    return lines
 
 
 def flops(rec: dict, out: Path, plots: list[str]) -> tuple[list[str], dict]:

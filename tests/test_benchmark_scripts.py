@@ -605,3 +605,85 @@ def test_bf16_probes_write_a_report(tmp_path):
     with pytest.raises(SystemExit, match="choose from bf16_weights, pointwise_matmul, no_dropout, bf16_film; "
                                          "got 'fp8'"):
         probes.main(["--probes", "fp8"])
+
+
+def _oracle_times(conv16: float, add16: float) -> tuple[dict, dict]:
+    """fp32 and bf16 op times (s) of a made-up step: a conv, an add, and a bf16-only cast."""
+    conv, add, cast = "aten.convolution.default|((2, 3, 8, 8),)", "aten.add.Tensor|((4,), (4,))", "aten._to_copy.default|((3,),)"
+    return {conv: 0.100, add: 0.050}, {conv: conv16, add: add16, cast: 0.010}
+
+
+def test_precision_oracle_bound_matches_the_closed_form():
+    """Totals, the oracle (each op in its faster precision, casts dropped), the split, and the
+    required conv/matmul gain g = M32 / (T32 / 1.6 - R_best), worked out by hand."""
+    import precision_oracle as po
+
+    t32, t16 = _oracle_times(conv16=0.050, add16=0.060)
+    b = po.bound(t32, t16)
+    assert b["fp32_s"] == pytest.approx(0.150) and b["bf16_s"] == pytest.approx(0.120)
+    assert b["ratio"] == pytest.approx(1.25) and b["bf16_only_s"] == pytest.approx(0.010)
+    assert b["oracle_s"] == pytest.approx(0.100) and b["oracle_ratio"] == pytest.approx(1.5)  # conv in bf16, add in fp32
+    assert b["conv_matmul"]["gain"] == pytest.approx(2.0) and b["conv_matmul"]["share_fp32"] == pytest.approx(2 / 3)
+    assert b["rest"]["fp32_s"] == pytest.approx(0.050) and b["rest"]["bf16_s"] == pytest.approx(0.070)
+    assert b["rest"]["oracle_s"] == pytest.approx(0.050)
+    assert b["required_conv_matmul_gain"] == pytest.approx(0.100 / (0.150 / 1.6 - 0.050))  # 2.2857
+    assert b["conv_matmul_share_reaching_required"] == 0.0  # the conv gains 2.0 < 2.29
+    assert [r["op"] for r in b["slower_in_bf16"]] == ["aten.add.Tensor|((4,), (4,))"]
+    # a conv that gains 2.5x reaches the requirement; a rest slower than T32 / 1.6 makes it unreachable
+    assert po.bound(*_oracle_times(conv16=0.040, add16=0.060))["conv_matmul_share_reaching_required"] == 1.0
+    unreachable = po.bound(t32, t16, target=3.5)  # 0.150 / 3.5 = 0.043 < the rest's 0.050
+    assert unreachable["required_conv_matmul_gain"] is None
+
+
+def test_precision_oracle_times_each_op_once_and_matches_keys_across_precisions():
+    """Keys are op and input shapes (no dtype), so the same matmul matches in fp32 and under bf16
+    autocast; a custom op is timed as one op (its inner convolution is not counted again); the
+    backward's ops are seen; and ops are classed as convolution/matmul or not."""
+    import precision_oracle as po
+    import torch
+
+    from lightning_infdiff.denoisers.sparse_conv import depthwise_same_conv
+
+    x, w = torch.randn(4, 8), torch.randn(8, 2, requires_grad=True)
+    canvas, kernel = torch.randn(1, 2, 6, 6), torch.randn(2, 1, 3, 3)
+
+    def step(bf16: bool):  # noqa: ANN202
+        def run() -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                (x @ w).float().sum().backward()
+            depthwise_same_conv(canvas, kernel, 1, 1)
+        return run
+
+    times = po.op_times({"fp32": step(False), "bf16": step(True)}, repeats=2)
+    mm = "aten.mm.default|((4, 8), (8, 2))"
+    assert mm in times["fp32"] and mm in times["bf16"]
+    for t in times.values():
+        assert any(k.startswith("aten.mm.default|((8, 4), (4, 2))") for k in t)  # the backward's x.T @ grad
+        assert "lightning_infdiff.depthwise_same_conv.default|((1, 2, 6, 6), (2, 1, 3, 3))" in t
+        assert not any(po.op_name(k) == "convolution" for k in t)  # inside the custom op: not counted twice
+    assert any(po.op_name(k) == "_to_copy" for k in set(times["bf16"]) - set(times["fp32"]))  # autocast's casts
+    assert po.conv_or_matmul(mm) and po.conv_or_matmul("lightning_infdiff.depthwise_same_conv_weight_grad.default|()")
+    assert po.conv_or_matmul("aten.convolution_backward.default|()") and not po.conv_or_matmul("aten.add.Tensor|()")
+    assert not po.conv_or_matmul("aten.mul.Tensor|()") and po.op_name("aten.bmm.default|((1,),)") == "bmm"
+
+
+@pytest.mark.parametrize(("conv16", "add16", "target", "expect"), [
+    (0.050, 0.060, 1.6, "No choice of precision per op reaches 1.6× with these kernels: the best, 1.50×"),
+    (0.050, 0.060, 1.4, "A choice of precision per op could reach 1.50× of op time"),
+    (0.050, 0.060, 3.5, "no speed-up of the convolutions and matmuls could reach it"),
+])
+def test_precision_report_states_what_the_oracle_rules_out(conv16, add16, target, expect):
+    import bench_report
+    import precision_oracle as po
+
+    o = po.bound(*_oracle_times(conv16, add16), target=target)
+    o.update(repeats=3, matmul={"n": 2048, "gain": 2.3})
+    lines = bench_report._oracle(o)
+    assert "| oracle: every op in its faster precision, no casts | 150.0 | 100.0 | 1.50× |" in lines
+    assert "| convolutions and matmuls | 100.0 (67%) | 50.0 | 2.00× |" in lines
+    text = " ".join(lines)
+    assert expect in text
+    if target == 1.6:
+        assert "would have to gain 2.29× on average; they gain 2.00× here" in text and "gains 2.30×" in text
+    assert "`aten.add.Tensor|((4,), (4,))` 50.00 -> 60.00 ms" in text
+    assert bench_report._oracle(None) == []

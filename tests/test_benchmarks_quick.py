@@ -67,6 +67,11 @@ def test_suite_quick_mode(tmp_path: Path) -> None:
         for b, t in pts.items():
             assert math.isclose(fit["fixed_s"] + fit["per_example_s"] * int(b), t, rel_tol=1e-9, abs_tol=1e-12)
     assert math.isclose(sweep["per_example_speedup"], sweep["fit"]["fp32"]["per_example_s"] / sweep["fit"]["bf16"]["per_example_s"])
+    orc = prec["oracle"]  # the per-op oracle timed the same step's ops in both precisions
+    assert orc["repeats"] == 2 and orc["conv_matmul"]["fp32_s"] > 0 and orc["rest"]["fp32_s"] > 0
+    assert orc["oracle_s"] <= min(orc["fp32_s"], orc["bf16_s"] - orc["bf16_only_s"]) + 1e-12
+    assert orc["bf16_only_s"] > 0  # autocast's casts exist only in the bf16 step
+    assert orc["matmul"]["gain"] > 0
 
     flops = suite["sections"]["flops"]["result"]
     for p in ("fp32", "bf16"):
@@ -82,5 +87,6 @@ def test_suite_quick_mode(tmp_path: Path) -> None:
     md = (tmp_path / "suite.md").read_text()
     assert md.startswith("# Benchmark suite") and "## 1." in md and "## 6." in md and m["cpu_model"] in md
     assert "| depthwise conv (sparse level) |" in md and "Bound:" in md and "Fixed and per-example cost" in md
+    assert "| oracle: every op in its faster precision, no casts |" in md
     pngs = sorted(tmp_path.glob("suite_*.png"))
     assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
