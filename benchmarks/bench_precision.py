@@ -14,11 +14,12 @@ failure is recorded with its error.
 Note: the inner ADM U-Net converts its input to channels_last itself (``denoisers/unet.py``),
 so "channels_last" here only changes the layout of the model's 4-D weights.
 
-Where bf16 helps: profiled steps per precision (median of :data:`PROFILED_STEPS`) are split into op classes (:data:`OP_CLASSES`;
-dense convs, the sparse level's depthwise convs, matmul/attention, normalisation, copies,
-index work, the rest), so the report shows which parts bf16 speeds up and which bound it.
-The compiled steps get the same split in the child, with inductor's fused kernels as one more
-class (:data:`COMPILED_GRAPH`).
+Where bf16 helps: the per-op times of the oracle below are summed into op classes
+(:data:`OP_CLASSES`; dense convs, the sparse level's depthwise convs, matmul/attention,
+normalisation, copies, index work, the rest), so the report shows which parts bf16 speeds up
+and which bound it. The compiled steps get the same split in the child from profiled steps
+(median of :data:`PROFILED_STEPS`), with inductor's fused kernels as one more class
+(:data:`COMPILED_GRAPH`) and each profiled step's page faults recorded.
 A per-op oracle (:func:`oracle_bound`) times the two steps op by op and asks whether any
 choice of precision per op could reach the target with this machine's kernels.
 A batch sweep (:func:`batch_sweep`) splits the step into a fixed cost and a per-example cost
@@ -32,6 +33,7 @@ ratio would measure that instead of the precision.
 
 from __future__ import annotations
 
+import ast
 import copy
 import statistics
 import tempfile
@@ -47,6 +49,7 @@ from bench_common import (
     default_optimizer,
     default_process,
     interleaved,
+    minor_faults,
     pin_malloc,
     run_child,
     spread,
@@ -128,18 +131,48 @@ def _op_class(key: str, shapes: list) -> str | None:
     return "other (elementwise, optimiser, autograd)" if key.startswith(("aten::", "Optimizer")) else None
 
 
+def _key_class(key: str) -> str | None:
+    """The op class of a :func:`precision_oracle.op_times` key (``"aten.mm.default|((8, 4), (4, 4))"``)."""
+    qualified, _, shapes = key.partition("|")
+    if "depthwise_same_conv" in qualified:  # the sparse level's custom depthwise ops
+        return "depthwise conv (sparse level)"
+    parts = qualified.split(".")
+    if parts[0] != "aten" or len(parts) < 2:
+        return None
+    return _op_class(f"aten::{parts[1]}", [list(t) for t in ast.literal_eval(shapes)] if shapes else [])
+
+
+def classify_ops(times: dict[str, float]) -> dict[str, float]:
+    """Seconds per op class (:data:`OP_CLASSES`) of the per-op times of one step."""
+    out: dict[str, float] = {}
+    for key, t in times.items():
+        cls = _key_class(key)
+        if cls is not None:
+            out[cls] = out.get(cls, 0.0) + t
+    return out
+
+
 #: Profiled steps per precision in :func:`op_breakdown` (the median per class is reported: one
 #: step caught by a load spike on this shared machine would otherwise skew its classes).
 PROFILED_STEPS = 3
 
 
-def op_breakdown(step, steps: int = PROFILED_STEPS) -> dict[str, float]:  # noqa: ANN001 - a zero-argument training step
+def op_breakdown(step, steps: int = PROFILED_STEPS, faults: list[int] | None = None) -> dict[str, float]:  # noqa: ANN001 - a zero-argument training step
     """Self CPU seconds per op class of a training step, the median over ``steps`` profiled steps
-    (which parts bf16 does and does not speed up)."""
+    (which parts bf16 does and does not speed up).
+
+    Used for the compiled steps, whose fused kernels only the profiler sees. If ``faults`` is
+    given, it receives each profiled step's minor page faults: the profiler keeps its event
+    records alive through the step, which can push a step's large buffers onto fresh pages
+    (measured on the EPYC: 8,000-16,000 faults in a profiled fp32 step, none in bf16's).
+    """
     per_step: list[dict[str, float]] = []
     for _ in range(steps):
+        f0 = minor_faults()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
             step()
+        if faults is not None:
+            faults.append(minor_faults() - f0)
         out: dict[str, float] = {}
         for e in prof.key_averages(group_by_input_shape=True):
             cls = _op_class(e.key, e.input_shapes or [])
@@ -162,6 +195,7 @@ def oracle_bound(fp32_step, bf16_step, quick: bool) -> dict:  # noqa: ANN001 - z
     times = op_times({"fp32": fp32_step, "bf16": bf16_step}, ORACLE_REPEATS[quick])
     out = bound(times["fp32"], times["bf16"])
     out["repeats"] = ORACLE_REPEATS[quick]
+    out["op_times_s"] = times  # the raw medians per op key, behind every figure above
     out["matmul"] = matmul_gain(*ORACLE_MATMUL[quick])
     req = out["required_conv_matmul_gain"]
     print(f"  per-op oracle: op time {out['ratio']:.2f}x, best per-op precision {out['oracle_ratio']:.2f}x; "
@@ -233,7 +267,10 @@ def child(spec: dict) -> dict:
     out["faults_per_step"] = {k: statistics.median(v) for k, v in faults.items()}
     # where the compiled steps spend their time: which classes compilation fused away, and what
     # bf16 gains in the fused kernels that remain
-    out["breakdown"] = {prec: op_breakdown(variants[f"{prec} compiled"]) for prec in spec["precisions"]}
+    profiled_faults: dict[str, list[int]] = {prec: [] for prec in spec["precisions"]}
+    out["breakdown"] = {prec: op_breakdown(variants[f"{prec} compiled"], faults=profiled_faults[prec])
+                        for prec in spec["precisions"]}
+    out["breakdown_faults_per_step"] = {k: statistics.median(v) for k, v in profiled_faults.items()}
     out["breakdown_steps"] = PROFILED_STEPS
     for prec in spec["precisions"]:
         eager, compiled = times[f"{prec} eager"], times[f"{prec} compiled"]
@@ -261,8 +298,10 @@ def run(quick: bool, threads: int, budget_s: float, compile_mode: str = "default
     faults: dict[str, list[int]] = {}
     times = interleaved(variants, s["repeats"], warmup=1, faults=faults)
     eager = {k: spread(v) for k, v in times.items()}
-    breakdown = {k: op_breakdown(variants[k]) for k in ("fp32", "bf16")}
+    # the op classes come from the oracle's per-op timer, not the profiler: a profiled fp32 step
+    # faulted in thousands of fresh pages that bf16's did not (see op_breakdown)
     oracle = oracle_bound(variants["fp32"], variants["bf16"], quick)
+    breakdown = {k: classify_ops(oracle["op_times_s"][k]) for k in ("fp32", "bf16")}
     sweep = batch_sweep(base, s, SWEEP_BATCHES[quick], {p: eager[p]["median"] for p in ("fp32", "bf16")})
     fp32 = eager["fp32"]["median"]
     ratios = {f"{k}_speedup_vs_fp32": fp32 / v["median"] for k, v in eager.items() if k != "fp32"}
@@ -289,7 +328,8 @@ def run(quick: bool, threads: int, budget_s: float, compile_mode: str = "default
     return {"setting": s, "model": "tiny SNO" if quick else "configs/quickstart.yaml SparseNeuralOperator",
             "eager": eager, "faults_per_step": {k: statistics.median(v) for k, v in faults.items()},
             "malloc": malloc, "ratios": ratios, "compile": compile_res, "breakdown": breakdown,
-            "breakdown_steps": PROFILED_STEPS, "batch_sweep": sweep, "oracle": oracle,
+            "breakdown_steps": ORACLE_REPEATS[quick], "breakdown_source": "op timer", "batch_sweep": sweep,
+            "oracle": oracle,
             "method": "one training step (loss, backward, clipping, fused AdamW) at the quickstart setting; eager variants timed round-robin in one "
                       "process; torch.compile in a child with an empty inductor cache: fp32 and bf16, compiled and eager, timed round-robin; glibc malloc "
                       "thresholds pinned in both processes, minor page faults counted per step"}

@@ -163,9 +163,10 @@ def precision(rec: dict, out: Path, plots: list[str]) -> tuple[list[str], dict]:
         lines += ["", f"bf16 against fp32 in the {tc} child (all four timed round-robin): "
                       f"{r['compiled']:.2f}× compiled, {r['eager']:.2f}× eager."]
     lines += _fault_check(res.get("malloc"), faults, fp32)
-    lines += _breakdown(res.get("breakdown"), res.get("breakdown_steps", 1))
+    lines += _breakdown(res.get("breakdown"), res.get("breakdown_steps", 1), source=res.get("breakdown_source", "profiler"))
     if isinstance(comp, dict) and "breakdown" in comp:
-        lines += _breakdown(comp["breakdown"], comp.get("breakdown_steps", 1), f"both under {tc}")
+        lines += _breakdown(comp["breakdown"], comp.get("breakdown_steps", 1), f"both under {tc}",
+                            faults=comp.get("breakdown_faults_per_step"))
     lines += _sweep(res.get("batch_sweep"), s["batch"])
     lines += _oracle(res.get("oracle"))
     if bf is not None:
@@ -208,16 +209,27 @@ def _fault_check(malloc: dict | None, faults: dict, step_s: float) -> list[str]:
     return ["", f"{pinned}; {verdict}."]
 
 
-def _breakdown(bd: dict | None, steps: int = 1, mode: str = "eager") -> list[str]:
-    """Per-op-class self time of profiled fp32 and bf16 steps (median of ``steps``; records from
-    before the median was taken hold one step), and what bounds the bf16 gain; ``mode`` names
-    how the steps ran (eager, or both compiled)."""
+def _breakdown(bd: dict | None, steps: int = 1, mode: str = "eager", source: str = "profiler",
+               faults: dict | None = None) -> list[str]:
+    """Per-op-class time of fp32 and bf16 steps, and what bounds the bf16 gain.
+
+    ``source`` is how the times were taken: ``"profiler"`` (self CPU time of profiled steps, the
+    median of ``steps``; records from before the median was taken hold one step) or ``"op timer"``
+    (the per-op oracle's medians of ``steps`` steps). ``mode`` names how the steps ran (eager, or
+    both compiled); ``faults`` holds the profiled steps' median page faults per precision.
+    """
     if not bd or "fp32" not in bd or "bf16" not in bd:
         return []
     f32, b16 = bd["fp32"], bd["bf16"]
     tf, tb = sum(f32.values()), sum(b16.values())
-    lines = ["", f"Where the time goes, {mode} (self CPU time per op class, {'one profiled step' if steps == 1 else f'median of {steps} profiled steps'}; profiling adds overhead, so compare "
-             "shares, not totals):", "", "| op class | fp32 ms (share) | bf16 ms (share) | fp32 / bf16 |", "|---|---|---|---|"]
+    if source == "op timer":
+        how = (f"time inside ops per op class, from the per-op timings of the oracle below, median of {steps} "
+               "steps; the step's Python and autograd time is not in it")
+    else:
+        how = (f"self CPU time per op class, {'one profiled step' if steps == 1 else f'median of {steps} profiled steps'}"
+               "; profiling adds overhead, so compare shares, not totals")
+    lines = ["", f"Where the time goes, {mode} ({how}):", "",
+             "| op class | fp32 ms (share) | bf16 ms (share) | fp32 / bf16 |", "|---|---|---|---|"]
     for k in sorted(f32, key=lambda k: -f32[k]):
         a, b = f32[k], b16.get(k, 0.0)
         lines.append(f"| {k} | {1e3 * a:.1f} ({100 * a / tf:.0f}%) | {1e3 * b:.1f} ({100 * b / tb:.0f}%) | "
@@ -230,6 +242,11 @@ def _breakdown(bd: dict | None, steps: int = 1, mode: str = "eager") -> list[str
         lines += ["", f"Bound: even if the dense convs and matmuls took zero time in bf16, the other classes as "
                   f"measured in bf16 ({1e3 * rest_b:.0f} ms) would cap the step's speed-up at {tf / rest_b:.2f}×; "
                   f"the dense convs and matmuls are {100 * fast_f / tf:.0f}% of the fp32 step."]
+    if faults and {"fp32", "bf16"} <= set(faults):
+        gap = abs(faults["fp32"] - faults["bf16"])
+        lines += ["", f"Minor page faults per profiled step: fp32 {faults['fp32']:.0f}, bf16 {faults['bf16']:.0f}"
+                  + (f". WARNING: they differ by {gap:.0f}, so this table's ratios partly measure page faults."
+                     if gap >= FAULT_GAP else ".")]
     return lines
 
 

@@ -193,7 +193,7 @@ def test_precision_report_shows_both_compiled_precisions_and_their_ratio(tmp_pat
             "bf16_vs_fp32": {"eager": 250 / 160, "compiled": 200 / 125}, "wall_s": 99.0, "load_before": [1.0],
             "breakdown": {"fp32": {"dense conv (U-Net)": 0.09, "inductor fused kernels (compiled graphs)": 0.05},
                           "bf16": {"dense conv (U-Net)": 0.05, "inductor fused kernels (compiled graphs)": 0.04}},
-            "breakdown_steps": 3}
+            "breakdown_steps": 3, "breakdown_faults_per_step": {"fp32": 9000, "bf16": 2}}
     rec = {"section": 3, "title": "precision", "threads": 2, "wall_s": 1.0, "loadavg_before": [0.5],
            "loadavg_after": [0.5], "result": {"setting": {"res": 32, "batch": 32, "rate": 2, "repeats": 3},
                                               "model": "m", "eager": eager, "compile": comp,
@@ -207,6 +207,8 @@ def test_precision_report_shows_both_compiled_precisions_and_their_ratio(tmp_pat
     assert "median of 3 profiled steps" in lines[head]
     assert "| inductor fused kernels (compiled graphs) | 50.0 (36%) | 40.0 (44%) | 1.25× |" in lines[head:]
     assert "| **step** | 140.0 | 90.0 | 1.56× |" in lines[head:]
+    assert any(ln.startswith("Minor page faults per profiled step: fp32 9000, bf16 2. WARNING: they differ by 8998")
+               for ln in lines[head:])
     shown, met = targets["bf16 ≥ 1.6× faster than fp32 (default denoiser training step)"]
     assert shown == "1.60× eager; 1.60× both under torch.compile" and met is True
 
@@ -488,9 +490,11 @@ def test_op_breakdown_takes_the_median_of_the_profiled_steps(monkeypatch):
             return self.events
 
     monkeypatch.setattr(bench_precision.torch.profiler, "profile", FakeProfile)
-    ran = []
-    out = bench_precision.op_breakdown(lambda: ran.append(1), steps=3)
-    assert len(ran) == 3
+    counts = iter([0, 5, 5, 5, 10, 30])  # the process's fault counter before and after each step
+    monkeypatch.setattr(bench_precision, "minor_faults", lambda: next(counts))
+    ran, faults = [], []
+    out = bench_precision.op_breakdown(lambda: ran.append(1), steps=3, faults=faults)
+    assert len(ran) == 3 and faults == [5, 0, 20]
     assert out == pytest.approx({
         "matmul / attention": 4.0e-3,  # median of 2, 90 and 3 + 1 ms (not the 32 ms mean)
         "depthwise conv (sparse level)": 6.0e-3,  # of 5, 50, 6
@@ -687,3 +691,41 @@ def test_precision_report_states_what_the_oracle_rules_out(conv16, add16, target
         assert "would have to gain 2.29× on average; they gain 2.00× here" in text and "gains 2.30×" in text
     assert "`aten.add.Tensor|((4,), (4,))` 50.00 -> 60.00 ms" in text
     assert bench_report._oracle(None) == []
+
+
+def test_classify_ops_sorts_per_op_times_into_the_breakdown_classes():
+    """The eager breakdown sums the oracle's per-op times by class: convolutions split into the
+    sparse level's grouped ones (and its custom depthwise ops) and the U-Net's dense ones by
+    their shapes, the rest by op name."""
+    import bench_precision
+
+    times = {
+        "aten.mm.default|((8, 4), (4, 4))": 2e-3,
+        "aten.addmm.default|((4,), (8, 4), (4, 4))": 1e-3,
+        "aten.convolution.default|((2, 8, 4, 4), (8, 1, 3, 3), (8,))": 3e-3,  # groups = 8: depthwise
+        "lightning_infdiff.depthwise_same_conv_weight_grad.default|((2, 8, 4, 4), (2, 8, 4, 4), (8, 1, 3, 3))": 4e-3,
+        "aten.convolution_backward.default|((2, 16, 4, 4), (2, 8, 4, 4), (16, 8, 3, 3))": 5e-3,  # dense
+        "aten.native_layer_norm.default|((2, 4),)": 6e-3,
+        "aten._to_copy.default|((3,),)": 7e-3,
+        "aten.index_add.default|((4, 2), (3,), (3, 2))": 8e-3,
+        "aten.add.Tensor|((8,), (8,))": 9e-3,
+        "aten._fused_adamw_.default|()": 1e-3,
+    }
+    assert bench_precision.classify_ops(times) == pytest.approx({
+        "matmul / attention": 3e-3, "depthwise conv (sparse level)": 7e-3, "dense conv (U-Net)": 5e-3,
+        "normalisation": 6e-3, "copies / casts": 7e-3, "index / gather / scatter / sort": 8e-3,
+        "other (elementwise, optimiser, autograd)": 10e-3,
+    })
+
+
+def test_precision_report_says_where_the_eager_breakdown_comes_from(tmp_path):
+    """An eager breakdown from the op timer says so (and that it leaves out Python and autograd);
+    an older, profiled record keeps its profiler wording."""
+    import bench_report
+
+    bd = {"fp32": {"dense conv (U-Net)": 0.08, "normalisation": 0.02}, "bf16": {"dense conv (U-Net)": 0.04, "normalisation": 0.02}}
+    timer = bench_report._breakdown(bd, 7, source="op timer")
+    assert any("from the per-op timings of the oracle below, median of 7 steps" in ln for ln in timer)
+    assert "| **step** | 100.0 | 60.0 | 1.67× |" in timer
+    profiled = bench_report._breakdown(bd, 3)
+    assert any("median of 3 profiled steps; profiling adds overhead" in ln for ln in profiled)

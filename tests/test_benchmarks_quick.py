@@ -72,6 +72,8 @@ def test_suite_quick_mode(tmp_path: Path) -> None:
     assert orc["oracle_s"] <= min(orc["fp32_s"], orc["bf16_s"] - orc["bf16_only_s"]) + 1e-12
     assert orc["bf16_only_s"] > 0  # autocast's casts exist only in the bf16 step
     assert orc["matmul"]["gain"] > 0
+    for p in ("fp32", "bf16"):  # the raw per-op medians are recorded and add up to the totals
+        assert math.isclose(sum(orc["op_times_s"][p].values()), orc[f"{p}_s"], rel_tol=1e-9)
 
     flops = suite["sections"]["flops"]["result"]
     for p in ("fp32", "bf16"):
