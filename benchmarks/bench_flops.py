@@ -13,8 +13,9 @@
   ``C`` times over: 7.1 of the 22.0 GFLOP per step reported before this correction).
 * Peak: the median FLOP/s of square ``n x n`` matmuls (``2 n^3`` FLOPs) in fp32 and bf16 on
   the same machine and thread count.
-* Bound: torch.profiler's self CPU time of one step split into counted (matmul-like) ops and
-  everything else: when most time goes to uncounted ops, the step is bound by memory traffic
+* Bound: the time inside each op of a step (``precision_oracle.op_times``, median of 3 steps)
+  split into counted (matmul-like: convolutions and matmuls, ``precision_oracle.conv_or_matmul``)
+  ops and everything else: when most time goes to uncounted ops, the step is bound by memory traffic
   and per-op overhead, not by the FMA units. The counted ops' own rate (the step's FLOPs over
   their share of its wall time) is what the step would reach if everything else took no time:
   when that is far below the peak too, the convolutions and matmuls themselves are too small
@@ -29,11 +30,8 @@ from math import prod
 import torch
 from bench_common import interleaved, spread
 from bench_precision import make_step, setting, tiny_denoiser
+from precision_oracle import conv_or_matmul, op_times
 from torch.utils.flop_counter import FlopCounterMode
-
-MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::convolution", "aten::_convolution",
-              "aten::mkldnn_convolution", "aten::convolution_backward", "aten::_scaled_dot_product",
-              "aten::_flash_attention", "aten::linear", "aten::matmul")
 
 
 def conv_backward_flops(grad_out_shape: list[int], x_shape: list[int], w_shape: list[int], _bias, _stride,  # noqa: ANN001
@@ -80,29 +78,29 @@ def run(quick: bool, threads: int, budget_s: float) -> dict:
         flops = counter.get_total_flops()
         times = interleaved({"step": step}, s["repeats"], warmup=0)["step"]
         st = spread(times)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            step()
-        total = sum(e.self_cpu_time_total for e in prof.key_averages())
-        counted = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key.startswith(MATMUL_OPS))
+        # time inside each op (median of 3 steps), not the profiler's self times: a profiled fp32
+        # step faulted in thousands of fresh pages that bf16's did not (bench_precision.op_breakdown)
+        ops = op_times({"step": step}, repeats=3, warmup=0)["step"]
+        total = sum(ops.values())
+        counted = sum(t for k, t in ops.items() if conv_or_matmul(k))
         achieved = flops / st["median"]
-        share = counted / max(total, 1e-9)
+        share = counted / max(total, 1e-12)
         # the matmul-like ops' own rate: the step's FLOPs over their share of the step's wall time
         own = flops / max(share * st["median"], 1e-12)
         out["by_precision"][precision] = {
             "flops_per_step": flops, "step_s": st, "achieved_flops_per_s": achieved,
             "fraction_of_peak": achieved / peaks[precision]["flops_per_s"],
-            "matmul_like_share_of_self_time": share,
+            "matmul_like_share": share,
             "matmul_like_flops_per_s": own, "matmul_like_fraction_of_peak": own / peaks[precision]["flops_per_s"],
-            "top_ops": sorted(((e.key, e.self_cpu_time_total / 1e3) for e in prof.key_averages()
-                               if e.key.startswith("aten::")),
-                              key=lambda kv: -kv[1])[:8],
+            "top_ops": sorted(((k, 1e3 * t) for k, t in ops.items()), key=lambda kv: -kv[1])[:8],
         }
         r = out["by_precision"][precision]
         print(f"  {precision}: {flops / 1e9:.2f} GFLOP/step, {1e3 * st['median']:.0f} ms, "
               f"{achieved / 1e9:.1f} GFLOP/s = {100 * r['fraction_of_peak']:.1f}% of the {precision} matmul peak "
               f"({peaks[precision]['flops_per_s'] / 1e9:.0f} GFLOP/s); matmul-like ops "
-              f"{100 * r['matmul_like_share_of_self_time']:.0f}% of the step's self time", flush=True)
+              f"{100 * r['matmul_like_share']:.0f}% of the step's op time", flush=True)
     out["method"] = ("FLOPs from torch.utils.flop_counter.FlopCounterMode (matmul/conv/attention only, 2 per MAC, "
                      "forward+backward, Adam not counted; grouped-conv weight gradients counted per group, the "
-                     f"sparse level's custom conv ops by their own formula); peak = median of {reps} {n}x{n} matmuls")
+                     f"sparse level's custom conv ops by their own formula); peak = median of {reps} {n}x{n} matmuls; "
+                     "matmul-like share = their time inside ops over all ops' (median of 3 steps, per-op timer)")
     return out

@@ -327,6 +327,12 @@ def _oracle(o: dict | None) -> list[str]:
     return lines
 
 
+def _mm_share(r: dict) -> float:
+    """The matmul-like ops' share of a step: of its op time (the op timer), or of its profiled
+    self time in records from before section 4 used the op timer."""
+    return r["matmul_like_share"] if "matmul_like_share" in r else r["matmul_like_share_of_self_time"]
+
+
 def flops(rec: dict, out: Path, plots: list[str]) -> tuple[list[str], dict]:
     lines, targets = _section_head(rec), {}
     if "error" in rec:
@@ -338,16 +344,16 @@ def flops(rec: dict, out: Path, plots: list[str]) -> tuple[list[str], dict]:
         pk = res["peak"][prec]
         lines.append(f"| {prec} | {pk['flops_per_s'] / 1e9:.0f} ({pk['n']}²) | {r['flops_per_step'] / 1e9:.2f} | "
                      f"{_ms(r['step_s'])} | {r['achieved_flops_per_s'] / 1e9:.1f} | {100 * r['fraction_of_peak']:.1f}% | "
-                     f"{100 * r['matmul_like_share_of_self_time']:.0f}% |")
+                     f"{100 * _mm_share(r):.0f}% |")
     bf = res["by_precision"].get("bf16")
     if bf:
         top = ", ".join(f"{k} {v:.0f} ms" for k, v in bf["top_ops"][:5])
-        lines += ["", f"bf16 step, largest self-time ops: {top}."]
+        lines += ["", f"bf16 step, largest {'ops by time' if 'matmul_like_share' in bf else 'self-time ops'}: {top}."]
         own = bf.get("matmul_like_fraction_of_peak")
-        why = (f"matmul-like ops are {100 * bf['matmul_like_share_of_self_time']:.0f}% of the step time, the rest "
+        why = (f"matmul-like ops are {100 * _mm_share(bf):.0f}% of the step time, the rest "
                "elementwise, normalisation and index work with no counted FLOPs")
         if own is not None:
-            lines += ["", f"Within their {100 * bf['matmul_like_share_of_self_time']:.0f}% of the bf16 step the "
+            lines += ["", f"Within their {100 * _mm_share(bf):.0f}% of the bf16 step the "
                           f"matmul-like ops alone run at {bf['matmul_like_flops_per_s'] / 1e9:.0f} GFLOP/s, "
                           f"{100 * own:.0f}% of the peak: the bound on this model's fraction of peak even if "
                           "every other op took no time. Its convolutions and matmuls are small (batch 32 on "
