@@ -729,3 +729,22 @@ def test_precision_report_says_where_the_eager_breakdown_comes_from(tmp_path):
     assert "| **step** | 100.0 | 60.0 | 1.67× |" in timer
     profiled = bench_report._breakdown(bd, 3)
     assert any("median of 3 profiled steps; profiling adds overhead" in ln for ln in profiled)
+
+
+@pytest.mark.parametrize("share_key", ["matmul_like_share", "matmul_like_share_of_self_time"])
+def test_flops_report_reads_the_op_timer_share_and_older_profiled_records(tmp_path, share_key):
+    """Section 4's share of the step in matmul-like ops: from the per-op timer (current records)
+    or from profiled self time (records written before); the table and the bound quote it."""
+    import bench_report
+
+    st = {"median": 0.2, "q1": 0.2, "q3": 0.2, "min": 0.2, "max": 0.2, "n": 3}
+    r = {"flops_per_step": 4e9, "step_s": st, "achieved_flops_per_s": 2e10, "fraction_of_peak": 0.05,
+         share_key: 0.4, "matmul_like_flops_per_s": 5e10, "matmul_like_fraction_of_peak": 0.125,
+         "top_ops": [("aten.convolution_backward.default|((2,),)", 30.0)]}
+    rec = {"section": 4, "title": "flops", "threads": 2, "wall_s": 1.0, "loadavg_before": [0.5], "loadavg_after": [0.5],
+           "result": {"peak": {"bf16": {"flops_per_s": 4e11, "n": 2048}}, "by_precision": {"bf16": r}}}
+    lines, _ = bench_report.flops(rec, tmp_path, [])
+    assert any(ln.startswith("| bf16 | 400 (2048²) | 4.00 |") and ln.endswith("| 5.0% | 40% |") for ln in lines)
+    assert any("Within their 40% of the bf16 step" in ln for ln in lines)
+    assert any(("largest ops by time" if share_key == "matmul_like_share" else "largest self-time ops") in ln
+               for ln in lines)
