@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import copy
+import statistics
 from math import prod
 
 import torch
@@ -60,14 +61,18 @@ def matmul_peak(n: int, dtype: torch.dtype, repeats: int) -> dict:
 
 
 def run(quick: bool, threads: int, budget_s: float) -> dict:
-    from bench_common import default_denoiser
+    from bench_common import default_denoiser, pin_malloc
 
+    # as section 3 does: without the pin, whether a step faults in fresh pages depends on what the
+    # process allocated before (unpinned, a second run of this section in one process had its fp32
+    # step fault in 13,280 pages per step, the first none); the faults are recorded per step
+    malloc = pin_malloc()
     torch.manual_seed(0)
     s = setting(quick)
     n, reps = (256, 5) if quick else (2048, 7)
     peaks = {"fp32": matmul_peak(n, torch.float32, reps), "bf16": matmul_peak(n, torch.bfloat16, reps)}
     base = tiny_denoiser() if quick else default_denoiser()
-    out = {"setting": s, "peak": peaks, "by_precision": {}}
+    out = {"setting": s, "peak": peaks, "by_precision": {}, "malloc": malloc}
     for precision in ("fp32", "bf16"):
         model = copy.deepcopy(base).train()
         step = make_step(model, s, precision == "bf16")
@@ -76,7 +81,8 @@ def run(quick: bool, threads: int, budget_s: float) -> dict:
         with counter:
             step()
         flops = counter.get_total_flops()
-        times = interleaved({"step": step}, s["repeats"], warmup=0)["step"]
+        step_faults: dict[str, list[int]] = {}
+        times = interleaved({"step": step}, s["repeats"], warmup=0, faults=step_faults)["step"]
         st = spread(times)
         # time inside each op (median of 3 steps), not the profiler's self times: a profiled fp32
         # step faulted in thousands of fresh pages that bf16's did not (bench_precision.op_breakdown)
@@ -89,6 +95,7 @@ def run(quick: bool, threads: int, budget_s: float) -> dict:
         own = flops / max(share * st["median"], 1e-12)
         out["by_precision"][precision] = {
             "flops_per_step": flops, "step_s": st, "achieved_flops_per_s": achieved,
+            "faults_per_step": statistics.median(step_faults["step"]),
             "fraction_of_peak": achieved / peaks[precision]["flops_per_s"],
             "matmul_like_share": share,
             "matmul_like_flops_per_s": own, "matmul_like_fraction_of_peak": own / peaks[precision]["flops_per_s"],

@@ -162,9 +162,10 @@ def op_breakdown(step, steps: int = PROFILED_STEPS, faults: list[int] | None = N
     (which parts bf16 does and does not speed up).
 
     Used for the compiled steps, whose fused kernels only the profiler sees. If ``faults`` is
-    given, it receives each profiled step's minor page faults: the profiler keeps its event
-    records alive through the step, which can push a step's large buffers onto fresh pages
-    (measured on the EPYC: 8,000-16,000 faults in a profiled fp32 step, none in bf16's).
+    given, it receives each profiled step's minor page faults: profiled fp32 steps fault in
+    fresh pages that unprofiled ones and bf16's do not (measured on the EPYC: 8,000-16,000 per
+    profiled fp32 step, none in bf16's), most likely because the profiler's records, alive
+    through the step, leave the heap's holes just too small for the next 4 MiB buffer.
     """
     per_step: list[dict[str, float]] = []
     for _ in range(steps):

@@ -339,12 +339,18 @@ def flops(rec: dict, out: Path, plots: list[str]) -> tuple[list[str], dict]:
         return lines, targets
     res = rec["result"]
     lines += ["| precision | matmul peak GFLOP/s (n) | GFLOP/step | step ms median [IQR] | achieved GFLOP/s | "
-              "fraction of peak | matmul-like share of step time |", "|---|---|---|---|---|---|---|"]
+              "fraction of peak | matmul-like share of step time | minor page faults / step |",
+              "|---|---|---|---|---|---|---|---|"]
     for prec, r in res["by_precision"].items():
         pk = res["peak"][prec]
+        fl = f"{r['faults_per_step']:.0f}" if "faults_per_step" in r else "not recorded"
         lines.append(f"| {prec} | {pk['flops_per_s'] / 1e9:.0f} ({pk['n']}²) | {r['flops_per_step'] / 1e9:.2f} | "
                      f"{_ms(r['step_s'])} | {r['achieved_flops_per_s'] / 1e9:.1f} | {100 * r['fraction_of_peak']:.1f}% | "
-                     f"{100 * _mm_share(r):.0f}% |")
+                     f"{100 * _mm_share(r):.0f}% | {fl} |")
+    if "malloc" in res:
+        faults = {p: r["faults_per_step"] for p, r in res["by_precision"].items() if "faults_per_step" in r}
+        fp32 = res["by_precision"].get("fp32", {}).get("step_s", {}).get("median", 0.0)
+        lines += _fault_check(res["malloc"], faults, fp32)
     bf = res["by_precision"].get("bf16")
     if bf:
         top = ", ".join(f"{k} {v:.0f} ms" for k, v in bf["top_ops"][:5])

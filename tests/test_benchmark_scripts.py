@@ -744,7 +744,29 @@ def test_flops_report_reads_the_op_timer_share_and_older_profiled_records(tmp_pa
     rec = {"section": 4, "title": "flops", "threads": 2, "wall_s": 1.0, "loadavg_before": [0.5], "loadavg_after": [0.5],
            "result": {"peak": {"bf16": {"flops_per_s": 4e11, "n": 2048}}, "by_precision": {"bf16": r}}}
     lines, _ = bench_report.flops(rec, tmp_path, [])
-    assert any(ln.startswith("| bf16 | 400 (2048²) | 4.00 |") and ln.endswith("| 5.0% | 40% |") for ln in lines)
+    assert any(ln.startswith("| bf16 | 400 (2048²) | 4.00 |") and ln.endswith("| 5.0% | 40% | not recorded |")
+               for ln in lines)
     assert any("Within their 40% of the bf16 step" in ln for ln in lines)
     assert any(("largest ops by time" if share_key == "matmul_like_share" else "largest self-time ops") in ln
+               for ln in lines)
+
+
+def test_flops_report_shows_page_faults_and_the_malloc_pin(tmp_path):
+    """Section 4 pins malloc as section 3 does and reports each step's page faults, flagging a gap."""
+    import bench_report
+
+    st = {"median": 0.2, "q1": 0.2, "q3": 0.2, "min": 0.2, "max": 0.2, "n": 3}
+
+    def row(faults: int) -> dict:
+        return {"flops_per_step": 4e9, "step_s": st, "achieved_flops_per_s": 2e10, "fraction_of_peak": 0.05,
+                "matmul_like_share": 0.4, "top_ops": [], "faults_per_step": faults}
+
+    res = {"peak": {p: {"flops_per_s": 4e11, "n": 2048} for p in ("fp32", "bf16")},
+           "by_precision": {"fp32": row(13280), "bf16": row(0)},
+           "malloc": {"pinned": True, "mmap_threshold": 32 << 20, "trim_threshold": 1 << 30}}
+    rec = {"section": 4, "title": "flops", "threads": 2, "wall_s": 1.0, "loadavg_before": [0.5], "loadavg_after": [0.5],
+           "result": res}
+    lines, _ = bench_report.flops(rec, tmp_path, [])
+    assert any(ln.startswith("| fp32 |") and ln.endswith("| 40% | 13280 |") for ln in lines)
+    assert any("malloc thresholds pinned" in ln and "WARNING: the variants' page faults per step differ by 13280" in ln
                for ln in lines)

@@ -80,7 +80,8 @@ def test_suite_quick_mode(tmp_path: Path) -> None:
         r = flops["by_precision"][p]
         assert r["flops_per_step"] > 0 and flops["peak"][p]["flops_per_s"] > 0
         assert math.isclose(r["fraction_of_peak"], r["achieved_flops_per_s"] / flops["peak"][p]["flops_per_s"])
-        assert 0.0 < r["matmul_like_share"] < 1.0 and r["top_ops"]
+        assert 0.0 < r["matmul_like_share"] < 1.0 and r["top_ops"] and r["faults_per_step"] >= 0
+    assert flops["malloc"]["pinned"] in (True, False)
 
     load = suite["sections"]["loading"]["result"]
     assert load["training_steps_per_s"] > 0 and all(r["batches_per_s"] > 0 for r in load["loaders"].values())
