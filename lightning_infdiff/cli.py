@@ -24,9 +24,12 @@ from typing import Literal
 import torch
 from jsonargparse import ArgumentParser
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
 from .data.datamodule import FieldDataModule
 from .lit.module import DiffusionModule
+from .malloc import pin_malloc
+from .precision import PrecisionChoice, inference_precision, resolve_precision
 
 __all__ = ["InfDiffCLI", "main", "sample_command", "export_command", "parse_grid"]
 
@@ -49,10 +52,38 @@ class InfDiffCLI(LightningCLI):
 
     The data decides the denoiser's input channels (``data.channels`` is linked to
     ``model.denoiser.init_args.in_channels``), so one denoiser overlay serves grey and RGB data.
+    ``trainer.precision: null`` (the default of ``configs/base.yaml``) is resolved by the hardware
+    (:func:`~lightning_infdiff.precision.resolve_precision`) before anything is built; the choice
+    and its reason are printed once, written to the run's ``config.yaml`` and logged as
+    hyperparameters (``precision``, ``precision_reason``). An explicit value always wins.
     """
+
+    precision_choice: PrecisionChoice | None = None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.channels", "model.denoiser.init_args.in_channels", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        """Resolve an unset ``trainer.precision`` by the device's capability and say so once."""
+        cfg = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
+        trainer = cfg.get("trainer")
+        if trainer is None:
+            return
+        if trainer.get("precision") is None:
+            choice = resolve_precision(trainer.get("accelerator") or "auto", trainer.get("strategy") or "auto")
+            trainer["precision"] = choice.precision
+        else:
+            choice = PrecisionChoice(str(trainer["precision"]), "set by trainer.precision")
+        self.precision_choice = choice
+        rank_zero_info(str(choice))
+
+    def after_instantiate_classes(self) -> None:
+        """Record the precision and its reason with the run's hyperparameters."""
+        if self.precision_choice is None or getattr(self, "trainer", None) is None:
+            return
+        record = {"precision": self.precision_choice.precision, "precision_reason": self.precision_choice.reason}
+        for logger in self.trainer.loggers:
+            logger.log_hyperparams(record)
 
     def _parse_ckpt_path(self) -> None:
         """LightningCLI reads ``--ckpt_path`` first (for its hyperparameters): name the file if it is broken."""
@@ -114,7 +145,7 @@ def sample_command(
     batch_size: int = 16,
     clip: Literal["none", "static", "dynamic"] = "static",
     deblur: bool = True,
-    precision: Literal["32", "bf16"] = "32",
+    precision: Literal["auto", "32", "bf16", "16"] = "auto",
     device: str = "cpu",
 ) -> Path:
     """Draw samples from a checkpoint at any resolution and aspect ratio.
@@ -137,7 +168,8 @@ def sample_command(
         batch_size: samples per forward batch.
         clip: x0 clipping during sampling.
         deblur: Wiener-deblur mollified samples for display.
-        precision: ``32`` or ``bf16`` (autocast for the network only).
+        precision: ``auto`` (by the hardware: bf16 where the device has native bf16, else fp32;
+            see :mod:`lightning_infdiff.precision`), ``32``, ``bf16`` or ``16`` (CUDA), for the network only.
         device: ``cpu``, ``cuda``, ``cuda:1``, ...
     """
     from tqdm.auto import tqdm
@@ -167,6 +199,8 @@ def sample_command(
     check_writable(out_dir)  # before the (slow) sampling
     images = []
     dev = torch.device(device)
+    choice = inference_precision(dev, precision)
+    print(choice, file=sys.stderr)
     for start in tqdm(range(0, num, batch_size), desc=f"sampling {hw[0]}x{hw[1]}"):
         seeds = list(range(seed + start, seed + min(num, start + batch_size)))
         if module.denoiser.num_classes:
@@ -174,7 +208,7 @@ def sample_command(
             lab = torch.tensor([pool[(s - seed) % len(pool)] for s in seeds], device=dev)
         else:
             lab = None
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with choice.autocast(dev):
             x = module.generate(hw, seeds, sampler, steps, eta, guidance_scale, lab, clip, deblur)
         save_images(x, out_dir / f"{hw[0]}x{hw[1]}", [f"seed{s}" for s in seeds])
         images.append(x)
@@ -216,6 +250,7 @@ def _run_tool(name: str, argv: list[str]) -> None:
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``infdiff`` and ``python -m lightning_infdiff``."""
+    pin_malloc(respect_env=True)
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] in MODULE_TOOLS:
         from importlib import import_module

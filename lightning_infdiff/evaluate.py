@@ -17,6 +17,7 @@ statistics, computed once and cached, are not included).
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,7 @@ import torch
 import yaml
 
 from .data.datamodule import FieldDataModule
+from .precision import inference_precision
 
 __all__ = ["evaluate_command", "train_classifier_command", "load_datamodule", "RESULT_KEYS"]
 
@@ -81,7 +83,7 @@ def evaluate_command(
     clip_pretrained: str | None = "openai",
     clip_weights: str | None = None,
     inception_weights: str | None = None,
-    precision: Literal["32", "bf16"] = "32",
+    precision: Literal["auto", "32", "bf16", "16"] = "auto",
     device: str = "cpu",
 ) -> list[dict[str, Any]]:
     """Evaluate a checkpoint's samples with Fréchet distances; append the results to ``out``.
@@ -105,7 +107,8 @@ def evaluate_command(
         clip_pretrained: open_clip tag (looked up in the local caches only).
         clip_weights: local CLIP weights file (see the README, "Evaluating FID_CLIP").
         inception_weights: local Inception weights file.
-        precision: ``32`` or ``bf16`` autocast for the denoiser.
+        precision: ``auto`` (by the hardware, :mod:`lightning_infdiff.precision`), ``32``, ``bf16`` or
+            ``16`` (CUDA) for the denoiser.
         device: ``cpu``, ``cuda``, ...
     """
     from .callbacks.fid import sample_into
@@ -126,6 +129,7 @@ def evaluate_command(
         res = getattr(module, "data_resolution", None) or dm.resolution
         grids = [(int(res), int(res))]
     dev = torch.device(device)
+    print(inference_precision(dev, precision), file=sys.stderr)
     extractors = [
         build_extractor(m, offline_dataset, clip_model, clip_pretrained, clip_weights, inception_weights).to(dev)
         for m in metrics

@@ -10,14 +10,20 @@ Examples::
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Literal
 
 import torch
 
+from ..precision import inference_autocast
 from .common import MASK_SHAPES, load_image, load_mask, named_mask
 
 __all__ = ["inpaint_command", "superres_command"]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def _labels(module: object, labels: list[int] | None, n: int) -> torch.Tensor | None:
@@ -56,7 +62,7 @@ def inpaint_command(
     labels: list[int] | None = None,
     guidance_scale: float = 1.0,
     out: str = "inpainted",
-    precision: Literal["32", "bf16"] = "32",
+    precision: Literal["auto", "32", "bf16", "16"] = "auto",
     device: str = "cpu",
 ) -> Path:
     """Fill a masked region of an image at the image's own resolution.
@@ -79,7 +85,8 @@ def inpaint_command(
         labels: class labels for conditional models (default: unconditional).
         guidance_scale: classifier-free guidance scale with labels.
         out: output folder.
-        precision: ``32`` or ``bf16`` (autocast for the network only).
+        precision: ``auto`` (by the hardware: bf16 where the device has native bf16, else fp32;
+            see :mod:`lightning_infdiff.precision`), ``32``, ``bf16`` or ``16`` (CUDA), for the network only.
         device: ``cpu``, ``cuda``, ...
     """
     from ..checkpoint import load_module
@@ -98,7 +105,7 @@ def inpaint_command(
         raise ValueError(f"--mask {mask!r} is neither a file nor one of {MASK_SHAPES}")
     seeds = list(range(seed, seed + num))
     dev = torch.device(device)
-    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with inference_autocast(dev, precision, announce=_stderr):
         result = inpaint(
             module.process, module.denoiser, img, known, seeds, method=method, strength=strength, steps=steps,
             sampler=sampler, resamplings=resamplings, jump_length=jump_length,
@@ -124,7 +131,7 @@ def superres_command(
     labels: list[int] | None = None,
     guidance_scale: float = 1.0,
     out: str = "superres",
-    precision: Literal["32", "bf16"] = "32",
+    precision: Literal["auto", "32", "bf16", "16"] = "auto",
     device: str = "cpu",
 ) -> Path:
     """Upsample an image with a resolution-independent model, consistent with it under area downsampling.
@@ -145,7 +152,8 @@ def superres_command(
         labels: class labels for conditional models (default: unconditional).
         guidance_scale: classifier-free guidance scale with labels.
         out: output folder.
-        precision: ``32`` or ``bf16`` (autocast for the network only).
+        precision: ``auto`` (by the hardware: bf16 where the device has native bf16, else fp32;
+            see :mod:`lightning_infdiff.precision`), ``32``, ``bf16`` or ``16`` (CUDA), for the network only.
         device: ``cpu``, ``cuda``, ...
     """
     from ..checkpoint import load_module
@@ -161,7 +169,7 @@ def superres_command(
     high = target_size(low, parse_grid(size) if size is not None else None, scale)
     seeds = list(range(seed, seed + num))
     dev = torch.device(device)
-    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with inference_autocast(dev, precision, announce=_stderr):
         result = superres(
             module.process, module.denoiser, img, seeds, size=high, method=method, strength=strength,
             steps=steps, sampler=sampler, cond=_labels(module, labels, num), guidance_scale=guidance_scale,

@@ -28,6 +28,7 @@ import torch
 from ..metrics.features import FeatureExtractor, quantise
 from ..metrics.frechet import FrechetDistance
 from ..metrics.reference import Split, reference_stats
+from ..precision import inference_autocast
 
 __all__ = ["FIDCallback", "sample_into"]
 
@@ -41,14 +42,16 @@ def sample_into(
     batch_size: int,
     sampler: str | None = None,
     steps: int | None = None,
-    precision: Literal["32", "bf16"] = "32",
+    precision: str = "auto",
     first_seed: int = 0,
     progress: bool = False,
 ) -> None:
     """Reset ``metrics``, then generate one sample per seed on ``grid`` (batch by batch),
     quantise to uint8 and feed every metric as the generated side.
 
-    Conditional models get label ``(seed - first_seed) % num_classes`` (a balanced cycle).
+    Conditional models get label ``(seed - first_seed) % num_classes`` (a balanced cycle). The
+    network runs under :func:`~lightning_infdiff.precision.inference_autocast` with ``precision``
+    (``auto``: the hardware rule; or ``32``, ``bf16``, ``16``, or a trainer's precision name).
     """
     from tqdm.auto import tqdm
 
@@ -62,7 +65,7 @@ def sample_into(
         labels = None
         if num_classes:
             labels = (torch.tensor(chunk, device=device) - first_seed) % num_classes
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with inference_autocast(device, precision):
             x = module.generate(grid, chunk, sampler, steps, labels=labels)
         images = quantise(x).to(device)
         for m in metrics:
@@ -86,7 +89,8 @@ class FIDCallback(L.Callback):
         reference_split: ``train`` (the protocol), ``val`` or ``all``.
         reference_count: number of real images (default: the whole split).
         cache: reference-statistics cache root (default ``$LIGHTNING_INFDIFF_CACHE``).
-        precision: ``32`` or ``bf16`` autocast for the denoiser while sampling.
+        precision: the denoiser's precision while sampling: ``trainer`` (the trainer's, itself chosen by
+            the hardware unless set), ``auto`` (the hardware rule), ``32``, ``bf16`` or ``16`` (CUDA).
     """
 
     def __init__(
@@ -103,7 +107,7 @@ class FIDCallback(L.Callback):
         reference_split: Split = "train",
         reference_count: int | None = None,
         cache: str | None = None,
-        precision: Literal["32", "bf16"] = "32",
+        precision: Literal["trainer", "auto", "32", "bf16", "16"] = "trainer",
     ) -> None:
         if not extractors:
             raise ValueError("FIDCallback.extractors must list at least one feature extractor")
@@ -188,21 +192,28 @@ class FIDCallback(L.Callback):
         if self.every_n_steps is not None:
             self._last_step_bucket = trainer.global_step // self.every_n_steps
         self._last_epoch = trainer.current_epoch
-        values = self.evaluate(pl_module, trainer.global_rank, trainer.world_size)
+        precision = str(trainer.precision) if self.precision == "trainer" else self.precision
+        values = self.evaluate(pl_module, trainer.global_rank, trainer.world_size, precision)
         for key, value in values.items():
             pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
 
     # ------------------------------------------------------------------ work
     @torch.no_grad()
-    def evaluate(self, pl_module: L.LightningModule, rank: int = 0, world_size: int = 1) -> dict[str, float]:
-        """Sample this rank's share at every resolution and return ``{"<metric>/<H>x<W>": value}``."""
+    def evaluate(self, pl_module: L.LightningModule, rank: int = 0, world_size: int = 1,
+                 precision: str | None = None) -> dict[str, float]:
+        """Sample this rank's share at every resolution and return ``{"<metric>/<H>x<W>": value}``.
+
+        ``precision`` overrides the callback's (the validation hook passes the trainer's).
+        """
+        if precision is None:
+            precision = "auto" if self.precision == "trainer" else self.precision
         seeds = [self.seed + i for i in range(rank, self.num_samples, world_size)]
         grids = sorted({g for _, g in self.metrics}, key=lambda g: (g[0] * g[1], g))
         values: dict[str, float] = {}
         for g in grids:
             metrics = {name: m for (name, grid), m in self.metrics.items() if grid == g}
             sample_into(pl_module, g, seeds, list(metrics.values()), self.batch_size, self.sampler, self.steps,
-                        self.precision, self.seed)
+                        precision, self.seed)
             for name, m in metrics.items():
                 values[f"{name}/{g[0]}x{g[1]}"] = float(m.compute())
                 m.reset()

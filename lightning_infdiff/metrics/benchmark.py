@@ -22,6 +22,7 @@ import torch
 
 from ..data.bundled import MNISTDigits
 from ..data.datamodule import FieldDataModule
+from ..precision import inference_autocast
 from .features import ClassifierFeatures
 from .frechet import FeatureStats, frechet_distance
 from .reference import _render, split_of
@@ -104,7 +105,7 @@ def speed(clip_images: int = 64, clip_weights: str | None = None, sample_images:
     module = DiffusionModule(den, GaussianProcess()).eval()
     for precision in ("32", "bf16"):
         seeds = list(range(sample_images))
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with inference_autocast("cpu", precision):  # both precisions, whatever the hardware rule
             module.generate((32, 32), seeds[:2], steps=2)
             start, cpu = time.perf_counter(), time.process_time()
             for i in range(0, sample_images, 16):
