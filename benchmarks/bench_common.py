@@ -136,37 +136,18 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int 
     return out
 
 
-#: glibc ``mallopt`` parameters (``malloc.h``) and the values :func:`pin_malloc` sets: the
-#: largest mmap threshold glibc accepts on 64-bit (``HEAP_MAX_SIZE / 2``) and a trim threshold
-#: far above any step's working set.
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-PINNED_MMAP_THRESHOLD, PINNED_TRIM_THRESHOLD = 32 << 20, 1 << 30
-
-
-def pin_malloc() -> dict:
-    """Fix glibc's malloc thresholds so that a step's page faults do not depend on history.
-
-    glibc raises its mmap threshold each time a large mmapped block is freed, and trims the heap
-    when its free top exceeds the trim threshold. Which of a step's buffers are served from
-    already-mapped heap pages, and which are mapped afresh (a minor fault per 4 KiB page when
-    first touched), then depends on what the process allocated before. Measured here (notes of
-    issue 10): the same fp32 training step took 278 ms with ~8,000 faults per step in a process
-    that also held a bf16 model, and 178 ms with ~630 after pinning, which made bf16 read 2.05×
-    faster instead of 1.31×. Setting either parameter turns the dynamic adjustment off
-    (``mallopt(3)``). Returns what was set, or why nothing was (not glibc).
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError) as err:
-        return {"pinned": False, "why": f"no glibc mallopt: {err}"}
-    ok_mmap = bool(mallopt(M_MMAP_THRESHOLD, PINNED_MMAP_THRESHOLD))
-    ok_trim = bool(mallopt(M_TRIM_THRESHOLD, PINNED_TRIM_THRESHOLD))
-    return {"pinned": ok_mmap and ok_trim, "mmap_threshold": PINNED_MMAP_THRESHOLD if ok_mmap else None,
-            "trim_threshold": PINNED_TRIM_THRESHOLD if ok_trim else None}
+# glibc's malloc thresholds: the package pins them in its entry points (lightning_infdiff/malloc.py,
+# which explains why); every benchmark process pins them too, so a step's page faults do not depend
+# on what the process ran before (issue 10: an fp32 step took 278 ms with ~8,000 faults per step in a
+# process that also held a bf16 model, 178 ms with ~630 pinned, which made bf16 read 2.05x faster
+# instead of 1.31x).
+from lightning_infdiff.malloc import (  # noqa: E402, F401 - re-exported for the benchmarks
+    M_MMAP_THRESHOLD,
+    M_TRIM_THRESHOLD,
+    PINNED_MMAP_THRESHOLD,
+    PINNED_TRIM_THRESHOLD,
+    pin_malloc,
+)
 
 
 def fit_exponent(pixels: list[int], times: list[float]) -> float:

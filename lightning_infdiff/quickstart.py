@@ -21,6 +21,8 @@ from .cli import InfDiffCLI
 from .data.datamodule import FieldDataModule
 from .images import save_grid
 from .lit.module import DiffusionModule
+from .malloc import pin_malloc
+from .precision import inference_autocast
 
 __all__ = ["main", "evaluate_digits"]
 
@@ -28,8 +30,11 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def evaluate_digits(module: DiffusionModule, grids: list[tuple[int, int]], out: Path, per_class: int = 2,
-                    steps: int = 25) -> list[dict]:
+                    steps: int = 25, precision: str = "auto") -> list[dict]:
     """Sample digits 0-9 ``per_class`` times at each grid, save grids, and score them.
+
+    The network runs in ``precision`` (:func:`~lightning_infdiff.precision.inference_autocast`;
+    the main job passes the precision it trained in).
 
     Returns one record per grid: classifier accuracy against the requested digit, mean
     confidence and seconds per image.
@@ -42,7 +47,7 @@ def evaluate_digits(module: DiffusionModule, grids: list[tuple[int, int]], out: 
     records = []
     for grid in grids:
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with inference_autocast(module.device, precision):
             x = module.generate(grid, list(range(n)), steps=steps, labels=labels)
         seconds = (time.perf_counter() - t0) / n
         path = out / f"digits_{grid[0]}x{grid[1]}.png"
@@ -56,13 +61,19 @@ def evaluate_digits(module: DiffusionModule, grids: list[tuple[int, int]], out: 
     return records
 
 
+#: added to the run (before the user's arguments): step and validation times in ``throughput.json``
+THROUGHPUT_ARGS = ["--trainer.callbacks+=lightning_infdiff.callbacks.Throughput", "--trainer.callbacks.sample_num=0"]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Train, sample, score, report."""
+    pin_malloc(respect_env=True)
     extra = list(sys.argv[1:] if argv is None else argv)
     t0 = time.perf_counter()
     cli = InfDiffCLI(
         DiffusionModule, FieldDataModule,
-        args=["fit", "--config", str(CONFIGS / "base.yaml"), "--config", str(CONFIGS / "quickstart.yaml"), *extra],
+        args=["fit", "--config", str(CONFIGS / "base.yaml"), "--config", str(CONFIGS / "quickstart.yaml"),
+              *THROUGHPUT_ARGS, *extra],
         save_config_kwargs={"overwrite": True},
     )
     t_train = time.perf_counter() - t0
@@ -73,13 +84,25 @@ def main(argv: list[str] | None = None) -> None:
     grids = [(r, r), (2 * r, 2 * r), (4 * r, 4 * r), (r, 2 * r)]
     out = log_dir / "quickstart_samples"
     t1 = time.perf_counter()
-    records = evaluate_digits(module, grids, out)
+    records = evaluate_digits(module, grids, out, precision=str(cli.trainer.precision))
     t_sample = time.perf_counter() - t1
+    log_final_grids(cli.trainer, records)
+    throughput_path = log_dir / "throughput.json"
+    cost = json.loads(throughput_path.read_text()) if throughput_path.is_file() else {}
     summary = {"train_seconds": round(t_train, 1), "sample_seconds": round(t_sample, 1),
+               "steps": int(cli.trainer.global_step), "precision": str(cli.trainer.precision),
+               "precision_reason": cli.precision_choice.reason if cli.precision_choice else None,
+               "step_time_median_s": cost.get("step_time_median_s"), "train_wall_s": cost.get("train_wall_s"),
+               "validation_runs": cost.get("validation_runs"), "validation_s": cost.get("validation_s"),
+               "validation_share": cost.get("validation_share"),
                "checkpoint": ckpt, "log_dir": str(log_dir), "grids": records}
     (log_dir / "quickstart_summary.json").write_text(json.dumps(summary, indent=2))
     print("\n=== lightning_infdiff quickstart ===")
-    print(f"trained {cli.trainer.global_step} steps in {t_train:.0f} s; sampled in {t_sample:.0f} s")
+    print(f"trained {cli.trainer.global_step} steps in {t_train:.0f} s ({cli.precision_choice}); "
+          f"sampled in {t_sample:.0f} s")
+    if cost.get("validation_share") is not None:
+        print(f"validation: {cost['validation_runs']} runs, {cost['validation_s']:.0f} s, "
+              f"{cost['validation_share']:.1%} of the training time")
     for rec in records:
         acc = rec.get("accuracy_vs_requested_digit")
         acc_txt = f", classifier agrees with the requested digit for {acc:.0%}" if acc is not None else ""
@@ -87,6 +110,20 @@ def main(argv: list[str] | None = None) -> None:
     print(f"checkpoint: {ckpt}")
     print(f"TensorBoard: tensorboard --logdir {log_dir.parent}")
     print(f"summary: {log_dir / 'quickstart_summary.json'}")
+
+
+def log_final_grids(trainer: object, records: list[dict]) -> None:
+    """Show the final sample sheets in TensorBoard too (``quickstart/<H>x<W>`` at the last step)."""
+    import numpy as np
+    from PIL import Image
+
+    exp = getattr(getattr(trainer, "logger", None), "experiment", None)
+    if exp is None or not hasattr(exp, "add_image"):
+        return
+    for rec in records:
+        img = np.asarray(Image.open(rec["png"]).convert("RGB"))
+        exp.add_image(f"quickstart/{rec['grid']}", img, trainer.global_step, dataformats="HWC")  # type: ignore[attr-defined]
+    exp.flush()
 
 
 if __name__ == "__main__":

@@ -14,7 +14,10 @@ memory. This callback measures, inside the training process:
   does); on CUDA the largest ``torch.cuda.max_memory_allocated`` within a training step. The
   whole run's RSS high-water mark is recorded too;
 * the sampling time per image: ``DiffusionModule.generate`` timed for ``sample_num`` images on
-  one grid with ``sample_steps`` solver steps after training ends.
+  one grid with ``sample_steps`` solver steps after training ends;
+* the wall time of training (``on_train_start`` to ``on_train_end``) and, within it, of the
+  validation runs (loss and sample grids), so the share of a wall-time budget that validation
+  takes is known.
 
 It writes ``throughput.json`` into the logger's directory (next to ``val_loss_by_logsnr.jsonl``)
 and logs the numbers as ``throughput/*`` scalars.
@@ -83,16 +86,36 @@ class Throughput(Callback):
         self._validated = False
         self._rss_train: float | None = None
         self._cuda_train: float | None = None
+        self._train_start: float | None = None
+        self._train_seconds: float | None = None
+        self._val_start: float | None = None
+        self.validation_seconds: list[float] = []
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Reset the measurements."""
         self.step_times.clear()
+        self.validation_seconds.clear()
         self._validated, self._rss_train, self._cuda_train = False, None, None
+        self._train_start = self._train_seconds = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Start the training wall clock."""
+        self._train_start = time.perf_counter()
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Stop reading the training RSS high-water mark (validation samples on larger grids)."""
         if not trainer.sanity_checking and self._rss_train is not None:
             self._validated = True
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            _sync(pl_module.device)
+            self._val_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Add the validation run's wall time."""
+        if self._val_start is not None:
+            _sync(pl_module.device)
+            self.validation_seconds.append(time.perf_counter() - self._val_start)
+            self._val_start = None
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         """Start the step clock."""
@@ -158,11 +181,17 @@ class Throughput(Callback):
             "sample_grid": list(grid) if grid else None,
             "sample_num": self.sample_num,
             "sample_steps": self.sample_steps,
+            "train_wall_s": self._train_seconds,
+            "validation_runs": len(self.validation_seconds),
+            "validation_s": sum(self.validation_seconds),
+            "validation_share": sum(self.validation_seconds) / self._train_seconds if self._train_seconds else None,
             "sample_seconds_per_image": self.sampling_seconds_per_image(trainer, pl_module),
         }
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Time sampling, write ``throughput.json`` and log the numbers (global rank 0 writes)."""
+        if self._train_start is not None:
+            self._train_seconds = time.perf_counter() - self._train_start
         info = self.summary(trainer, pl_module)
         if not trainer.is_global_zero:
             return
