@@ -192,3 +192,29 @@ def test_throughput_summary_median_skip_and_images_per_second():
     assert cb.summary(trainer, module)["step_time_median_s"] == 5.0
     with pytest.raises(ValueError, match="sample_grid"):
         Throughput(sample_grid=[16])
+
+
+def test_throughput_measures_validation_time_within_training(tmp_path):
+    """Validation runs are timed (a 0.1 s pause per validation batch must show), and their share of
+    the training wall time is their sum over it."""
+    import time
+
+    import lightning as L
+    from test_metrics_callback import tiny_dm, tiny_module
+
+    from lightning_infdiff.callbacks import Throughput
+
+    class Pause(L.Callback):
+        def on_validation_batch_end(self, *args, **kwargs):
+            time.sleep(0.1)
+
+    cb = Throughput(skip_steps=0, sample_num=0)
+    trainer = L.Trainer(accelerator="cpu", max_steps=4, val_check_interval=2, check_val_every_n_epoch=None,
+                        num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[cb, Pause()],
+                        default_root_dir=tmp_path)
+    trainer.fit(tiny_module(), datamodule=tiny_dm())
+    info = json.loads((tmp_path / "throughput.json").read_text())
+    assert info["validation_runs"] == 2 and info["validation_s"] >= 0.2
+    assert info["train_wall_s"] > info["validation_s"]
+    assert info["validation_share"] == pytest.approx(info["validation_s"] / info["train_wall_s"])

@@ -35,7 +35,6 @@ def test_default_optimizer_is_fused_adamw_on_cpu_and_matches_the_unfused_update(
         ref.step()
     for t, p in zip(twins, ps, strict=True):
         torch.testing.assert_close(p, t, atol=1e-7, rtol=1e-6)
-    assert not is_fused(default_optimizer(_params(), clip_with_scaler=True))
 
 
 @pytest.mark.parametrize("plugin", [Precision(), MixedPrecision("bf16-mixed", "cpu")])
@@ -58,10 +57,42 @@ def test_unfused_or_unclipped_is_left_to_lightning() -> None:
     assert _norm(ps) == before
 
 
-def test_fused_with_a_float16_loss_scaler_is_refused_with_the_keys_to_change() -> None:
-    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
-    with pytest.raises(ValueError, match=r"model\.optimizer\.init_args\.fused: false.*gradient_clip_val"):
-        clip_gradients(plugin, default_optimizer(_params()), 1.0, "norm")
+def test_fused_with_a_float16_loss_scaler_clips_the_true_gradients_and_steps_once() -> None:
+    """16-mixed (CUDA without bf16): unscale, clip, then the scaler's fused step must not unscale
+    again. Reference: the unfused optimiser through the same scaler (Lightning's own path)."""
+    runs = {}
+    for fused in (True, False):
+        ps = _params(scale=1.0)
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+        scaler.scale(torch.ones(()))  # the loss is scaled before backward (initialises the scale)
+        for p in ps:
+            p.grad = p.grad * 1024.0  # what backward of a scaled loss leaves
+        plugin = MixedPrecision("16-mixed", "cpu", scaler=scaler)
+        opt = torch.optim.AdamW(ps, lr=0.1, weight_decay=0.0, fused=fused or None)
+        if fused:
+            assert clip_gradients(plugin, opt, 1.0, "norm")
+        else:
+            scaler.unscale_(opt)
+            Precision.clip_gradients(plugin, opt, 1.0)
+        assert _norm(ps) == pytest.approx(1.0, rel=1e-4)
+        scaler.step(opt)
+        scaler.update()
+        runs[fused] = [p.detach().clone() for p in ps]
+    for a, b in zip(runs[True], runs[False], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_fused_with_a_float16_loss_scaler_skips_a_step_with_inf_gradients() -> None:
+    ps = _params()
+    before = [p.detach().clone() for p in ps]
+    ps[0].grad[0, 0] = float("inf")
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(torch.ones(()))
+    opt = default_optimizer(ps)
+    clip_gradients(MixedPrecision("16-mixed", "cpu", scaler=scaler), opt, 1.0, "norm")
+    scaler.step(opt)
+    scaler.update()
+    assert all(torch.equal(p, b) for p, b in zip(ps, before, strict=True)) and scaler.get_scale() == 512.0
 
 
 def test_training_with_bf16_mixed_clips_through_the_fused_optimiser(tmp_path, monkeypatch) -> None:

@@ -19,6 +19,16 @@ from lightning_infdiff.denoisers import SparseNeuralOperator
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _forget_cached_capabilities():
+    """The sparse conv caches the CPU's answer: a faked one must not outlive its test."""
+    from lightning_infdiff.denoisers.sparse_conv import _native_cpu_bf16
+
+    _native_cpu_bf16.cache_clear()
+    yield
+    _native_cpu_bf16.cache_clear()
+
+
 def fake(monkeypatch, cuda=None, cpu=(False, "this CPU has no native bf16 (faked)"), mps=False):
     """Fake the capability queries: ``cuda`` None (no device) or whether it has bf16; ``cpu`` the CPU answer."""
     monkeypatch.setattr(P.torch.cuda, "is_available", lambda: cuda is not None)
@@ -308,3 +318,55 @@ def test_fid_callback_samples_in_the_trainers_precision(tmp_path, monkeypatch, s
     monkeypatch.setattr(fid, "evaluate", lambda *a, **k: calls.append(len(seen)) or FIDCallback.evaluate(fid, *a, **k))
     trainer([fid], precision=precision).fit(tiny_module(), datamodule=tiny_dm())
     assert calls and len(seen) > calls[0] and set(seen) == {want}
+
+
+def test_torch_capabilities_may_come_as_a_read_only_mapping(monkeypatch):
+    """torch returns a mappingproxy: it must be read, not mistaken for 'torch cannot tell'."""
+    from types import MappingProxyType
+
+    monkeypatch.setattr(P.torch.cpu, "get_capabilities", lambda: MappingProxyType({"avx512_bf16": True, "amx_bf16": False}),
+                        raising=False)
+    monkeypatch.setattr(P, "_cpuinfo_flags", lambda path=None: None)
+    native, evidence = P.cpu_bf16_support("x86_64")
+    assert native is True and "torch.cpu.get_capabilities" in evidence
+
+
+# ------------------------------------------------------------------ the main job's entry points
+def test_entry_points_pin_malloc_unless_told_not_to(monkeypatch):
+    from lightning_infdiff.malloc import pin_malloc
+
+    monkeypatch.setenv("LIGHTNING_INFDIFF_MALLOC", "system")
+    assert pin_malloc(respect_env=True) == {"pinned": False, "why": "LIGHTNING_INFDIFF_MALLOC=system"}
+    assert pin_malloc()["pinned"] in (True, False)  # benchmarks pin regardless (False only without glibc)
+
+
+def test_quickstart_reports_steps_precision_and_validation_share(tmp_path, monkeypatch):
+    """The main job end to end at tiny settings: the summary has what the README quotes, and the
+    final sample sheets are in TensorBoard."""
+    from lightning_infdiff import quickstart
+    from lightning_infdiff.metrics import classifier as clf
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(clf, "load_classifier", lambda name, retrain=False: (clf.SmallClassifier(10).eval(), 0.5))
+    fake(monkeypatch, cpu=(False, "no native bf16 (faked)"))
+    quickstart.main([
+        "--config", str(ROOT / "configs" / "data" / "blobs.yaml"), "--model.denoiser.init_args.num_classes=0",
+        "--model.guidance_scale=1.0", "--data.resolution=8", "--model.denoiser.init_args.train_resolution=8",
+        "--model.denoiser.init_args.inner_resolution=4", "--model.denoiser.init_args.channels=8",
+        "--model.denoiser.init_args.inner_channels=8", "--model.denoiser.init_args.channel_mult=[1]",
+        "--model.denoiser.init_args.attention_resolutions=[]", "--model.denoiser.init_args.head_channels=8",
+        "--model.denoiser.init_args.emb_dim=16", "--model.denoiser.init_args.depth=1", "--data.batch_size=4",
+        "--data.val_size=4", "--data.num_workers=0", "--data.source.init_args.length=16",
+        "--trainer.max_steps=4", "--trainer.max_time=null", "--trainer.val_check_interval=2",
+        "--model.sample_steps=1", "--model.sample_grids=[[8, 8]]", "--trainer.enable_progress_bar=false",
+    ])
+    summary = json.loads(next(tmp_path.rglob("quickstart_summary.json")).read_text())
+    assert summary["steps"] == 4 and summary["precision"] == "32-true"
+    assert summary["precision_reason"] == "no native bf16 (faked)"
+    assert summary["validation_runs"] == 2 and 0 < summary["validation_s"] < summary["train_wall_s"]
+    assert summary["validation_share"] == pytest.approx(summary["validation_s"] / summary["train_wall_s"])
+    assert [g["grid"] for g in summary["grids"]] == ["8x8", "16x16", "32x32", "8x16"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(Path(summary["log_dir"]))).Reload()
+    assert {f"quickstart/{g}" for g in ("8x8", "16x16", "32x32", "8x16")} <= set(events.Tags()["images"])

@@ -43,6 +43,7 @@ pixels (measured in ``benchmarks/bench_sampling.py``).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -285,6 +286,18 @@ BF16_MAX_KERNEL = 9
 _WGRAD_BLOCKS = (8, 4)
 
 
+@functools.cache
+def _native_cpu_bf16() -> bool:
+    from ..precision import cpu_bf16_support
+
+    return bool(cpu_bf16_support()[0])
+
+
+def _native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively (CUDA, or a CPU per :func:`~lightning_infdiff.precision.cpu_bf16_support`)."""
+    return device.type != "cpu" or _native_cpu_bf16()
+
+
 def _depthwise_weight_grad(grad: Tensor, canvas: Tensor, weight: Tensor, padding: tuple[int, int]) -> Tensor:
     """Weight gradient ``dW[c, i, j] = Σ_{b,y,x} g[b,c,y,x] · x_pad[b,c,y+i,x+j]`` of a "same"
     depthwise conv (``groups = C``), for a bf16 ``grad`` and ``canvas``; returned in ``weight``'s dtype.
@@ -299,12 +312,14 @@ def _depthwise_weight_grad(grad: Tensor, canvas: Tensor, weight: Tensor, padding
     (``benchmarks/results/kernels.md``, Xeon) it is 2.4x faster than fp32's depthwise gradient
     at 32 channels and 32² (1.6 vs 3.8 ms), 2.9x at 128 channels and 64², 4.7x for a 9x9 kernel
     at 128² (1.6x, 2.4x and 2.5x on the EPYC).
-    Channel counts with no block of 8 or 4 take the fp32 depthwise gradient.
+    Channel counts with no block of 8 or 4, and CPUs without native bf16 (where oneDNN's
+    emulated bf16 grouped conv does not keep the error within one bf16 rounding: measured on an
+    AVX2-only AMD EPYC, ``tests/test_sparse_conv.py``), take the fp32 depthwise gradient.
     """
     c, _, kh, kw = weight.shape
     args = ((1, 1), padding, (1, 1), False, (0, 0))
     k = next((k for k in _WGRAD_BLOCKS if c % k == 0), None)
-    if k is None:
+    if k is None or not _native_bf16(grad.device):
         return torch.ops.aten.convolution_backward(
             grad.float(), canvas.float(), weight.float(), None, *args, c, (False, True, False))[1].to(weight.dtype)
     blocks = torch.ops.aten.convolution_backward(

@@ -360,9 +360,7 @@ class DiffusionModule(L.LightningModule):
         """AdamW (or the configured optimiser) with warm-up and cosine or constant LR."""
         params = [p for p in self.denoiser.parameters() if p.requires_grad]
         if self.optimizer_factory is None:
-            trainer = self._trainer
-            scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None) is not None
-            opt = default_optimizer(params, clip_with_scaler=scaler and bool(getattr(trainer, "gradient_clip_val", 0)))
+            opt = default_optimizer(params)
         else:
             opt = self.optimizer_factory(params)
         total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 0

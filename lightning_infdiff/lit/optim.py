@@ -6,10 +6,12 @@ default per-tensor loop and 7.0 ms for ``foreach``, the same arithmetic
 (``benchmarks/results/kernels.md``), so it is the default where it exists (CPU and CUDA).
 
 Lightning's mixed-precision plugin refuses gradient clipping with any optimiser that unscales
-gradients itself, which fused optimisers claim to do. That matters only with a float16
-``GradScaler``: under ``bf16-mixed`` there is no loss scale, the gradients are already the true
-ones, and clipping them before the step is exact. :func:`clip_gradients` does that, and
-raises a clear error for the float16 case, where clipping before a fused step is impossible.
+gradients itself, which fused optimisers claim to do. Under ``bf16-mixed`` and ``32-true`` there
+is no loss scale: the gradients are the true ones and clipping them before the step is exact.
+Under ``16-mixed`` (what :mod:`lightning_infdiff.precision` picks on a CUDA device without bf16)
+:func:`clip_gradients` first unscales the gradients with the plugin's ``GradScaler``
+(``unscale_``), which marks the optimiser as unscaled, so the scaler's fused step then skips its
+own unscaling (``grad_scale`` is ``None``) and still skips steps with non-finite gradients.
 """
 
 from __future__ import annotations
@@ -31,16 +33,10 @@ def is_fused(optimizer: torch.optim.Optimizer) -> bool:
     return bool(optimizer.defaults.get("fused"))
 
 
-def default_optimizer(params: Iterable[torch.nn.Parameter], clip_with_scaler: bool = False) -> torch.optim.Optimizer:
-    """AdamW, lr 2e-4, no weight decay; fused on CPU and CUDA.
-
-    Args:
-        params: the parameters to optimise.
-        clip_with_scaler: gradients will be clipped under a float16 loss scaler, where a fused
-            step cannot be combined with clipping: use the unfused update.
-    """
+def default_optimizer(params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """AdamW, lr 2e-4, no weight decay; fused on CPU and CUDA (clipping works with it, see :func:`clip_gradients`)."""
     params = list(params)
-    fused = not clip_with_scaler and bool(params) and all(p.device.type in FUSED_DEVICES for p in params)
+    fused = bool(params) and all(p.device.type in FUSED_DEVICES for p in params)
     return torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0, fused=fused or None)
 
 
@@ -59,18 +55,12 @@ def clip_gradients(
         ``True`` if the gradients were clipped here, ``False`` if ``optimizer`` is not fused
         (the caller then uses Lightning's own clipping).
 
-    Raises:
-        ValueError: a fused optimiser with clipping under a float16 loss scaler.
     """
     if not is_fused(optimizer) or not clip_val:
         return False
-    if getattr(plugin, "scaler", None) is not None:
-        raise ValueError(
-            "model.optimizer is fused (init_args.fused: true) and trainer.gradient_clip_val is set, but "
-            "precision '16-mixed' scales the loss and a fused optimiser unscales the gradients only inside its "
-            "step, after clipping would have to happen; set model.optimizer.init_args.fused: false, remove "
-            "trainer.gradient_clip_val, or use precision 'bf16-mixed'"
-        )
-    # no loss scale: clip exactly as Lightning does, without its mixed-precision plugin's refusal
+    scaler = getattr(plugin, "scaler", None)
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # true gradients now; the scaler's step will not unscale again
+    # clip exactly as Lightning does, without its mixed-precision plugin's refusal
     Precision.clip_gradients(plugin, optimizer, clip_val, GradClipAlgorithmType(algorithm or "norm"))
     return True
