@@ -770,3 +770,33 @@ def test_flops_report_shows_page_faults_and_the_malloc_pin(tmp_path):
     assert any(ln.startswith("| fp32 |") and ln.endswith("| 40% | 13280 |") for ln in lines)
     assert any("malloc thresholds pinned" in ln and "WARNING: the variants' page faults per step differ by 13280" in ln
                for ln in lines)
+
+
+def test_precision_choice_benchmark_times_three_variants_and_reports_ratios(monkeypatch):
+    """bench_precision_choice: the bare steps of the resolved default, 32-true and bf16-mixed
+    (tiny model), and the report's ratios to 32-true; the fit commands name the resolved default
+    by leaving trainer.precision unset."""
+    import bench_precision_choice as bpc
+
+    times = bpc.step_times(quick=True, repeats=1, default="32-true")
+    assert set(times) == set(bpc.VARIANTS) and all(t["n"] == 1 and t["median"] > 0 for t in times.values())
+    args = bpc.fit_args("default", 5, Path("/tmp/x"), quick=True)
+    assert not any(a.startswith("--trainer.precision") for a in args) and "--trainer.max_steps=5" in args
+    assert "--trainer.precision=bf16-mixed" in bpc.fit_args("bf16-mixed", 5, Path("/tmp/x"), quick=False)
+
+    def stats(ms):
+        return {"median": ms / 1e3, "q1": ms / 1e3, "q3": ms / 1e3, "min": ms / 1e3, "max": ms / 1e3, "n": 1}
+
+    rec = {"command": "python benchmarks/bench_precision_choice.py", "fit_steps": 5,
+           "machine": {"cpu_model": "Test CPU", "cpu_flags": ["avx2"], "torch_threads": 2, "torch": "2.x",
+                       "date_utc": "now", "loadavg": [0.1]},
+           "choice": {"precision": "32-true", "reason": "faked"}, "cpu_bf16": "False (faked)",
+           "malloc": {"pinned": True},
+           "step": {"default": stats(100), "32-true": stats(100), "bf16-mixed": stats(150)},
+           "fit": {v: {"step": stats(ms), "wall": stats(ms * 10)} for v, ms in
+                   (("default", 102), ("32-true", 100), ("bf16-mixed", 160))}}
+    text = bpc.report(rec)
+    assert "**Resolved default: 32-true** (faked)" in text
+    assert "| default (32-true) | 100.0 | 100.0-100.0 | 1.000 |" in text
+    assert "| bf16-mixed | 150.0 | 150.0-150.0 | 1.500 |" in text
+    assert "| default (32-true) | 102.0 | 102.0-102.0 | 1.020 |" in text and "bf16-mixed 1.6 s" in text
