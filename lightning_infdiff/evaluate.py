@@ -12,6 +12,12 @@ appends one JSON line to ``<out>/results.jsonl``::
 and one markdown table row to ``<out>/results.md``. ``wall_seconds`` is the time spent sampling
 and extracting features at that resolution (shared by the metrics evaluated together; reference
 statistics, computed once and cached, are not included).
+
+With ``artifacts`` (the default) the same samples are also scored at their own resolution by the
+sub-pixel artifact measure (:mod:`lightning_infdiff.metrics.artifacts`): a row with metric
+``artifacts`` whose value is the samples' share of variance above half a data pixel divided by
+that of real images resampled bicubically from the training resolution to the same grid (1 = as
+smooth as real data), with both shares in ``samples_share`` and ``real_share``.
 """
 
 from __future__ import annotations
@@ -85,6 +91,8 @@ def evaluate_command(
     inception_weights: str | None = None,
     precision: Literal["auto", "32", "bf16", "16"] = "auto",
     device: str = "cpu",
+    artifacts: bool = True,
+    artifact_fraction: float = 1.0 / 56.0,
 ) -> list[dict[str, Any]]:
     """Evaluate a checkpoint's samples with Fréchet distances; append the results to ``out``.
 
@@ -110,17 +118,23 @@ def evaluate_command(
         precision: ``auto`` (by the hardware, :mod:`lightning_infdiff.precision`), ``32``, ``bf16`` or
             ``16`` (CUDA) for the denoiser.
         device: ``cpu``, ``cuda``, ...
+        artifacts: also report the artifact measure against real images on each grid.
+        artifact_fraction: its scale ``s`` as a fraction of the grid's shorter side (default:
+            half a pixel of 28-pixel data, ``1/56``).
     """
     from .callbacks.fid import sample_into
     from .checkpoint import load_module
     from .cli import parse_grid
+    from .metrics.artifacts import ArtifactMeter, highfreq_share, real_reference
     from .metrics.features import build_extractor
     from .metrics.frechet import FrechetDistance
-    from .metrics.reference import reference_stats
+    from .metrics.reference import reference_stats, split_of
 
     if num_samples < 2 or steps < 1 or batch_size < 1:
         raise ValueError(f"num_samples must be >= 2 and steps, batch_size >= 1, got {num_samples}, {steps}, {batch_size}")
-    metrics = list(metrics or ["offline"])
+    metrics = ["offline"] if metrics is None else list(metrics)
+    if not metrics and not artifacts:
+        raise ValueError("nothing to evaluate: give --metrics or keep --artifacts true")
     module = load_module(ckpt_path).to(device)
     dm = load_datamodule(ckpt_path, data_config)
     if resolutions:
@@ -143,21 +157,33 @@ def evaluate_command(
             FrechetDistance(e, reference=reference_stats(dm, e, g, reference_split, reference_count, batch_size, device=dev)).to(dev)
             for e in extractors
         ]
+        meter = ArtifactMeter(g, artifact_fraction) if artifacts else None
         start = time.perf_counter()
-        sample_into(module, g, seeds, fids, batch_size, sampler, steps, precision, seed, progress=True)
+        sample_into(module, g, seeds, [*fids, *([meter] if meter else [])], batch_size, sampler, steps, precision,
+                    seed, progress=True)
         values = [float(f.compute()) for f in fids]
         wall = time.perf_counter() - start
+        common = {"checkpoint": str(ckpt_path), "resolution": [g[0], g[1]], "num_samples": num_samples,
+                  "sampler": sampler, "steps": steps, "seed": seed, "wall_seconds": round(wall, 3)}
         for e, value in zip(extractors, values, strict=True):
-            rows.append({
-                "checkpoint": str(ckpt_path), "metric": e.metric, "resolution": [g[0], g[1]], "value": value,
-                "num_samples": num_samples, "sampler": sampler, "steps": steps, "seed": seed,
-                "wall_seconds": round(wall, 3),
-            })
+            rows.append(_row(common, e.metric, value))
+        if meter is not None:
+            split = split_of(dm, reference_split)[:num_samples]
+            real = float(highfreq_share(real_reference(dm.source, split, dm.resolution, g), meter.sigma).mean())
+            share = meter.compute()
+            rows.append(_row(common, "artifacts", share / real if real > 0 else float("inf"), samples_share=share,
+                             real_share=real))
     _append(out_dir, rows)
     for r in rows:
+        extra = f", samples {r['samples_share']:.4f} / real {r['real_share']:.4f}" if "real_share" in r else ""
         print(f"{r['metric']} {r['resolution'][0]}x{r['resolution'][1]}: {r['value']:.4f} "
-              f"({r['num_samples']} samples, {r['wall_seconds']:.1f} s)")
+              f"({r['num_samples']} samples, {r['wall_seconds']:.1f} s{extra})")
     return rows
+
+
+def _row(common: dict[str, Any], metric: str, value: float, **extra: float) -> dict[str, Any]:
+    """One result row: the keys of :data:`RESULT_KEYS` in order, then any ``extra`` ones."""
+    return {k: {"metric": metric, "value": value}.get(k, common.get(k)) for k in RESULT_KEYS} | extra
 
 
 def _append(out_dir: Path, rows: list[dict[str, Any]]) -> None:

@@ -25,7 +25,7 @@ from .operators import IdentityOperator, NoiseOperator
 from .parametrisations import Parametrisation, build_parametrisation
 from .schedules import CosineSchedule, Schedule, alpha_sigma
 
-__all__ = ["GaussianProcess", "Corruption", "posterior"]
+__all__ = ["GaussianProcess", "Corruption", "posterior", "training_band"]
 
 
 @dataclass
@@ -60,6 +60,16 @@ def posterior(logsnr_t: Tensor, logsnr_s: Tensor) -> tuple[Tensor, Tensor, Tenso
     one_minus_r = -torch.expm1(logsnr_t - logsnr_s)
     r = 1.0 - one_minus_r
     return one_minus_r * a_s, r * a_s / a_t, one_minus_r * s_s**2
+
+
+def training_band(denoiser: object, grid: tuple[int, int], known: int | None = None) -> int:
+    """The band (training grid side) the display filter may restore: ``known`` (the data's
+    resolution, when the caller knows it), else the denoiser's ``train_resolution``, else the
+    sampling grid's shorter side (then nothing beyond the grid's own band is assumed)."""
+    if known is not None:
+        return int(known)
+    res = getattr(denoiser, "train_resolution", None)
+    return int(res) if res is not None else min(int(grid[0]), int(grid[1]))
 
 
 class GaussianProcess:
@@ -167,11 +177,13 @@ class GaussianProcess:
         """Dense network output -> ``(T x0 estimate, c T xi estimate)``."""
         return self.param.to_y0_noise(out.float(), x_t.float(), logsnr.float(), self.operator)
 
-    def display(self, y0: Tensor, inverse_snr: float | None = None) -> Tensor:
-        """Undo the mollifier approximately (Wiener filter) for display and metrics."""
+    def display(self, y0: Tensor, inverse_snr: float | None = None, band: float | None = None) -> Tensor:
+        """Undo the mollifier approximately (Wiener filter) for display and metrics, restoring modes
+        only within the training ``band`` (the training grid's side; see
+        :class:`~lightning_infdiff.operators.HeatKernelOperator`) when it is given."""
         if self.operator.is_identity:
             return y0
-        return self.operator.wiener(y0, inverse_snr)
+        return self.operator.wiener(y0, inverse_snr, band)
 
     def __repr__(self) -> str:
         return (

@@ -37,3 +37,57 @@ def expected_pixel_std(process: GaussianProcess, s: float, grid: tuple[int, int]
     eye = torch.eye(h * w, dtype=torch.float64).reshape(h * w, h, w)
     t_rows = process.operator.apply(eye).reshape(h * w, h * w)
     return s * (t_rows**2).sum(0).sqrt().reshape(h, w)
+
+
+def field_spectrum(grid: tuple[int, int], s: float, length: float) -> Tensor:
+    """DCT variances ``(H, W)`` of a resolution-free Gaussian field: on every grid the orthonormal
+    DCT coefficient of mode ``(k_y, k_x)`` (the continuous ``cos(pi k_y y) cos(pi k_x x)``) has
+    variance ``H W s^2 exp(-(pi length)^2 (k_y^2 + k_x^2))``, so a finer grid samples the same
+    field more densely (pointwise variance about ``s^2 / (4 pi length^2)`` once the grid resolves it)."""
+    h, w = grid
+    ky = torch.arange(h, dtype=torch.float64)[:, None]
+    kx = torch.arange(w, dtype=torch.float64)[None, :]
+    return h * w * s**2 * torch.exp(-((torch.pi * length) ** 2) * (ky**2 + kx**2))
+
+
+def _dct2(x: Tensor) -> Tensor:
+    from lightning_infdiff.operators import dct_matrix
+
+    h, w = x.shape[-2:]
+    return dct_matrix(h, x.device) @ x @ dct_matrix(w, x.device).T
+
+
+def _idct2(c: Tensor) -> Tensor:
+    from lightning_infdiff.operators import dct_matrix
+
+    h, w = c.shape[-2:]
+    return dct_matrix(h, c.device).T @ c @ dct_matrix(w, c.device)
+
+
+def field_oracle_model_fn(process: GaussianProcess, mu: float, spectrum: Tensor, grid: tuple[int, int]):
+    """Exact posterior-mean denoiser for ``x0 = mu + field`` with DCT variances ``spectrum (H, W)``
+    and a DCT-diagonal operator ``T`` (identity or heat kernel): per mode,
+    ``E[y0_k | x_t] = T_k mu_k + alpha S_k / (alpha^2 S_k + sigma^2 c^2) (x_t - alpha T mu)_k``."""
+    c = process.operator.noise_scale(grid)
+    spec = spectrum.double()
+
+    def fn(x: Tensor, logsnr: Tensor) -> Tensor:
+        a, sg = (v.view(-1, 1, 1, 1) for v in alpha_sigma(logsnr.double()))
+        x = x.double()
+        gain = a * spec / (a**2 * spec + sg**2 * c**2)
+        y0 = mu + _idct2(gain * _dct2(x - a * mu))
+        n = (x - a * y0) / sg
+        return process.param.from_y0_noise(y0, n, logsnr.double(), process.operator).float()
+
+    return fn
+
+
+def expected_mode_power(process: GaussianProcess, spectrum: Tensor, grid: tuple[int, int]) -> Tensor:
+    """DCT variances of ``T x0``: ``T_k^2 S_k`` (``T_k`` the operator's multipliers, 1 for plain diffusion)."""
+    m = process.operator.multipliers(grid) if hasattr(process.operator, "multipliers") else torch.ones(grid)
+    return m.double() ** 2 * spectrum.double()
+
+
+def mode_power(samples: Tensor, mu: float) -> Tensor:
+    """Empirical DCT variances ``(H, W)`` of samples ``(B, 1, H, W)`` around ``mu``."""
+    return _dct2((samples.double() - mu)[:, 0]).pow(2).mean(0)

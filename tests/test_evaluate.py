@@ -43,21 +43,50 @@ def test_evaluate_writes_jsonl_and_markdown(tmp_path, offline_cache, checkpoint,
             "--resolutions", "[16, 8x12]", "--metrics", "[offline]", "--seed", "3"]
     main([*args, "--batch_size", "4"])
     rows = read_rows(out)
-    assert [tuple(r) for r in rows] == [RESULT_KEYS, RESULT_KEYS]
-    assert [r["resolution"] for r in rows] == [[16, 16], [8, 12]]
-    assert all(r["metric"] == "fid_offline" and r["value"] > 0 and r["num_samples"] == 6 for r in rows)
+    fid = [r for r in rows if r["metric"] == "fid_offline"]
+    art = [r for r in rows if r["metric"] == "artifacts"]
+    assert [tuple(r) for r in fid] == [RESULT_KEYS, RESULT_KEYS] and len(rows) == 4
+    assert [tuple(r) for r in art] == [(*RESULT_KEYS, "samples_share", "real_share")] * 2
+    assert [r["resolution"] for r in fid] == [[16, 16], [8, 12]] == [r["resolution"] for r in art]
+    assert all(r["value"] > 0 and r["num_samples"] == 6 for r in rows)
+    assert all(r["value"] == pytest.approx(r["samples_share"] / r["real_share"]) for r in art)
     assert rows[0]["checkpoint"] == checkpoint and rows[0]["sampler"] == "dpmpp_2m" and rows[0]["seed"] == 3
     md = (out / "results.md").read_text().splitlines()
-    assert md[0].startswith("| checkpoint | metric") and len(md) == 4 and "| fid_offline | 8x12 |" in md[3]
+    assert md[0].startswith("| checkpoint | metric") and len(md) == 6 and "| fid_offline | 8x12 |" in md[4]
+    assert "| artifacts | 8x12 |" in md[5]
     # appended, and the samples do not depend on the batch size
     main([*args, "--batch_size", "5"])
     again = read_rows(out)
-    assert len(again) == 4 and len((out / "results.md").read_text().splitlines()) == 6
-    for a, b in zip(rows, again[2:], strict=True):
+    assert len(again) == 8 and len((out / "results.md").read_text().splitlines()) == 10
+    for a, b in zip(rows, again[4:], strict=True):
         assert b["value"] == pytest.approx(a["value"], rel=1e-6)
     assert "fid_offline 16x16" in capsys.readouterr().out
     # the reference statistics were cached once per resolution
     assert len(list((offline_cache / "fid_refs").glob("*.pt"))) == 2
+
+
+def test_evaluate_artifacts_alone_and_their_reference(tmp_path, checkpoint, capsys):
+    """--metrics [] with artifacts: only the artifact rows; the real share is that of the
+    training split's images resampled bicubically from the training resolution."""
+    import numpy as np
+
+    from lightning_infdiff.evaluate import load_datamodule
+    from lightning_infdiff.metrics.artifacts import artifact_sigma, highfreq_share, real_reference
+    from lightning_infdiff.metrics.reference import split_of
+
+    out = tmp_path / "eval"
+    main(["evaluate", "--ckpt_path", checkpoint, "--out", str(out), "--num_samples", "4", "--steps", "1",
+          "--resolutions", "[32]", "--metrics", "[]"])
+    (row,) = read_rows(out)
+    dm = load_datamodule(checkpoint, None)
+    idx = split_of(dm, "train")[:4]
+    real = real_reference(dm.source, np.asarray(idx), dm.resolution, (32, 32))
+    assert real.shape == (4, 1, 32, 32)
+    assert row["metric"] == "artifacts" and row["real_share"] == pytest.approx(
+        float(highfreq_share(real, artifact_sigma((32, 32))).mean()))
+    assert "artifacts 32x32" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--ckpt_path", checkpoint, "--out", str(out), "--metrics", "[]", "--artifacts", "false"])
 
 
 def test_evaluate_reports_missing_clip_weights(tmp_path, checkpoint, capsys, monkeypatch):
@@ -113,7 +142,7 @@ def test_evaluate_clip_and_offline_together(tmp_path, offline_cache, checkpoint)
     out = tmp_path / "eval"
     main(["evaluate", "--ckpt_path", checkpoint, "--out", str(out), "--num_samples", "4", "--steps", "1",
           "--resolutions", "[8]", "--metrics", "[offline, clip]", "--clip_pretrained", "null",
-          "--reference_count", "6"])
+          "--reference_count", "6", "--artifacts", "false"])
     rows = read_rows(out)
     assert [(r["metric"], r["resolution"]) for r in rows] == [("fid_offline", [8, 8]), ("fid_clip", [8, 8])]
     assert all(r["value"] > 0 for r in rows)

@@ -110,6 +110,7 @@ def inpaint_command(
             module.process, module.denoiser, img, known, seeds, method=method, strength=strength, steps=steps,
             sampler=sampler, resamplings=resamplings, jump_length=jump_length,
             cond=_labels(module, labels, num), guidance_scale=guidance_scale, progress=True,
+            band=module.data_resolution,
         )
     shown = known.to(img) * img + (1 - known.to(img)) * 0.0  # masked input, filled region grey
     grid = _save(Path(out), shown, result.cpu(), seeds)
@@ -173,7 +174,7 @@ def superres_command(
         result = superres(
             module.process, module.denoiser, img, seeds, size=high, method=method, strength=strength,
             steps=steps, sampler=sampler, cond=_labels(module, labels, num), guidance_scale=guidance_scale,
-            progress=True, generate=module.generate,
+            progress=True, generate=module.generate, band=module.data_resolution,
         )
     grid = _save(Path(out), nearest_upsample(img, high), result.cpu(), seeds)
     print(f"wrote {num} image(s) of {high[0]}x{high[1]} from {low[0]}x{low[1]} ({method}) to {out} and the grid {grid}")

@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ..processes import GaussianProcess
+from ..processes import GaussianProcess, training_band
 from ..samplers import ModelFn
 from .common import as_batch, check_image, check_mask, match_batch, model_condition, module_device
 from .guidance import conditioned_sample, noised, resampling_times
@@ -53,6 +53,7 @@ def inpaint(
     guidance_scale: float = 1.0,
     paste: bool | None = None,
     deblur: bool = True,
+    band: int | None = None,
     progress: bool = False,
     model_fn: ModelFn | None = None,
 ) -> Tensor:
@@ -77,6 +78,8 @@ def inpaint(
         paste: copy the known pixels of ``image`` into the output at the end (default: True for
             ``replace``, which finishes with a replacement, False for ``guidance``).
         deblur: Wiener-deblur mollified estimates before output (and before pasting).
+        band: the training grid's side, the band the deblur restores (default: the denoiser's
+            ``train_resolution``, else the output grid's; see :func:`~lightning_infdiff.processes.training_band`).
         progress: show a progress bar.
         model_fn: advanced: a ready ``f(x, logsnr)`` replacing ``denoiser`` (closed-form tests).
 
@@ -121,7 +124,7 @@ def inpaint(
     finally:
         if denoiser is not None:
             denoiser.train(was_training)
-    out = process.display(y0) if deblur else y0
+    out = process.display(y0, band=training_band(denoiser, y0.shape[-2:], band)) if deblur else y0
     if paste is None:
         paste = method == "replace"
     if paste:

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ..coords import full_coords
-from ..processes import GaussianProcess
+from ..processes import GaussianProcess, training_band
 from ..samplers import ModelFn
 from ..schedules import alpha_sigma
 from .common import (
@@ -92,6 +92,7 @@ def superres(
     guidance_scale: float = 1.0,
     paste: bool | None = None,
     deblur: bool = True,
+    band: int | None = None,
     progress: bool = False,
     model_fn: ModelFn | None = None,
     generate: Callable[..., Tensor] | None = None,
@@ -112,6 +113,8 @@ def superres(
         paste: finish with the projection onto ``{x in [-1, 1]^n : D x = y}`` (default: ``replace``
             only; integer factors only).
         deblur: Wiener-deblur mollified estimates before output.
+        band: the training grid's side, the band the deblur restores (default: the denoiser's
+            ``train_resolution``, else the output grid's; see :func:`~lightning_infdiff.processes.training_band`).
         progress: show a progress bar.
         model_fn: advanced: a ready ``f(x, logsnr)`` on the target grid replacing ``denoiser``.
         generate: for ``autoencoder``: ``generate(grid, seeds, latents=z, ...)`` (e.g.
@@ -176,7 +179,7 @@ def superres(
     finally:
         if denoiser is not None:
             denoiser.train(was_training)
-    out = process.display(y0) if deblur else y0
+    out = process.display(y0, band=training_band(denoiser, y0.shape[-2:], band)) if deblur else y0
     if paste:
         return project_block_means(out.clamp(-1.0, 1.0), image)
     return out.clamp(-1.0, 1.0)

@@ -26,7 +26,7 @@ from ..batch import FieldBatch
 from ..coords import full_coords, gather, index_to_coords
 from ..denoisers.base import Denoiser
 from ..images import save_grid
-from ..processes import GaussianProcess
+from ..processes import GaussianProcess, training_band
 from ..samplers import sample
 from .optim import clip_gradients, default_optimizer
 
@@ -125,6 +125,8 @@ class DiffusionModule(L.LightningModule):
         self.sampler, self.sample_steps, self.guidance_scale = sampler, sample_steps, guidance_scale
         self.sample_seed = sample_seed
         self.latent_prior_weight = latent_prior_weight
+        #: side of the grid the data is served at (set from the DataModule, or on loading a checkpoint)
+        self.data_resolution: int | None = None
         self._val_runs = 0
         self._val_curve: dict[int, list[Tensor]] = {}
         self._val_levels: Tensor | None = None
@@ -137,6 +139,8 @@ class DiffusionModule(L.LightningModule):
         if dm is None:
             return
         self._check_overlays(dm)
+        if getattr(dm, "resolution", None) is not None:
+            self.data_resolution = int(dm.resolution)  # the training band of the display filter
         channels = getattr(dm, "channels", None)
         if channels is not None and channels != self.denoiser.in_channels:
             raise ValueError(
@@ -323,7 +327,8 @@ class DiffusionModule(L.LightningModule):
         finally:
             self.denoiser.train(was_training)
         if deblur:
-            x = self.process.display(x)
+            band = training_band(self.denoiser, (int(grid[0]), int(grid[1])), getattr(self, "data_resolution", None))
+            x = self.process.display(x, band=band)
         return x.clamp(-1.0, 1.0)
 
     @torch.no_grad()
