@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .coords import full_coords, gather, index_to_coords
+from .coords import Grid, full_coords, gather, index_to_coords, jitter_coords
 
 __all__ = ["FieldBatch"]
 
@@ -24,11 +24,14 @@ class FieldBatch:
         indices: flat row-major indices of the sampled pixels ``(B, N)``, or ``None`` for the
             full grid.
         label: integer class labels ``(B,)`` when the source has them, else ``None``.
+        offsets: sub-pixel coordinate jitter ``(B, N, 2)`` in pixels (training with
+            ``jitter=True``), else ``None``: :attr:`coords` moves by ``offsets * pitch``.
     """
 
     image: Tensor
     indices: Tensor | None = None
     label: Tensor | None = None
+    offsets: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.image.dim() != 4:
@@ -41,11 +44,17 @@ class FieldBatch:
                 )
             if self.indices.dtype not in (torch.int64, torch.int32):
                 raise ValueError(f"FieldBatch.indices must be integer, got {self.indices.dtype}")
+        if self.offsets is not None:
+            n = self.image.shape[-2] * self.image.shape[-1] if self.indices is None else self.indices.shape[1]
+            if tuple(self.offsets.shape) != (self.image.shape[0], n, 2):
+                raise ValueError(f"FieldBatch.offsets must be (B, N, 2)=({self.image.shape[0]}, {n}, 2), "
+                                 f"got {tuple(self.offsets.shape)}")
 
     @property
-    def grid(self) -> tuple[int, int]:
-        """Grid size ``(H, W)``."""
-        return int(self.image.shape[-2]), int(self.image.shape[-1])
+    def grid(self) -> Grid:
+        """The images' grid ``(H, W)``: square pixels (a ``wide`` :class:`~lightning_infdiff.coords.Grid`;
+        a square image is the unit square, a non-square one extends it along its longer side)."""
+        return Grid(int(self.image.shape[-2]), int(self.image.shape[-1]), "wide")
 
     @property
     def num_points(self) -> int:
@@ -58,10 +67,13 @@ class FieldBatch:
 
     @property
     def coords(self) -> Tensor:
-        """Pixel-centre coordinates ``(B, N, 2)`` as ``(y, x)`` in ``[0, 1]^2``."""
+        """Coordinates ``(B, N, 2)`` as ``(y, x)`` in domain units: pixel centres of :attr:`grid`,
+        moved by the jitter ``offsets`` when there is one."""
         if self.indices is None:
-            return full_coords(len(self), self.grid, self.image.device)
-        return index_to_coords(self.indices, self.grid)
+            coords = full_coords(len(self), self.grid, self.image.device)
+        else:
+            coords = index_to_coords(self.indices, self.grid)
+        return coords if self.offsets is None else jitter_coords(coords, self.offsets, self.grid)
 
     def gather(self, dense: Tensor) -> Tensor:
         """Values of any dense ``(B, C, H, W)`` tensor at this batch's points: ``(B, N, C)``."""

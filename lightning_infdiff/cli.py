@@ -147,6 +147,7 @@ def sample_command(
     deblur: bool = True,
     precision: Literal["auto", "32", "bf16", "16"] = "auto",
     device: str = "cpu",
+    canvas: Literal["wide", "stretch"] = "wide",
 ) -> Path:
     """Draw samples from a checkpoint at any resolution and aspect ratio.
 
@@ -171,6 +172,8 @@ def sample_command(
         precision: ``auto`` (by the hardware: bf16 where the device has native bf16, else fp32;
             see :mod:`lightning_infdiff.precision`), ``32``, ``bf16`` or ``16`` (CUDA), for the network only.
         device: ``cpu``, ``cuda``, ``cuda:1``, ...
+        canvas: a non-square grid is a wider view with square pixels (``wide``) or the training
+            square stretched to it (``stretch``); square grids are the same either way.
     """
     from tqdm.auto import tqdm
 
@@ -209,7 +212,7 @@ def sample_command(
         else:
             lab = None
         with choice.autocast(dev):
-            x = module.generate(hw, seeds, sampler, steps, eta, guidance_scale, lab, clip, deblur)
+            x = module.generate(hw, seeds, sampler, steps, eta, guidance_scale, lab, clip, deblur, canvas=canvas)
         save_images(x, out_dir / f"{hw[0]}x{hw[1]}", [f"seed{s}" for s in seeds])
         images.append(x)
     grid_path = out_dir / f"grid_{hw[0]}x{hw[1]}.png"

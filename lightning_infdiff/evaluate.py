@@ -93,6 +93,7 @@ def evaluate_command(
     device: str = "cpu",
     artifacts: bool = True,
     artifact_fraction: float = 1.0 / 56.0,
+    canvas: Literal["wide", "stretch"] = "wide",
 ) -> list[dict[str, Any]]:
     """Evaluate a checkpoint's samples with Fréchet distances; append the results to ``out``.
 
@@ -121,10 +122,14 @@ def evaluate_command(
         artifacts: also report the artifact measure against real images on each grid.
         artifact_fraction: its scale ``s`` as a fraction of the grid's shorter side (default:
             half a pixel of 28-pixel data, ``1/56``).
+        canvas: non-square grids as a wider view (``wide``: the real references are the square
+            images with their border replicated) or the training square stretched (``stretch``: the
+            centre crop of the square at the longer side); see :mod:`lightning_infdiff.metrics.reference`.
     """
     from .callbacks.fid import sample_into
     from .checkpoint import load_module
     from .cli import parse_grid
+    from .coords import Grid
     from .metrics.artifacts import ArtifactMeter, highfreq_share, real_reference
     from .metrics.features import build_extractor
     from .metrics.frechet import FrechetDistance
@@ -138,10 +143,10 @@ def evaluate_command(
     module = load_module(ckpt_path).to(device)
     dm = load_datamodule(ckpt_path, data_config)
     if resolutions:
-        grids = [parse_grid(r) for r in resolutions]
+        grids = [Grid(*parse_grid(r), canvas) for r in resolutions]
     else:
         res = getattr(module, "data_resolution", None) or dm.resolution
-        grids = [(int(res), int(res))]
+        grids = [Grid(int(res), int(res), canvas)]
     dev = torch.device(device)
     print(inference_precision(dev, precision), file=sys.stderr)
     extractors = [

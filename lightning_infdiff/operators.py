@@ -15,6 +15,7 @@ All operator maths runs in float32 (or float64 for float64 inputs) with autocast
 
 from __future__ import annotations
 
+import copy
 import math
 from abc import ABC, abstractmethod
 from functools import lru_cache
@@ -22,7 +23,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from .coords import check_grid
+from .coords import CANVASES, Grid, as_grid, check_grid
 
 __all__ = ["NoiseOperator", "IdentityOperator", "HeatKernelOperator", "band_taper", "dct_matrix", "build_operator"]
 
@@ -55,7 +56,28 @@ def _check_field(x: Tensor, where: str) -> tuple[int, int]:
 
 
 class NoiseOperator(ABC):
-    """A linear, self-adjoint operator ``T`` on fields ``(..., H, W)`` and its noise."""
+    """A linear, self-adjoint operator ``T`` on fields ``(..., H, W)`` and its noise.
+
+    A field's shape alone does not say where its pixels lie: :meth:`at` binds the operator to a
+    canvas (:class:`~lightning_infdiff.coords.Grid`), which fields given by shape then use;
+    methods taking a ``grid`` use that grid's own canvas when it is a ``Grid``.
+    """
+
+    canvas: str = "stretch"
+
+    def at(self, canvas: str) -> NoiseOperator:
+        """This operator for fields on ``canvas`` (``stretch`` or ``wide``)."""
+        if canvas == self.canvas:
+            return self
+        if canvas not in CANVASES:
+            raise ValueError(f"canvas must be one of {CANVASES}, got {canvas!r}")
+        out = copy.copy(self)
+        out.canvas = canvas
+        return out
+
+    def grid_of(self, grid: tuple[int, int]) -> Grid:
+        """``grid`` as a :class:`Grid`, on this operator's canvas unless it is a ``Grid`` already."""
+        return grid if isinstance(grid, Grid) else as_grid(grid, self.canvas)
 
     @abstractmethod
     def apply(self, x: Tensor) -> Tensor:
@@ -112,18 +134,22 @@ class IdentityOperator(NoiseOperator):
 class HeatKernelOperator(NoiseOperator):
     """Gaussian blur (heat kernel) as a DCT-II multiplier, with a resolution-free width.
 
-    On an ``H x W`` grid the blur is isotropic in pixels with standard deviation
-    ``width * min(H, W)`` pixels: the width is a fraction of the shorter side, so the same
-    physical blur applies at every resolution and on non-square grids (on a square grid the
-    eigenvalue of mode ``(k_y, k_x)`` is ``exp(-(pi width)^2 (k_y^2 + k_x^2) / 2)``).
-    ∞-Diff blurs with std 1 pixel at 256x256, i.e. ``width = 1/256``.
+    The blur is isotropic in domain units (:mod:`lightning_infdiff.coords`) with standard
+    deviation ``width`` (a fraction of the training image's side), so the same physical blur
+    applies at every resolution and canvas: ``width / p`` pixels along an axis of pitch ``p``
+    (``width * min(H, W)`` on both axes of a ``wide`` canvas, ``width * H`` and ``width * W`` on a
+    ``stretch`` one, whose pixels are not square). On an axis of extent ``E`` domain units the DCT
+    mode ``k`` is multiplied by ``exp(-(pi k width / E)^2 / 2)`` (on the unit square the eigenvalue
+    of mode ``(k_y, k_x)`` is ``exp(-(pi width)^2 (k_y^2 + k_x^2) / 2)``). ∞-Diff blurs with std 1
+    pixel at 256x256, i.e. ``width = 1/256``.
 
     Noise (``normalise_noise=True``, the default): ``c = sqrt(H W / sum_k m_k^2)`` so that
     ``c T xi`` has mean pointwise variance exactly 1 on every grid (``m_k`` the 2D multipliers);
     zero width gives ``c = 1`` and plain white noise. With ``normalise_noise=False`` we follow
-    ∞-Diff instead: white noise is scaled by ``sqrt(H W) / reference`` before blurring (the
-    ``N'/N`` rule), which keeps the pointwise variance constant across resolutions at its value
-    on the ``reference`` grid (about ``1 / (4 pi (width * reference)^2)``).
+    ∞-Diff instead: white noise is scaled by ``sqrt(d_y d_x) / reference`` before blurring (the
+    ``N'/N`` rule, ``d`` the pixels per domain unit of each axis: ``sqrt(H W)`` on the unit
+    square), which keeps the pointwise variance constant across resolutions at its value on the
+    ``reference`` grid (about ``1 / (4 pi (width * reference)^2)``).
 
     Display (:meth:`wiener`): ∞-Diff's Wiener filter ``m / (m^2 + epsilon^2)`` restores every mode
     up to ``1 / (2 epsilon)`` times, also modes the model never learned: above the training grid's
@@ -165,10 +191,15 @@ class HeatKernelOperator(NoiseOperator):
 
     # -- spectra -------------------------------------------------------------------------
     def axis_std(self, grid: tuple[int, int]) -> tuple[float, float]:
-        """Blur std in domain units along each axis (``[0, 1]`` per axis) for this grid."""
-        h, w = check_grid(grid)
-        pixels = self.width * min(h, w)
-        return pixels / h, pixels / w
+        """Blur std along each axis as a fraction of the window's extent on that axis (the DCT's
+        ``[0, 1]`` per axis): ``width / E``."""
+        ey, ex = self.grid_of(grid).extent
+        return self.width / ey, self.width / ex
+
+    def pixels(self, grid: tuple[int, int]) -> tuple[float, float]:
+        """Blur std in pixels along each axis of ``grid``."""
+        g = self.grid_of(grid)
+        return self.width / g.pitch[0], self.width / g.pitch[1]
 
     def axis_multipliers(self, n: int, std: float) -> Tensor:
         """``exp(-(pi k std)^2 / 2)`` for ``k = 0..n-1`` (float64)."""
@@ -178,7 +209,7 @@ class HeatKernelOperator(NoiseOperator):
     def multipliers(self, grid: tuple[int, int]) -> Tensor:
         """2D DCT multipliers ``(H, W)`` (float64)."""
         h, w = check_grid(grid)
-        sy, sx = self.axis_std(grid)
+        sy, sx = self.axis_std(self.grid_of(grid))
         return self.axis_multipliers(h, sy)[:, None] * self.axis_multipliers(w, sx)[None, :]
 
     def blur_matrix(self, n: int, std: float, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -193,7 +224,7 @@ class HeatKernelOperator(NoiseOperator):
         if self.width == 0.0:
             return x
         dt = _work_dtype(x)
-        sy, sx = self.axis_std((h, w))
+        sy, sx = self.axis_std(self.grid_of((h, w)))
         with torch.autocast(device_type=x.device.type, enabled=False):
             ky = self.blur_matrix(h, sy, x.device, dt)
             kx = self.blur_matrix(w, sx, x.device, dt)
@@ -201,10 +232,11 @@ class HeatKernelOperator(NoiseOperator):
         return out.to(x.dtype) if x.dtype in (torch.float32, torch.float64) else out
 
     def noise_scale(self, grid: tuple[int, int]) -> float:
-        h, w = check_grid(grid)
+        g = self.grid_of(grid)
+        h, w = g
         if self.normalise_noise:
-            return math.sqrt(h * w / float((self.multipliers(grid) ** 2).sum()))
-        return math.sqrt(h * w) / self.reference
+            return math.sqrt(h * w / float((self.multipliers(g) ** 2).sum()))
+        return math.sqrt(g.density[0] * g.density[1]) / self.reference
 
     def _spectral(self, x: Tensor, mult: Tensor) -> Tensor:
         h, w = x.shape[-2], x.shape[-1]
@@ -225,23 +257,28 @@ class HeatKernelOperator(NoiseOperator):
             raise ValueError(f"inverse_snr must be positive, got {eps}")
         if self.width == 0.0:  # plain diffusion: nothing was blurred, nothing to restore
             return x * (1.0 / (1.0 + eps**2))
-        m = self.multipliers((h, w))
+        g = self.grid_of((h, w))
+        m = self.multipliers(g)
         gain = m / (m**2 + eps**2)
         if band is not None and self.band_taper is not None:
-            start, end = (f * float(band) for f in self.band_taper)
-            gain = gain * band_taper(h, start, end)[:, None] * band_taper(w, start, end)[None, :]
+            # the band in this window's DCT modes: modes per domain unit times the extent
+            (ey, ex), (a, b) = g.extent, self.band_taper
+            ty = band_taper(h, a * band * ey, b * band * ey)
+            tx = band_taper(w, a * band * ex, b * band * ex)
+            gain = gain * ty[:, None] * tx[None, :]
         return self._spectral(x, gain)
 
     def inverse(self, x: Tensor) -> Tensor:
         h, w = _check_field(x, "HeatKernelOperator.inverse")
         if self.width == 0.0:
             return x
-        return self._spectral(x, 1.0 / self.multipliers((h, w)))
+        return self._spectral(x, 1.0 / self.multipliers(self.grid_of((h, w))))
 
     def __repr__(self) -> str:
+        canvas = "" if self.canvas == "stretch" else f", canvas={self.canvas!r}"
         return (
             f"HeatKernelOperator(width={self.width}, inverse_snr={self.inverse_snr}, "
-            f"normalise_noise={self.normalise_noise}, reference={self.reference}, band_taper={self.band_taper})"
+            f"normalise_noise={self.normalise_noise}, reference={self.reference}, band_taper={self.band_taper}{canvas})"
         )
 
 

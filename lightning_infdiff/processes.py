@@ -13,13 +13,14 @@ covariance ``beta_tilde T T*`` (see :func:`posterior`).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 from jsonargparse import lazy_instance
 from torch import Tensor
 
-from .coords import check_grid, full_coords, gather, index_to_coords, scatter
+from .coords import as_grid, full_coords, gather, index_to_coords, jitter_coords, scatter
 from .losses import UnitWeighting, Weighting, build_weighting, multiscale_mse
 from .operators import IdentityOperator, NoiseOperator
 from .parametrisations import Parametrisation, build_parametrisation
@@ -103,6 +104,16 @@ class GaussianProcess:
             raise ValueError(f"multiscale_base must be >= 1, got {multiscale_base}")
         self.multiscale_base = int(multiscale_base)
 
+    def at(self, canvas: str) -> GaussianProcess:
+        """This process for fields on ``canvas`` (its operator bound there, see
+        :meth:`~lightning_infdiff.operators.NoiseOperator.at`)."""
+        op = self.operator.at(canvas)
+        if op is self.operator:
+            return self
+        out = copy.copy(self)
+        out.operator = op
+        return out
+
     # -- forward process ----------------------------------------------------------------
     def sample_logsnr(
         self, batch: int, grid: tuple[int, int], device: torch.device | None = None, generator: torch.Generator | None = None
@@ -142,6 +153,8 @@ class GaussianProcess:
         logsnr: Tensor | None = None,
         generator: torch.Generator | None = None,
         noise: Tensor | None = None,
+        grid: tuple[int, int] | None = None,
+        offsets: Tensor | None = None,
     ) -> Tensor:
         """Per-example weighted loss over the sampled coordinates, ``(B,)``.
 
@@ -154,15 +167,26 @@ class GaussianProcess:
             generator: optional generator for the noise levels and the noise.
             noise: optional standard-normal draw ``xi`` of ``x0``'s shape (e.g. fixed validation
                 noise); it is scaled by the operator's noise scale here.
+            grid: where the images lie (a :class:`~lightning_infdiff.coords.Grid`; data batches
+                give a ``wide`` one, square pixels); default: ``x0``'s shape on the unit square.
+            offsets: sub-pixel coordinate jitter ``(B, N, 2)`` in pixels for the denoiser's
+                coordinates (values and targets stay those of the pixels).
         """
         b = x0.shape[0]
-        grid = check_grid((x0.shape[-2], x0.shape[-1]))
+        shape = (x0.shape[-2], x0.shape[-1])
+        grid = as_grid(shape) if grid is None else as_grid(grid)
+        if tuple(grid) != shape:
+            raise ValueError(f"grid {tuple(grid)} does not match the images' {shape}")
+        if not grid.unit and self.operator.canvas != grid.canvas:
+            return self.at(grid.canvas).loss(denoiser, x0, indices, cond, logsnr, generator, noise, grid, offsets)
         if logsnr is None:
             logsnr = self.sample_logsnr(b, grid, x0.device, generator)
         white = None if noise is None else noise.to(x0.device).float() * self.operator.noise_scale(grid)
         c = self.corrupt(x0, logsnr, white=white, generator=generator)
         target = self.target(x0, c)
         coords = full_coords(b, grid, x0.device) if indices is None else index_to_coords(indices, grid)
+        if offsets is not None:
+            coords = jitter_coords(coords, offsets, grid)
         out = denoiser(gather(c.x_t, indices).to(x0.dtype), coords, logsnr, grid, cond).float()
         if self.multiscale:
             if indices is not None:

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .coords import check_grid, full_coords
+from .coords import as_grid, check_grid, full_coords
 from .processes import GaussianProcess
 from .schedules import alpha_sigma
 
@@ -105,7 +105,8 @@ def make_model_fn(
     only). Both branches run as one batch. ``null_cond`` defaults to the denoiser's
     ``null_class`` when it has one.
     """
-    h, w = check_grid(grid)
+    grid = as_grid(grid)
+    h, w = grid
     guided = cond is not None and guidance_scale != 1.0
     if guided and null_cond is None:
         null = getattr(denoiser, "null_class", None)
@@ -116,16 +117,16 @@ def make_model_fn(
     def fn(x: Tensor, logsnr: Tensor) -> Tensor:
         b, c = x.shape[:2]
         values = x.reshape(b, c, h * w).transpose(1, 2)
-        coords = full_coords(b, (h, w), x.device)
+        coords = full_coords(b, grid, x.device)
         if guided:
             out = denoiser(
                 torch.cat([values, values]), torch.cat([coords, coords]), torch.cat([logsnr, logsnr]),
-                (h, w), torch.cat([cond, null_cond]),
+                grid, torch.cat([cond, null_cond]),
             ).float()
             out_c, out_u = out.chunk(2)
             out = out_u + guidance_scale * (out_c - out_u)
         else:
-            out = denoiser(values, coords, logsnr, (h, w), cond).float()
+            out = denoiser(values, coords, logsnr, grid, cond).float()
         return out.transpose(1, 2).reshape(b, -1, h, w)
 
     return fn
@@ -173,7 +174,9 @@ def sample(
     Args:
         process: the diffusion process (schedule bound to ``grid``, operator, parametrisation).
         denoiser: the network (see :mod:`lightning_infdiff.denoisers.base`), in eval mode.
-        grid: sampling grid ``(H, W)``; any size >= 2x2, square or not.
+        grid: sampling grid ``(H, W)``; any size >= 2x2, square or not. A
+            :class:`~lightning_infdiff.coords.Grid` says where it lies (``stretch``: the unit
+            square, which a plain tuple means; ``wide``: square pixels, a wider view).
         seeds: one integer seed per sample.
         channels: image channels.
         steps: number of solver steps (network evaluations = steps + 1).
@@ -198,7 +201,8 @@ def sample(
         x_init: start state ``(B, C, H, W)`` at the first noise level (default: fresh noise
             ``c T xi``), e.g. an upsampled state of a coarser grid (:mod:`lightning_infdiff.applications.progressive`).
     """
-    grid = check_grid(grid)
+    grid = as_grid(check_grid(grid))
+    process = process.at(grid.canvas)
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if sampler not in SAMPLERS:

@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
-from .coords import check_grid
+from .coords import as_grid
 
 __all__ = [
     "Schedule",
@@ -39,14 +39,16 @@ def alpha_sigma(logsnr: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def effective_resolution(grid: tuple[int, int]) -> float:
-    """Side ``d`` of the square grid with as many pixels as ``grid``: ``d = sqrt(H * W)``.
+    """Pixels per domain unit of ``grid``, ``d = sqrt(d_y d_x)`` (:class:`~lightning_infdiff.coords.Grid`).
 
-    This is our rule for non-square grids in the resolution shift of simple diffusion: the
-    shift's derivation (section 3.1, eq. 4) counts how many pixels are averaged into one pixel
-    of the reference grid, so it depends on the pixel count ``H * W`` only.
+    This is our rule for the resolution shift of simple diffusion: the shift's derivation
+    (section 3.1, eq. 4) counts how many pixels are averaged into one pixel of the reference
+    grid, i.e. the pixel density. On the unit square (a plain ``(H, W)``, a ``stretch`` canvas)
+    ``d = sqrt(H W)``; a ``wide`` canvas has the density of its shorter side, so a wider view at the
+    training pitch is not shifted.
     """
-    h, w = check_grid(grid)
-    return math.sqrt(h * w)
+    dy, dx = as_grid(grid).density
+    return math.sqrt(dy * dx)
 
 
 def _as_tensor(t: Tensor | float) -> Tensor:

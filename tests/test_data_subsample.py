@@ -6,6 +6,7 @@ import torch
 from scipy import stats
 from scipy.stats import qmc
 
+from lightning_infdiff.batch import FieldBatch
 from lightning_infdiff.coords import index_to_coords
 from lightning_infdiff.data import CoordinateSampler, FieldDataModule, GaussianBlobs, qmc_indices
 from lightning_infdiff.data.seeding import derive_seed
@@ -141,8 +142,27 @@ def test_bad_rate_rejected(rate):
         CoordinateSampler(rate=rate)
 
 
-def test_bad_strategy_and_jitter():
+def test_bad_strategy():
     with pytest.raises(ValueError, match="strategy must be one of"):
         CoordinateSampler(strategy="poisson")
-    with pytest.raises(NotImplementedError, match="incompatible with lattice-only layers"):
-        FieldDataModule(GaussianBlobs(length=8), jitter=True)
+
+
+def test_jitter_moves_coordinates_inside_their_pixel_and_only_in_training():
+    """Offsets in (-1/2, 1/2) pixel per axis, reproducible per example seed; the jittered
+    coordinates still fall in the sampled pixel; validation batches carry none."""
+    from lightning_infdiff.coords import coords_to_index
+
+    dm = FieldDataModule(GaussianBlobs(length=24), resolution=8, batch_size=4, subsample_rate=2, jitter=True,
+                         val_size=4)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.offsets is not None and batch.offsets.shape == (4, 32, 2)
+    assert float(batch.offsets.abs().max()) < 0.5 and float(batch.offsets.std()) > 0.2
+    assert torch.equal(coords_to_index(batch.coords, batch.grid), batch.indices)
+    assert not torch.equal(batch.coords, FieldBatch(batch.image, batch.indices).coords)
+    again = next(iter(FieldDataModule(GaussianBlobs(length=24), resolution=8, batch_size=4, subsample_rate=2,
+                                      jitter=True, val_size=4).train_dataloader()))
+    assert torch.equal(again.offsets, batch.offsets)
+    assert next(iter(dm.val_dataloader())).offsets is None
+    plain = next(iter(FieldDataModule(GaussianBlobs(length=24), resolution=8, batch_size=4, subsample_rate=2,
+                                      val_size=4).train_dataloader()))
+    assert plain.offsets is None

@@ -103,9 +103,18 @@ def test_axial_attention_ignores_absent_points() -> None:
 
 
 def test_siid_coordinate_systems() -> None:
+    """Composition: domain units centred on the training image; image: the window's edges at +-1/2.
+    On the unit square (a stretch grid) they coincide; on a wide 32x64 window the composition
+    spans twice as far along x while the image coordinates still mark the edges."""
+    from lightning_infdiff.coords import Grid
+
     comp, image = siid_coordinates(torch.tensor([[0.0, 1.0]]), (32, 64))
     torch.testing.assert_close(image, torch.tensor([[-0.5, 0.5]]))
-    torch.testing.assert_close(comp, torch.tensor([[-0.25, 0.5]]))  # inscribed in the 64-wide square
+    torch.testing.assert_close(comp, torch.tensor([[-0.5, 0.5]]))
+    corners = torch.tensor([[0.0, -0.5], [1.0, 1.5]])  # the wide window's corners in domain units
+    comp, image = siid_coordinates(corners, Grid(32, 64, "wide"))
+    torch.testing.assert_close(image, torch.tensor([[-0.5, -0.5], [0.5, 0.5]]))
+    torch.testing.assert_close(comp, torch.tensor([[-0.5, -1.0], [0.5, 1.0]]))
 
 
 def test_siid_jitter_only_in_training() -> None:

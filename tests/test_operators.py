@@ -30,10 +30,18 @@ def test_dct_cosines_are_eigenvectors(n):
         assert torch.allclose(out, lam * mode, atol=1e-12)
 
 
-def test_non_square_rule_is_isotropic_in_pixels():
+def test_non_square_blur_is_isotropic_in_domain_units_on_either_canvas():
+    """One geometry (design notes, section 6): the blur has std ``width`` domain units on both axes.
+    On a stretch 20x40 grid (the unit square, non-square pixels) that is 1 and 2 pixels; on a wide
+    one (square pixels, a 1 x 2 window) 1 pixel on both axes, and the DCT sees a twice wider window."""
+    from lightning_infdiff.coords import Grid
+
     op = HeatKernelOperator(width=0.05)
-    sy, sx = op.axis_std((20, 40))
-    assert sy * 20 == pytest.approx(0.05 * 20) and sx * 40 == pytest.approx(0.05 * 20)
+    assert op.axis_std((20, 40)) == pytest.approx((0.05, 0.05)) and op.pixels((20, 40)) == pytest.approx((1.0, 2.0))
+    wide = Grid(20, 40, "wide")
+    assert op.axis_std(wide) == pytest.approx((0.05, 0.025)) and op.pixels(wide) == pytest.approx((1.0, 1.0))
+    assert op.at("wide").pixels((20, 40)) == pytest.approx((1.0, 1.0))  # bound: plain shapes are wide
+    assert op.pixels((20, 20)) == op.pixels(Grid(20, 20, "wide"))
 
 
 def test_self_adjoint_and_preserves_constants():

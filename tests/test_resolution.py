@@ -21,6 +21,7 @@ import yaml
 
 from lightning_infdiff.applications.progressive import progressive_sample, upsample_state
 from lightning_infdiff.applications.resolution import resolution_plan
+from lightning_infdiff.coords import Grid
 from lightning_infdiff.denoisers import SparseNeuralOperator
 from lightning_infdiff.operators import HeatKernelOperator, IdentityOperator
 from lightning_infdiff.processes import GaussianProcess
@@ -111,11 +112,13 @@ def test_mollifier_multiplier_is_resolution_free(n):
         assert torch.allclose(op.apply(field), gain * field, atol=1e-10)
 
 
-@pytest.mark.parametrize("grid", [(32, 32), (64, 64), (32, 64)])
-def test_mollifier_width_in_domain_units(grid):
-    """The blur of a central impulse has std width * min(H, W) pixels along both axes."""
+@pytest.mark.parametrize("grid,pixels", [((32, 32), (2, 2)), ((64, 64), (4, 4)), ((32, 64), (2, 4)),
+                                         (Grid(32, 64, "wide"), (2, 2)), (Grid(64, 32, "wide"), (2, 2))])
+def test_mollifier_width_in_domain_units(grid, pixels):
+    """The blur of a central impulse has std ``width`` domain units: ``width / pitch`` pixels per
+    axis (a stretch 32x64 grid has non-square pixels; a wide one square pixels)."""
     width = 1 / 16
-    op = HeatKernelOperator(width=width)
+    op = HeatKernelOperator(width=width).at(getattr(grid, "canvas", "stretch"))
     h, w = grid
     impulse = torch.zeros(h, w, dtype=torch.float64)
     impulse[h // 2, w // 2] = 1.0
@@ -125,7 +128,7 @@ def test_mollifier_width_in_domain_units(grid):
         pos = torch.arange(size, dtype=torch.float64)
         mean = (prof * pos).sum() / prof.sum()
         std = ((prof * (pos - mean) ** 2).sum() / prof.sum()).sqrt()
-        assert abs(std.item() - width * min(h, w)) < 0.02 * width * min(h, w)
+        assert abs(std.item() - pixels[axis]) < 0.02 * pixels[axis]
 
 
 @pytest.mark.parametrize("grid", [(16, 16), (32, 32), (12, 20)])
@@ -163,12 +166,21 @@ def test_resolution_plan_reports_what_changes():
     plan = resolution_plan(proc, (16, 16), (32, 32), net)
     tr, sm = plan["train"], plan["sample"]
     assert sm["logsnr_mid"] - tr["logsnr_mid"] == pytest.approx(-2 * math.log(2), abs=1e-9)  # 4x less SNR
-    assert sm["blur_pixels"] == pytest.approx(2 * tr["blur_pixels"])  # same physical blur
+    assert sm["blur_pixels"] == pytest.approx(tuple(2 * p for p in tr["blur_pixels"]))  # same physical blur
     assert tr["kernel_size"] == (3, 3) and sm["kernel_size"][0] > 3  # kernel resized with the grid
     for row in (tr, sm):  # unit pointwise noise variance on both grids
         op = proc.operator
         g = row["grid"]
         assert row["noise_scale"] ** 2 * float((op.multipliers(g) ** 2).sum()) / (g[0] * g[1]) == pytest.approx(1.0)
+    # a wider view at the training pitch: nothing but the window changes; stretched: everything does along x
+    wide = resolution_plan(proc, (16, 16), Grid(16, 32, "wide"), net)["sample"]
+    assert wide["pitch"] == (1 / 16, 1 / 16) and wide["logsnr_mid"] == pytest.approx(tr["logsnr_mid"])
+    assert wide["blur_pixels"] == pytest.approx(tr["blur_pixels"]) and wide["kernel_size"] == (3, 3)
+    assert wide["inner_grid"] == (8, 16) and tr["inner_grid"] == (8, 8)
+    stretch = resolution_plan(proc, (16, 16), (16, 32), net)["sample"]
+    assert stretch["pitch"] == (1 / 16, 1 / 32) and stretch["blur_pixels"] == pytest.approx((0.5, 1.0))
+    assert stretch["kernel_size"][0] == 3 and stretch["kernel_size"][1] > 3 and stretch["inner_grid"] == (8, 8)
+    assert stretch["logsnr_mid"] == pytest.approx(tr["logsnr_mid"] - math.log(2))  # sqrt(16 * 32) = 16 sqrt(2)
 
 
 # ---------------------------------------------------------------- progressive sampling

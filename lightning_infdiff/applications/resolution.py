@@ -25,23 +25,26 @@ Every model here samples on any ``H x W`` grid (square or not) through
    normalisation keeping the response (:mod:`lightning_infdiff.denoisers.sparse_conv`).
 
 **Stays fixed:** the network weights, the number of solver steps and their placement in ``t``,
-the classifier-free guidance scale, coordinates (pixel centres in ``[0, 1]^2``, so a larger grid
-is a denser sampling of the same square), and the sparse operator's inner U-Net grid. (Grid
-networks keep their number of downsamplings, so their token/feature grids grow with the
-image: U-ViT's transformer sees 2x more tokens per side at 2x; conv U-Nets keep their
-receptive field in pixels.)
+the classifier-free guidance scale, and coordinates in domain units (a larger square grid is a
+denser sampling of the same square). The sparse operator's inner U-Net grid keeps its cells
+per domain unit. (Grid networks keep their number of downsamplings, so their token/feature
+grids grow with the image: U-ViT's transformer sees 2x more tokens per side at 2x; conv U-Nets
+keep their receptive field in pixels.)
 
-*Non-square grids.* Coordinates span ``[0, 1]`` on each axis, so an ``H' x W'`` grid samples
-the unit square with ``H'`` and ``W'`` points per side: the sparse kernels are resized per axis
-(e.g. ``3 x 7`` at 16x32 for a 3x3 kernel trained at 16x16) and the schedule shift uses
-``sqrt(H' W')``. The mollifier, in contrast, is isotropic *in pixels* with a width set by the
-shorter side (``width * min(H', W')`` pixels on both axes), i.e. it treats pixels as square.
-The two views agree on square grids; on non-square ones they differ, and we keep both as they
-are (each is what its own module documents and tests).
+*One geometry for non-square grids* (:mod:`lightning_infdiff.coords`): a grid is a window onto
+the image plane, and the mollifier, the noise scale, the schedule shift, the sparse kernels, the
+inner grid and every denoiser's positional input read it from the same
+:class:`~lightning_infdiff.coords.Grid`. On a ``wide`` canvas (the default of ``infdiff sample``
+and ``generate``) pixels stay square at the pitch of the shorter side and the window grows along
+the longer one: a 32x64 canvas of a model trained at 32x32 is a wider view with the training
+kernels, blur and schedule, undistorted content. On a ``stretch`` canvas the unit square is
+stretched to the grid: the kernels are resized per axis (e.g. ``3 x 7`` at 16x32 for a 3x3
+kernel trained at 16x16), the blur is ``width * H'`` and ``width * W'`` pixels, the shift uses
+``sqrt(H' W')``.
 
-Sampling above the training resolution therefore asks the model for *more detail of the same
-image*, not a larger field of view. :func:`resolution_plan` reports these quantities for a given
-process, denoiser and pair of grids.
+Sampling above the training resolution on a square grid therefore asks the model for *more
+detail of the same image*; a non-square wide canvas for a larger field of view.
+:func:`resolution_plan` reports these quantities for a given process, denoiser and pair of grids.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from typing import Any
 
 import torch
 
-from ..coords import check_grid
+from ..coords import as_grid, check_grid
 from ..processes import GaussianProcess
 
 __all__ = ["resolution_plan"]
@@ -61,30 +64,39 @@ def resolution_plan(
 ) -> dict[str, dict[str, Any]]:
     """What the process and denoiser use on ``train_grid`` versus ``grid`` (see module docstring).
 
+    ``grid`` may be a :class:`~lightning_infdiff.coords.Grid` (its canvas decides a non-square
+    grid's geometry); a plain tuple is the unit square (``stretch``).
+
     Returns:
-        ``{"train": {...}, "sample": {...}}`` with keys ``grid``, ``logsnr_max``, ``logsnr_min``,
-        ``logsnr_mid`` (at ``t = 1/2``), ``blur_pixels`` (std of the mollifier in pixels, 0 for
-        plain diffusion), ``noise_scale`` (``c``) and, for denoisers with resized sparse kernels,
-        ``kernel_size``.
+        ``{"train": {...}, "sample": {...}}`` with keys ``grid``, ``canvas``, ``pitch`` (domain
+        units per pixel), ``logsnr_max``, ``logsnr_min``, ``logsnr_mid`` (at ``t = 1/2``),
+        ``blur_pixels`` (std of the mollifier in pixels per axis, 0 for plain diffusion),
+        ``noise_scale`` (``c``) and, for denoisers with resized sparse kernels, ``kernel_size``
+        and, for the sparse operator, ``inner_grid``.
     """
     from ..operators import HeatKernelOperator
 
     out: dict[str, dict[str, Any]] = {}
     for name, g in (("train", train_grid), ("sample", grid)):
-        g = check_grid(g)
-        sch, op = process.schedule, process.operator
+        g = as_grid(check_grid(g))
+        sch, op = process.schedule, process.operator.at(g.canvas)
         row: dict[str, Any] = {
-            "grid": g,
+            "grid": tuple(g),
+            "canvas": g.canvas,
+            "pitch": g.pitch,
             "logsnr_max": sch.logsnr_max(g),
             "logsnr_min": sch.logsnr_min(g),
             "logsnr_mid": float(sch.logsnr(torch.tensor(0.5, dtype=torch.float64), g)),
-            "blur_pixels": op.width * min(g) if isinstance(op, HeatKernelOperator) else 0.0,
+            "blur_pixels": op.pixels(g) if isinstance(op, HeatKernelOperator) else (0.0, 0.0),
             "noise_scale": op.noise_scale(g),
         }
         ks, tr = getattr(denoiser, "kernel_size", None), getattr(denoiser, "train_resolution", None)
         if ks is not None and tr is not None:
             from ..denoisers.sparse_conv import resized_kernel_size
 
-            row["kernel_size"] = (resized_kernel_size(ks, tr, g[0]), resized_kernel_size(ks, tr, g[1]))
+            dy, dx = g.density
+            row["kernel_size"] = (resized_kernel_size(ks, tr, dy), resized_kernel_size(ks, tr, dx))
+        if hasattr(denoiser, "inner_grid"):
+            row["inner_grid"] = tuple(denoiser.inner_grid(g))
         out[name] = row
     return out

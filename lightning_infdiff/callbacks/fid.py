@@ -25,6 +25,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
+from ..coords import Grid
 from ..metrics.features import FeatureExtractor, quantise
 from ..metrics.frechet import FrechetDistance
 from ..metrics.reference import Split, reference_stats
@@ -121,7 +122,8 @@ class FIDCallback(L.Callback):
             if len(g) != 2 or min(g) < 2:
                 raise ValueError(f"FIDCallback.resolutions entries must be [H, W] with H, W >= 2, got {g!r}")
         self.extractors = list(extractors)
-        self.resolutions = [(int(g[0]), int(g[1])) for g in resolutions] if resolutions else None
+        # non-square grids are wider views (square pixels), for the samples and the references alike
+        self.resolutions = [Grid(int(g[0]), int(g[1]), "wide") for g in resolutions] if resolutions else None
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
         self.every_n_steps, self.every_n_epochs = every_n_steps, every_n_epochs
         self.sampler, self.steps, self.precision = sampler, steps, precision

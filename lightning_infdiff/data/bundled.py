@@ -96,6 +96,18 @@ class ArraySource(ImageSource):
         image = (x / 127.5 - 1.0).clamp(-1.0, 1.0).numpy()
         return image, (None if self.labels is None else int(self.labels[index]))
 
+    def load_rect(
+        self, index: int, size: tuple[int, int], rng: np.random.Generator, train: bool
+    ) -> tuple[np.ndarray, int | None]:
+        """The example at the shorter side, centred, its border extended across the longer one:
+        digits and silhouettes lie on a flat background, which is what a wider view shows."""
+        h, w = int(size[0]), int(size[1])
+        side = min(h, w)
+        image, label = self.load(index, side, rng, train)
+        top, left = (h - side) // 2, (w - side) // 2
+        pad = ((0, 0), (top, h - side - top), (left, w - side - left))
+        return np.pad(image, pad, mode="edge"), label
+
 
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
 

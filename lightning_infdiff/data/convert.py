@@ -56,27 +56,36 @@ def to_rgb_or_gray(img: Image.Image, channels: int) -> Image.Image:
     return img if img.mode == target else img.convert(target)
 
 
-def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side to ``size`` (bicubic, antialiased) and take the centre square."""
-    w, h = img.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    box = (left, top, left + side, top + side)
-    return img.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
+def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
 
 
-def random_crop(img: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
-    """A random ``size x size`` crop at native pixel density (upsampled first if too small)."""
+def resize_center_crop(img: Image.Image, size: int | tuple[int, int]) -> Image.Image:
+    """Resize to cover ``size`` (a side or ``(H, W)``; bicubic, antialiased) and take the centre
+    window of that shape (the centre square for a side)."""
+    oh, ow = _hw(size)
     w, h = img.size
-    if min(w, h) < size:
-        scale = size / min(w, h)
-        img = img.resize(
-            (max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC
-        )
+    scale = min(w / ow, h / oh)  # source pixels per output pixel, the window fitting inside
+    bw, bh = ow * scale, oh * scale
+    left, top = (w - bw) / 2, (h - bh) / 2
+    if oh == ow:  # the exact integer box of before for squares
+        side = min(w, h)
+        left, top, bw, bh = (w - side) // 2, (h - side) // 2, side, side
+    box = (left, top, left + bw, top + bh)
+    return img.resize((ow, oh), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
+
+
+def random_crop(img: Image.Image, size: int | tuple[int, int], rng: np.random.Generator) -> Image.Image:
+    """A random ``size`` crop (a side or ``(H, W)``) at native pixel density (upsampled first if too small)."""
+    oh, ow = _hw(size)
+    w, h = img.size
+    if w < ow or h < oh:
+        scale = max(ow / w, oh / h)
+        img = img.resize((max(ow, round(w * scale)), max(oh, round(h * scale))), Image.Resampling.BICUBIC)
         w, h = img.size
-    left = int(rng.integers(0, w - size + 1))
-    top = int(rng.integers(0, h - size + 1))
-    return img.crop((left, top, left + size, top + size))
+    left = int(rng.integers(0, w - ow + 1))
+    top = int(rng.integers(0, h - oh + 1))
+    return img.crop((left, top, left + ow, top + oh))
 
 
 def array_to_pil(arr: np.ndarray) -> Image.Image:

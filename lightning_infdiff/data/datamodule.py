@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning as L
 
-from .loader import BatchPlan, FieldCollate, FieldLoader
+from .loader import BatchPlan, FieldCollate, FieldLoader, image_shape
 from .sources import ImageSource, split_indices
 from .subsample import CoordinateSampler, Strategy
 
@@ -26,7 +26,8 @@ class FieldDataModule(L.LightningDataModule):
     Args:
         source: the image source (``ImageFolder``, ``MNISTDigits``, ``AnimalSilhouettes``,
             ``SkimagePhotos``, ``GaussianBlobs`` or your own :class:`ImageSource`).
-        resolution: square training and validation resolution in pixels.
+        resolution: training and validation resolution in pixels: the side of square images, the
+            shorter side with ``aspect``.
         train_resolutions: multi-resolution training: each training batch draws its resolution
             from this list (e.g. ``[16, 24, 32]``); validation stays at ``resolution``.
         batch_size: training batch size per process.
@@ -36,8 +37,8 @@ class FieldDataModule(L.LightningDataModule):
         num_points: fixed number of points per example instead of a rate.
         strategy: ``"uniform"`` (independent per example, the default), ``"shared"`` (one subset
             per batch), ``"sobol"`` or ``"halton"`` (quasi-Monte-Carlo, no duplicates).
-        jitter: sub-pixel coordinate jitter for coordinate models: not implemented (raises),
-            and incompatible with lattice-only layers.
+        jitter: sub-pixel coordinate jitter of the training points (see
+            :class:`~lightning_infdiff.data.subsample.CoordinateSampler`).
         val_subsample: subsample validation batches like training ones instead of full grids.
         hflip: random horizontal flips of training images.
         val_fraction: fraction of the source held out for validation.
@@ -45,6 +46,12 @@ class FieldDataModule(L.LightningDataModule):
         split_seed: seed of the train/validation split (fixed independently of ``seed``).
         seed: seed of the order, crops, flips, resolutions and coordinates.
         pin_memory: pin batches in page-locked memory (CUDA only).
+        aspect: width over height of the training and validation images (1: squares). Non-square
+            images are windows with square pixels (a ``wide`` grid, :mod:`lightning_infdiff.coords`)
+            rendered by the source's ``load_rect`` (a folder crops its files to that shape).
+        train_aspects: multi-aspect training: each training batch draws its aspect from this list
+            (e.g. ``[1, 1, 2]``: a third of the batches are 1:2 windows), so that the model learns what
+            a wider view holds; validation stays at ``aspect``.
     """
 
     def __init__(
@@ -66,8 +73,14 @@ class FieldDataModule(L.LightningDataModule):
         split_seed: int = 0,
         seed: int = 0,
         pin_memory: bool = False,
+        aspect: float = 1.0,
+        train_aspects: list[float] | None = None,
     ) -> None:
         super().__init__()
+        self.train_aspects = [float(a) for a in (train_aspects or [aspect])]
+        if not aspect > 0 or not all(a > 0 for a in self.train_aspects):
+            raise ValueError(f"data.aspect and data.train_aspects must be positive, got {aspect!r}, {train_aspects!r}")
+        self.aspect = float(aspect)
         resolutions = list(train_resolutions) if train_resolutions else [resolution]
         for r in [resolution, *resolutions]:
             if int(r) != r or r < 2:
@@ -82,9 +95,10 @@ class FieldDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.sampler = CoordinateSampler(subsample_rate, num_points, strategy, jitter)
         for r in self.train_resolutions:  # fail before training: errors carry the numbers
-            self.sampler.points_for((r, r))
+            for a in self.train_aspects:
+                self.sampler.points_for(image_shape(r, a))
         if val_subsample:
-            self.sampler.points_for((self.resolution, self.resolution))
+            self.sampler.points_for(image_shape(self.resolution, self.aspect))
         self.val_subsample = val_subsample
         self.hflip = hflip
         self.val_fraction, self.val_size, self.split_seed = val_fraction, val_size, split_seed
@@ -133,6 +147,7 @@ class FieldDataModule(L.LightningDataModule):
             rank=rank,
             world_size=world,
             hflip=self.hflip,
+            aspect=self.train_aspects if train else self.aspect,
         )
 
     def _trainer_epoch(self) -> int | None:

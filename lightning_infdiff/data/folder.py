@@ -173,11 +173,12 @@ class ImageFolder(ImageSource):
         return len(self.files)
 
     def _decode(
-        self, path: Path, resolution: int, rng: np.random.Generator, train: bool
+        self, path: Path, resolution: int | tuple[int, int], rng: np.random.Generator, train: bool
     ) -> np.ndarray:
+        side = resolution if isinstance(resolution, int) else max(resolution)
         with Image.open(path) as img:
             if not (train and self.crop == "random"):
-                img.draft(None, (resolution, resolution))
+                img.draft(None, (side, side))
             img.load()  # decode before the file closes
             img = to_rgb_or_gray(ImageOps.exif_transpose(img), self.channels)
         if train and self.crop == "random":
@@ -190,6 +191,17 @@ class ImageFolder(ImageSource):
         self, index: int, resolution: int, rng: np.random.Generator, train: bool
     ) -> tuple[np.ndarray, int | None]:
         """Decode, convert and crop file ``index`` (see :class:`ImageSource`)."""
+        return self._load(index, resolution, rng, train)
+
+    def load_rect(
+        self, index: int, size: tuple[int, int], rng: np.random.Generator, train: bool
+    ) -> tuple[np.ndarray, int | None]:
+        """File ``index`` cropped to an ``H x W`` window of the file itself (see :meth:`ImageSource.load_rect`)."""
+        return self._load(index, (int(size[0]), int(size[1])), rng, train)
+
+    def _load(
+        self, index: int, resolution: int | tuple[int, int], rng: np.random.Generator, train: bool
+    ) -> tuple[np.ndarray, int | None]:
         n = len(self.files)
         for attempt in range(n):
             i = (index + attempt) % n

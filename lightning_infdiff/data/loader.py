@@ -26,11 +26,19 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..batch import FieldBatch
-from .seeding import STREAM_ITEM, STREAM_ORDER, STREAM_RES, STREAM_VAL, derive_seed, make_rng
+from .seeding import (
+    STREAM_ASPECT,
+    STREAM_ITEM,
+    STREAM_ORDER,
+    STREAM_RES,
+    STREAM_VAL,
+    derive_seed,
+    make_rng,
+)
 from .sources import ImageSource
 from .subsample import CoordinateSampler
 
-__all__ = ["FieldSample", "FieldCollate", "BatchPlan", "FieldLoader"]
+__all__ = ["FieldSample", "FieldCollate", "BatchPlan", "FieldLoader", "image_shape"]
 
 
 @dataclass
@@ -73,13 +81,14 @@ class FieldCollate:
             label = None
         else:
             label = torch.tensor(labels, dtype=torch.long)
-        indices = None
+        indices = offsets = None
         if self.sampler is not None:
             grid = (int(image.shape[-2]), int(image.shape[-1]))
-            indices = self.sampler.sample(
-                grid, [s.coord_seed for s in samples], samples[0].batch_seed
-            )
-        return FieldBatch(image=image, indices=indices, label=label)
+            seeds = [s.coord_seed for s in samples]
+            indices = self.sampler.sample(grid, seeds, samples[0].batch_seed)
+            n = grid[0] * grid[1] if indices is None else int(indices.shape[1])
+            offsets = self.sampler.offsets(n, seeds)
+        return FieldBatch(image=image, indices=indices, label=label, offsets=offsets)
 
 
 class BatchPlan(IterableDataset):
@@ -89,13 +98,17 @@ class BatchPlan(IterableDataset):
         source: the image source.
         indices: the split (indices into ``source``).
         batch_size: examples per batch.
-        resolutions: resolutions to draw from per batch (one entry: fixed resolution).
+        resolutions: resolutions to draw from per batch (one entry: fixed resolution): the
+            shorter side of the images.
         train: training plan (shuffled per epoch, ``drop_last``, random crops and flips) or
             validation plan (fixed order, last partial batch kept, fixed draws every epoch).
         seed: the one seed everything derives from.
         rank: this process's rank.
         world_size: number of processes.
         hflip: random horizontal flips (training only).
+        aspect: width over height of the images (1: squares; e.g. 2: ``R x 2R`` windows with square
+            pixels, rendered by the source's :meth:`~lightning_infdiff.data.sources.ImageSource.load_rect`),
+            or a list to draw one per batch from (the same on every rank).
     """
 
     def __init__(
@@ -109,8 +122,13 @@ class BatchPlan(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         hflip: bool = False,
+        aspect: float | list[float] = 1.0,
     ) -> None:
         super().__init__()
+        aspects = [float(a) for a in (aspect if isinstance(aspect, (list, tuple)) else [aspect])]
+        if not aspects or not all(a > 0 for a in aspects):
+            raise ValueError(f"aspect must be positive (or a list of positive values), got {aspect!r}")
+        self.aspects = aspects
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
@@ -150,10 +168,17 @@ class BatchPlan(IterableDataset):
             return self.resolutions[0]
         return int(make_rng(self.seed, STREAM_RES, epoch, batch).choice(self.resolutions))
 
+    def aspect(self, epoch: int, batch: int) -> float:
+        """Width over height of local batch ``batch`` (the same on every rank)."""
+        if len(self.aspects) == 1:
+            return self.aspects[0]
+        return float(make_rng(self.seed, STREAM_ASPECT, epoch, batch).choice(self.aspects))
+
     def batch(self, epoch: int, b: int, order: np.ndarray | None = None) -> list[FieldSample]:
         """Load local batch ``b`` of ``epoch``."""
         order = self.order(epoch) if order is None else order
         res = self.resolution(epoch, b)
+        h, w = image_shape(res, self.aspect(epoch, b))
         stop = min((b + 1) * self.batch_size, self.per_rank)
         global_batch = b * self.world_size + self.rank
         batch_seed = derive_seed(self.seed, STREAM_ITEM, epoch, global_batch, 1)
@@ -166,7 +191,10 @@ class BatchPlan(IterableDataset):
             else:  # fixed across epochs and world sizes
                 item_seed = derive_seed(self.seed, STREAM_VAL, index)
             rng = np.random.default_rng(item_seed)
-            image, label = self.source.load(index, res, rng, self.train)
+            if h == w:
+                image, label = self.source.load(index, res, rng, self.train)
+            else:
+                image, label = self.source.load_rect(index, (h, w), rng, self.train)
             if self.train and self.hflip and rng.random() < 0.5:
                 image = np.ascontiguousarray(image[..., ::-1])
             samples.append(FieldSample(image, label, derive_seed(item_seed, 1), batch_seed))
@@ -180,6 +208,13 @@ class BatchPlan(IterableDataset):
             yield self.batch(self.epoch, b, order)
 
 
+def image_shape(resolution: int, aspect: float = 1.0) -> tuple[int, int]:
+    """``(H, W)`` of images whose shorter side is ``resolution`` and whose width over height is ``aspect``."""
+    if aspect >= 1.0:
+        return resolution, max(resolution, round(resolution * aspect))
+    return max(resolution, round(resolution / aspect)), resolution
+
+
 def _pinned(batch: FieldBatch) -> FieldBatch:
     """Copy a batch's tensors to page-locked memory (faster ``non_blocking`` host-to-GPU copies)."""
     batch.image = batch.image.pin_memory()
@@ -187,6 +222,8 @@ def _pinned(batch: FieldBatch) -> FieldBatch:
         batch.indices = batch.indices.pin_memory()
     if batch.label is not None:
         batch.label = batch.label.pin_memory()
+    if batch.offsets is not None:
+        batch.offsets = batch.offsets.pin_memory()
     return batch
 
 

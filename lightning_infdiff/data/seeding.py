@@ -19,6 +19,7 @@ __all__ = [
     "STREAM_VAL",
     "STREAM_RES",
     "STREAM_SPLIT",
+    "STREAM_ASPECT",
 ]
 
 STREAM_ORDER = 1  #: the per-epoch permutation of the training set
@@ -26,6 +27,7 @@ STREAM_ITEM = 2  #: per-example training draws (crop, flip, coordinates)
 STREAM_VAL = 3  #: per-example validation draws (fixed across epochs)
 STREAM_RES = 4  #: per-batch resolution of multi-resolution training
 STREAM_SPLIT = 5  #: the train/validation split
+STREAM_ASPECT = 6  #: per-batch aspect ratio of multi-aspect training
 
 
 def derive_seed(*keys: int | str) -> int:

@@ -57,6 +57,27 @@ class ImageSource(ABC):
             label or ``None``.
         """
 
+    def load_rect(
+        self, index: int, size: tuple[int, int], rng: np.random.Generator, train: bool
+    ) -> tuple[np.ndarray, int | None]:
+        """Render example ``index`` on an ``H x W`` window with square pixels (non-square training).
+
+        The shorter side spans what :meth:`load` renders at that side (the unit square of
+        :mod:`lightning_infdiff.coords`), the longer one shows more. This default renders the
+        square at ``max(H, W)`` and crops the window from it (its centre for validation, a
+        random position in training), right for textures and photographs; sources with a
+        better wider view override it (a folder crops the file itself, the bundled digits and
+        silhouettes extend their background).
+        """
+        h, w = int(size[0]), int(size[1])
+        if h == w:
+            return self.load(index, h, rng, train)
+        side = max(h, w)
+        image, label = self.load(index, side, rng, train)
+        top = int(rng.integers(0, side - h + 1)) if train else (side - h) // 2
+        left = int(rng.integers(0, side - w + 1)) if train else (side - w) // 2
+        return np.ascontiguousarray(image[:, top : top + h, left : left + w]), label
+
 
 def split_indices(
     n: int, val_fraction: float, val_size: int | None, seed: int

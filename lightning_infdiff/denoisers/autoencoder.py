@@ -36,7 +36,7 @@ from .latent_prior import LatentPrior
 from .layers_adm import Downsample, ResBlock, group_norm
 from .layers_knn import knn_interpolate, lattice_knn
 from .sparse_conv import PointLattice
-from .sparse_operator import SparseConvBlock, SparseNeuralOperator
+from .sparse_operator import SparseConvBlock, SparseNeuralOperator, inner_grid_for
 
 __all__ = ["SparseAutoencoder", "SparseEncoder"]
 
@@ -72,6 +72,7 @@ class SparseEncoder(nn.Module):
             raise ValueError(f"latent_dim must be positive, got {latent_dim}")
         self.kernel_size, self.train_resolution = kernel_size, train_resolution
         self.knn_neighbours, self.inner_resolution, self.sparse_backend = knn_neighbours, inner_resolution, sparse_backend
+        self.inner_multiple = 2 ** (len(channel_mult) - 1)
         self.emb = nn.Parameter(torch.randn(emb_dim))  # no noise level: a learned constant embedding
         self.lift = nn.Linear(in_channels, channels)
         self.blocks = nn.ModuleList(
@@ -93,16 +94,16 @@ class SparseEncoder(nn.Module):
     def forward(self, values: Tensor, coords: Tensor, grid: tuple[int, int]) -> Tensor:
         """Clean ``values (B, N, C)`` at pixel-centre ``coords (B, N, 2)`` of ``grid`` -> ``z (B, D)``."""
         b = values.shape[0]
-        g = self.inner_resolution
+        inner = inner_grid_for(grid, self.inner_resolution, self.inner_multiple)
         indices = coords_to_index(coords, grid)
         lattice = PointLattice.build(indices, grid, self.kernel_size, self.train_resolution, self.sparse_backend)
-        nbr, weight = lattice_knn(indices, grid, (g, g), self.knn_neighbours)
+        nbr, weight = lattice_knn(indices, grid, inner, self.knn_neighbours)
         emb = self.emb.expand(b, -1)
         # lift from the data's channels in fp32 (see in_param_dtype), the blocks in autocast's dtype
         x = in_param_dtype(self.lift, values).to(autocast_dtype(values))
         for blk in self.blocks:
             x = blk(x, emb, lattice)
-        h = self.to_grid(knn_interpolate(x, nbr, weight).view(b, g, g, -1).permute(0, 3, 1, 2))
+        h = self.to_grid(knn_interpolate(x, nbr, weight).view(b, inner[0], inner[1], -1).permute(0, 3, 1, 2))
         for layer in self.grid_layers:
             h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
         pooled = F.silu(self.out_norm(h)).mean(dim=(-2, -1))

@@ -5,8 +5,10 @@ Every denoiser is called as::
     out = denoiser(values, coords, logsnr, grid, cond=None)
 
 with ``values (B, N, C_in)`` the noisy field at ``N`` points, ``coords (B, N, 2)`` their
-pixel-centre coordinates ``(y, x)`` in ``[0, 1]^2`` (see :mod:`lightning_infdiff.coords`),
-``logsnr (B,)`` the noise level, ``grid = (H, W)`` the pixel grid the points live on and
+pixel-centre coordinates ``(y, x)`` in domain units (see :mod:`lightning_infdiff.coords`),
+``logsnr (B,)`` the noise level, ``grid = (H, W)`` the pixel grid the points live on (a
+:class:`~lightning_infdiff.coords.Grid` says where it lies: every position-dependent part of a
+denoiser reads its geometry from there; a plain tuple is the unit square) and
 ``cond`` an optional condition (e.g. integer class labels ``(B,)``). It returns
 ``(B, N, C_out)``. The process and the LightningModule never know which kind they hold.
 """
@@ -135,15 +137,18 @@ class GridDenoiser(Denoiser):
         return self.in_channels + 1
 
     @abstractmethod
-    def forward_grid(self, canvas: Tensor, logsnr: Tensor, cond: Tensor | None = None) -> Tensor:
-        """``(B, in_channels + 1, H, W)`` canvas -> ``(B, out_channels, H, W)`` prediction."""
+    def forward_grid(
+        self, canvas: Tensor, logsnr: Tensor, cond: Tensor | None = None, grid: tuple[int, int] | None = None
+    ) -> Tensor:
+        """``(B, in_channels + 1, H, W)`` canvas -> ``(B, out_channels, H, W)`` prediction; ``grid``
+        places the canvas in the image plane (default: the unit square)."""
 
     def forward(
         self, values: Tensor, coords: Tensor, logsnr: Tensor, grid: tuple[int, int], cond: Tensor | None = None
     ) -> Tensor:
         h, w = self.check_inputs(values, coords, logsnr, grid)
         # Points may come in any order (and any subset): put them where their coordinates say.
-        indices = coords_to_index(coords, (h, w))
+        indices = coords_to_index(coords, grid)
         canvas, mask = scatter(values, indices, (h, w))
-        out = self.forward_grid(torch.cat([canvas, mask], dim=1), logsnr, cond)
+        out = self.forward_grid(torch.cat([canvas, mask], dim=1), logsnr, cond, grid=grid)
         return gather(out, indices)

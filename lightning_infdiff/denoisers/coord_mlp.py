@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..coords import coords_to_index, gather, scatter
+from ..coords import as_grid, coords_to_index, gather, scatter
 from .base import Denoiser, in_param_dtype
 from .layers import ModulatedLayerNorm, NoiseEmbedding, PointMLP
 from .layers_fourier import FourierFeatures, gaussian_blur_masked, zero_module
@@ -42,7 +42,8 @@ def blur_features(values: Tensor, coords: Tensor, grid: tuple[int, int], sigmas:
         return values.new_zeros(*values.shape[:2], 0)
     idx = coords_to_index(coords, grid)
     canvas, mask = scatter(values.float(), idx, grid)
-    return gather(gaussian_blur_masked(canvas, mask, tuple(sigmas)), idx).to(values.dtype)
+    blurred = gaussian_blur_masked(canvas, mask, tuple(sigmas), as_grid(grid).density)
+    return gather(blurred, idx).to(values.dtype)
 
 
 class CoordMLPBaseline(Denoiser):
@@ -85,7 +86,7 @@ class CoordMLPBaseline(Denoiser):
         h, w = self.check_inputs(values, coords, logsnr, grid)
         b, n, _ = values.shape
         feats = [coords.to(values.dtype) * 2 - 1, (logsnr / 10.0).to(values.dtype)[:, None, None].expand(b, n, 1),
-                 values, blur_features(values, coords, (h, w), self.blur_sigmas)]
+                 values, blur_features(values, coords, grid, self.blur_sigmas)]
         if self.label is not None:
             if cond is None:
                 cond = torch.full((b,), self.num_classes, dtype=torch.long, device=values.device)
@@ -160,7 +161,7 @@ class CoordMLPDenoiser(Denoiser):
         """``(B, N, C_in)`` at ``coords`` -> ``(B, N, C_out)`` (see :mod:`.base`)."""
         h, w = self.check_inputs(values, coords, logsnr, grid)
         c = values.shape[-1]
-        blurs = blur_features(values, coords, (h, w), self.blur_sigmas)
+        blurs = blur_features(values, coords, grid, self.blur_sigmas)
         parts = [self.fourier(coords).to(values.dtype), values, blurs]
         if len(self.blur_sigmas) > 1:
             parts.append(blurs[..., :-c] - blurs[..., c:])  # band-pass (difference of Gaussians)

@@ -13,6 +13,10 @@ the same weights act on the same *function* at every grid:
   output grids differ (the UNO's resampling layers).
 * **Mode truncation.** Mode ``k`` means ``k`` cycles per domain side at every resolution; on a
   grid too coarse to carry a mode, the mode is dropped.
+* **Wider windows.** On a ``wide`` canvas (:mod:`lightning_infdiff.coords`) the FFT's period is
+  longer than the unit square's, so its mode ``k`` is ``k · P_train / P`` training modes (``P``
+  the padded window in domain units); the learned multipliers are interpolated there
+  (bilinearly over the signed mode lattice) and modes beyond the trained ones are dropped.
 
 Images are not periodic: the canvas is zero-padded by a fixed *fraction* of its side
 (``domain_padding``, as in neuraloperator) and the Fourier-feature coordinates of the pixel
@@ -32,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..coords import pixel_centres
+from ..coords import as_grid, pixel_centres
 from .base import GridDenoiser
 from .layers import NoiseEmbedding
 from .layers_adm import group_norm
@@ -81,10 +85,33 @@ class SpectralConv2d(nn.Module):
         out = torch.bmm(s, block).view(ky, kx, b, 2, o).permute(2, 4, 0, 1, 3)
         return torch.view_as_complex(out.contiguous())
 
-    def forward(self, x: Tensor, out_size: tuple[int, int] | None = None) -> Tensor:
-        """``(B, C_in, H, W)`` -> ``(B, C_out, H', W')`` with ``(H', W') = out_size or (H, W)``."""
+    def _weights_at(self, ky: Tensor, kx: Tensor) -> Tensor:
+        """Multipliers ``(C_in, C_out, len(ky), len(kx), 2)`` at fractional training modes
+        (bilinear over the signed modes ``-modes .. modes-1`` by ``0 .. modes-1``)."""
+        m = self.modes
+        signed = torch.cat([self.weight_neg.flip(2), self.weight_pos], dim=2).float()  # k_y = -m .. m-1
+
+        def corners(pos: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor]:
+            lo = pos.floor().long().clamp(0, size - 1)
+            hi = (lo + 1).clamp(max=size - 1)
+            return lo, hi, (pos - lo).clamp(0.0, 1.0).to(signed.dtype)
+
+        y0, y1, fy = corners(ky + m, 2 * m)
+        x0, x1, fx = corners(kx, m)
+        rows = signed.index_select(2, y0) * (1 - fy)[:, None, None] + signed.index_select(2, y1) * fy[:, None, None]
+        return rows.index_select(3, x0) * (1 - fx)[:, None] + rows.index_select(3, x1) * fx[:, None]
+
+    def forward(self, x: Tensor, out_size: tuple[int, int] | None = None,
+                mode_scale: tuple[float, float] = (1.0, 1.0)) -> Tensor:
+        """``(B, C_in, H, W)`` -> ``(B, C_out, H', W')`` with ``(H', W') = out_size or (H, W)``.
+
+        ``mode_scale``: training modes per FFT mode along each axis (1 on the unit square; see
+        the module docstring's "wider windows").
+        """
         b, _, h, w = x.shape
         ho, wo = out_size or (h, w)
+        if tuple(mode_scale) != (1.0, 1.0):
+            return self._forward_scaled(x, (ho, wo), mode_scale)
         # Nyquist modes are ambiguous (they alias +-N/2), so only |k| < N/2 on both grids is kept.
         my = min(self.modes, (h + 1) // 2, (ho + 1) // 2)  # k_y = 0 .. my-1
         myn = min(self.modes, (h - 1) // 2, (ho - 1) // 2)  # k_y = -1 .. -myn
@@ -97,6 +124,29 @@ class SpectralConv2d(nn.Module):
             shift_in = (self._phase(h, ky)[:, None] * self._phase(w, kx)[None, :]).conj()
             shift_out = self._phase(ho, ky)[:, None] * self._phase(wo, kx)[None, :]
             wgt = torch.cat([self.weight_pos[:, :, :my, :mx], self.weight_neg[:, :, :myn, :mx]], dim=2).float()
+            out_modes = self._mix(spec * shift_in, wgt) * shift_out
+            out = xf.new_zeros(b, wgt.shape[1], ho, wo // 2 + 1)
+            out[:, :, ky % ho, :mx] = out_modes
+            return torch.fft.irfft2(out, s=(ho, wo), norm="forward")
+
+    def _forward_scaled(self, x: Tensor, out_size: tuple[int, int], mode_scale: tuple[float, float]) -> Tensor:
+        """:meth:`forward` on a window whose FFT modes are ``mode_scale`` training modes each."""
+        b, _, h, w = x.shape
+        ho, wo = out_size
+        sy, sx = (float(v) for v in mode_scale)
+        m = self.modes
+        # FFT modes whose training mode lies among the trained ones, and below both grids' Nyquist
+        my = min(math.ceil((m - 1) / sy + 1e-9), (h + 1) // 2, (ho + 1) // 2)
+        myn = min(math.floor(m / sy + 1e-9), (h - 1) // 2, (ho - 1) // 2)
+        mx = min(math.ceil((m - 1) / sx + 1e-9), (w + 1) // 2, (wo + 1) // 2)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            xf = torch.fft.rfft2(x.float(), norm="forward")
+            ky = torch.cat([torch.arange(my, device=x.device), -(torch.arange(myn, device=x.device) + 1)])
+            kx = torch.arange(mx, device=x.device)
+            spec = xf[:, :, ky % h][..., :mx]
+            shift_in = (self._phase(h, ky)[:, None] * self._phase(w, kx)[None, :]).conj()
+            shift_out = self._phase(ho, ky)[:, None] * self._phase(wo, kx)[None, :]
+            wgt = self._weights_at(ky.float() * sy, kx.float() * sx)
             out_modes = self._mix(spec * shift_in, wgt) * shift_out
             out = xf.new_zeros(b, wgt.shape[1], ho, wo // 2 + 1)
             out[:, :, ky % ho, :mx] = out_modes
@@ -138,11 +188,12 @@ class FNOBlock(nn.Module):
             y = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
         return y.to(x.dtype)
 
-    def forward(self, x: Tensor, emb: Tensor, out_size: tuple[int, int] | None = None) -> Tensor:
+    def forward(self, x: Tensor, emb: Tensor, out_size: tuple[int, int] | None = None,
+                mode_scale: tuple[float, float] = (1.0, 1.0)) -> Tensor:
         """``(B, C_in, H, W)`` -> ``(B, C_out, *out_size)``."""
         size = out_size or tuple(x.shape[-2:])
         h = self.film(self.norm(x), emb)
-        h = self.spectral(h, size).to(h.dtype) + self._resize(self.pointwise(h), size)
+        h = self.spectral(h, size, mode_scale).to(h.dtype) + self._resize(self.pointwise(h), size)
         return self._resize(self.skip(x), size) + self.mlp(F.gelu(h))
 
 
@@ -212,15 +263,21 @@ class FNODenoiser(GridDenoiser):
         if zero_init_output:
             zero_module(self.out)
 
-    def forward_grid(self, canvas: Tensor, logsnr: Tensor, cond: Tensor | None = None) -> Tensor:
-        """``(B, C_in + 1, H, W)`` -> ``(B, C_out, H, W)``."""
+    def forward_grid(
+        self, canvas: Tensor, logsnr: Tensor, cond: Tensor | None = None, grid: tuple[int, int] | None = None
+    ) -> Tensor:
+        """``(B, C_in + 1, H, W)`` -> ``(B, C_out, H, W)``; ``grid`` places the canvas (default: the unit square)."""
         b, _, h, w = canvas.shape
+        grid = as_grid((h, w)) if grid is None else as_grid(grid)
         emb = self.embed(logsnr, cond)
         x = canvas
         if self.coord_features is not None:
-            pos = self.coord_features(pixel_centres((h, w), canvas.device)).to(canvas.dtype)
+            pos = self.coord_features(pixel_centres(grid, canvas.device)).to(canvas.dtype)
             x = torch.cat([x, pos.T.reshape(1, -1, h, w).expand(b, -1, h, w)], dim=1)
-        py, px = round(self.domain_padding * h), round(self.domain_padding * w)
+        # padding: a fraction of the domain unit; on a wider window the FFT period grows with it
+        dy, dx = grid.density
+        py, px = round(self.domain_padding * dy), round(self.domain_padding * dx)
+        scale = (1.0, 1.0) if grid.unit else ((dy + 2 * py) / (h + 2 * py), (dx + 2 * px) / (w + 2 * px))
         x = F.pad(self.lift(x), (px, px, py, py))
         sizes = [tuple(x.shape[-2:])]
         for _ in range(self.levels - 1):
@@ -228,7 +285,7 @@ class FNODenoiser(GridDenoiser):
         skips = []
         for i, blocks in enumerate(self.down):
             for j, blk in enumerate(blocks):
-                x = blk(x, emb, sizes[i] if j == 0 else None)
+                x = blk(x, emb, sizes[i] if j == 0 else None, scale)
             skips.append(x)
         skips.pop()
         for i, blocks in zip(reversed(range(self.levels - 1)), self.up, strict=True):
@@ -236,6 +293,6 @@ class FNODenoiser(GridDenoiser):
             x = FNOBlock._resize(x, sizes[i])
             x = torch.cat([x, skip.to(x.dtype)], dim=1)
             for blk in blocks:
-                x = blk(x, emb)
+                x = blk(x, emb, None, scale)
         x = x[..., py: py + h, px: px + w]
         return self.out(F.gelu(self.out_norm(x)))

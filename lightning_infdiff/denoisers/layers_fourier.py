@@ -206,7 +206,9 @@ def _gauss_kernel(sigma_px: float, device: torch.device) -> Tensor:
     return k / k.sum()
 
 
-def gaussian_blur_masked(canvas: Tensor, mask: Tensor, sigmas: tuple[float, ...]) -> Tensor:
+def gaussian_blur_masked(
+    canvas: Tensor, mask: Tensor, sigmas: tuple[float, ...], density: tuple[int, int] | None = None
+) -> Tensor:
     """Normalised Gaussian blurs of the sampled points at several widths (in domain units).
 
     ``blur_σ(v)(c) = Σ_j K_σ(c - c_j) v_j / Σ_j K_σ(c - c_j)``: a Nadaraya-Watson estimate over
@@ -218,18 +220,20 @@ def gaussian_blur_masked(canvas: Tensor, mask: Tensor, sigmas: tuple[float, ...]
     Args:
         canvas: ``(B, C, H, W)`` values, zero where no point is present.
         mask: ``(B, 1, H, W)`` 1 at present points.
-        sigmas: blur widths as fractions of the image side.
+        sigmas: blur widths in domain units (fractions of the training image's side).
+        density: pixels per domain unit along each axis (default ``(H, W)``: the unit square).
 
     Returns:
         ``(B, len(sigmas) * C, H, W)`` blurred values (scale-major).
     """
     b, c, h, w = canvas.shape
+    dy, dx = density if density is not None else (h, w)
     with torch.autocast(device_type=canvas.device.type, enabled=False):
         x = torch.cat([canvas.float() * mask.float(), mask.float()], dim=1).reshape(b * (c + 1), 1, h, w)
         outs = []
         for s in sigmas:
-            ky = _gauss_kernel(max(s * h, 0.3), canvas.device)
-            kx = _gauss_kernel(max(s * w, 0.3), canvas.device)
+            ky = _gauss_kernel(max(s * dy, 0.3), canvas.device)
+            kx = _gauss_kernel(max(s * dx, 0.3), canvas.device)
             # Kernels wider than the image are cut to it (truncation is exact under normalisation).
             ky = ky[max(0, (ky.numel() - (2 * h - 1)) // 2): ky.numel() - max(0, (ky.numel() - (2 * h - 1)) // 2)]
             kx = kx[max(0, (kx.numel() - (2 * w - 1)) // 2): kx.numel() - max(0, (kx.numel() - (2 * w - 1)) // 2)]

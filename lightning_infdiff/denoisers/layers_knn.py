@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..coords import check_grid
+from ..coords import as_grid, check_grid
 
 __all__ = ["lattice_knn", "knn_interpolate"]
 
@@ -34,7 +34,8 @@ def lattice_knn(
     Args:
         indices: ``(B, N)`` unique flat row-major pixel indices of the points on ``grid``.
         grid: ``(H, W)`` lattice of the points.
-        out_grid: ``(Gh, Gw)`` regular query grid (pixel centres ``(i + 1/2) / G``).
+        out_grid: ``(Gh, Gw)`` regular query grid. Both are placed in the image plane by their
+            geometry (:class:`~lightning_infdiff.coords.Grid`; plain tuples: the unit square).
         k: number of neighbours (reduced to ``N`` when fewer points exist).
         eps: floor on squared distances (a point on a query gets all the weight).
 
@@ -44,6 +45,9 @@ def lattice_knn(
     """
     h, w = check_grid(grid)
     gh, gw = check_grid(out_grid)
+    # pixels per domain unit (py, px: of the lattice; qpy, qpx: of the queries) and window origins
+    (py, px), (qpy, qpx) = as_grid(grid).density, as_grid(out_grid).density
+    (oy, ox), (qoy, qox) = as_grid(grid).origin, as_grid(out_grid).origin
     b, n = indices.shape
     k = max(1, min(k, n))
     dev = indices.device
@@ -52,18 +56,21 @@ def lattice_knn(
     offs = torch.arange(b, device=dev).view(b, 1) * (h * w + 1)
     pid[(indices + offs).reshape(-1)] = torch.arange(n, device=dev).repeat(b)
     # Query centres in (continuous) pixel units of the point lattice, and their nearest pixel.
-    qy = (torch.arange(gh, device=dev, dtype=torch.float64) + 0.5) / gh * h - 0.5
-    qx = (torch.arange(gw, device=dev, dtype=torch.float64) + 0.5) / gw * w - 0.5
+    qy = ((torch.arange(gh, device=dev, dtype=torch.float64) + 0.5) / qpy + (qoy - oy)) * py - 0.5
+    qx = ((torch.arange(gw, device=dev, dtype=torch.float64) + 0.5) / qpx + (qox - ox)) * px - 0.5
     qy, qx = qy.repeat_interleave(gw), qx.repeat(gh)
-    cy, cx = torch.floor(qy + 0.5).long(), torch.floor(qx + 0.5).long()
+    # (a query grid wider than the lattice has queries outside it: their window centres on the
+    # nearest lattice pixel, and everything outside the window is still farther than its edge)
+    cy, cx = torch.floor(qy + 0.5).long().clamp(0, h - 1), torch.floor(qx + 0.5).long().clamp(0, w - 1)
     nq = gh * gw
     nbr = torch.empty(b, nq, k, dtype=torch.long, device=dev)
     d2 = torch.empty(b, nq, k, dtype=torch.float64, device=dev)
     todo_b = torch.arange(b, device=dev).repeat_interleave(nq)
     todo_q = torch.arange(nq, device=dev).repeat(b)
-    radius = 1.5 * math.sqrt(k / (math.pi * n)) + 0.5 / min(h, w)  # domain units, ~2k expected hits
+    area = (h / py) * (w / px)  # of the lattice's window, in domain units
+    radius = 1.5 * math.sqrt(k * area / (math.pi * n)) + 0.5 / min(py, px)  # domain units, ~2k expected hits
     while todo_b.numel():
-        ry, rx = min(math.ceil(radius * h), h), min(math.ceil(radius * w), w)
+        ry, rx = min(math.ceil(radius * py), h), min(math.ceil(radius * px), w)
         dy = torch.arange(-ry, ry + 1, device=dev).repeat_interleave(2 * rx + 1)
         dx = torch.arange(-rx, rx + 1, device=dev).repeat(2 * ry + 1)
         # Window geometry depends on the query only, not on the example: computed once per
@@ -73,11 +80,11 @@ def lattice_knn(
         rows, cols = cy[uq, None] + dy, cx[uq, None] + dx  # (U, window)
         inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
         pix = torch.where(inside, rows * w + cols, h * w)
-        geo = (((rows - qy[uq, None]) / h) ** 2 + ((cols - qx[uq, None]) / w) ** 2).masked_fill(~inside, math.inf)
+        geo = (((rows - qy[uq, None]) / py) ** 2 + ((cols - qx[uq, None]) / px) ** 2).masked_fill(~inside, math.inf)
         geo, order = torch.sort(geo, dim=1, stable=True)
         found, sel, sel_d2 = _first_points(pid, torch.gather(pix, 1, order), geo, inv, todo_b * (h * w + 1), k)
         # Anything outside the window is at least (r + 1/2) pixels away along one axis.
-        safe = min((ry + 0.5) / h, (rx + 0.5) / w) ** 2
+        safe = min((ry + 0.5) / py, (rx + 0.5) / px) ** 2
         whole = ry >= h and rx >= w
         ok = found == k
         if not whole:

@@ -6,11 +6,16 @@ locality mask measured in image fractions, FiLM (AdaLN) conditioning everywhere,
 connections, and no convolutions. Its author dropped pixel unshuffle because it ties the model
 to one pixel density, so this version runs directly on pixels.
 
-Coordinates, for a pixel centre ``(y, x) ∈ [0, 1]^2`` on an ``H x W`` grid with ``S = max(H, W)``:
+Coordinates, for a pixel centre ``(y, x)`` in domain units (:mod:`lightning_infdiff.coords`) on a
+window with origin ``o`` and extent ``E``:
 
-* composition ("relative"): the image inscribed, centred, in a square of side 1:
-  ``((y - ½) H / S, (x - ½) W / S)``; the subject's frame, the same for every crop/aspect;
-* image ("absolute"): ``(y - ½, x - ½)``; spans ``[-½, ½]`` on both axes and marks the edges.
+* composition ("relative"): ``(y - ½, x - ½)``, the subject's frame in domain units, the same at
+  every resolution and aspect ratio; on a ``wide`` canvas it extends beyond ``[-½, ½]`` along the
+  longer side (SIID inscribes the image in a unit square instead, which shrinks the subject on
+  wider canvases; here the toolkit's one geometry decides, so a wider canvas is a wider view);
+* image ("absolute"): ``((y, x) - o) / E - ½``; spans ``[-½, ½]`` on both axes and marks the edges.
+
+On the unit square (every square grid) the two coincide, as in SIID's training on squares.
 
 Both go through Fourier features ``sin/cos(2π f_k c)``, ``f_k = min_freq · 2^k`` cycles per unit.
 
@@ -34,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..coords import coords_to_index, pixel_centres
+from ..coords import as_grid, coords_to_index, pixel_centres
 from .base import Denoiser, in_param_dtype
 from .layers import ModulatedLayerNorm, NoiseEmbedding, PointMLP
 from .layers_fourier import AxialAttention, FourierFeatures, zero_module
@@ -43,12 +48,14 @@ __all__ = ["SIIDDenoiser", "siid_coordinates"]
 
 
 def siid_coordinates(coords: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """Composition (inscribed-square) and image (edge-spanning) coordinates, both ``(..., 2)``."""
-    h, w = grid
-    s = float(max(h, w))
-    image = coords - 0.5
-    comp = image * torch.tensor([h / s, w / s], device=coords.device, dtype=coords.dtype)
-    return comp, image
+    """Composition (domain) and image (edge-spanning) coordinates of ``grid``, both ``(..., 2)``."""
+    g = as_grid(grid)
+    comp = coords - 0.5
+    if g.unit:
+        return comp, comp
+    lo = torch.tensor(g.origin, device=coords.device, dtype=coords.dtype)
+    size = torch.tensor(g.extent, device=coords.device, dtype=coords.dtype)
+    return comp, (coords - lo) / size - 0.5
 
 
 class _Block(nn.Module):
@@ -124,19 +131,20 @@ class SIIDDenoiser(Denoiser):
     ) -> Tensor:
         """``(B, N, C_in)`` at pixel-centre ``coords`` -> ``(B, N, C_out)`` (see :mod:`.base`)."""
         h, w = self.check_inputs(values, coords, logsnr, grid)
+        grid = as_grid(grid)
         b, n, c = values.shape
-        idx = coords_to_index(coords, (h, w))
+        idx = coords_to_index(coords, grid)
         full = n == h * w
         canvas = values.new_zeros(b, h * w, c).scatter(1, idx[..., None].expand(b, n, c), values)
         present = torch.zeros(b, h * w, dtype=torch.bool, device=values.device).scatter(1, idx, True)
-        pos = pixel_centres((h, w), values.device).expand(b, h * w, 2)
+        pos = pixel_centres(grid, values.device).expand(b, h * w, 2)
         if self.training and self.jitter:
-            pos = pos + (torch.rand_like(pos) - 0.5) / torch.tensor([h, w], device=pos.device, dtype=pos.dtype)
-        comp, image = siid_coordinates(pos, (h, w))
+            pos = pos + (torch.rand_like(pos) - 0.5) * torch.tensor(grid.pitch, device=pos.device, dtype=pos.dtype)
+        comp, image = siid_coordinates(pos, grid)
         feats = torch.cat([canvas, present[..., None].to(values.dtype),
                            self.fourier(comp).to(values.dtype), self.fourier(image).to(values.dtype)], dim=-1)
         x = self.inp(feats).view(b, h, w, -1)
-        axis = siid_coordinates(pixel_centres((h, w), values.device), (h, w))[0].view(h, w, 2)
+        axis = siid_coordinates(pixel_centres(grid, values.device), grid)[0].view(h, w, 2)
         ys, xs = axis[:, 0, 0], axis[0, :, 1]
         emb = self.embed(logsnr, cond)
         mask = None if full else present.view(b, h, w)

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import register_flop_formula
 
-from ..coords import check_grid
+from ..coords import as_grid, check_grid
 from .sno_kernel_map import KernelMap, kernel_map, pairs_depthwise_conv
 
 __all__ = [
@@ -198,7 +198,8 @@ class PointLattice:
         indices: ``(B, N)`` flat row-major pixel indices of the points.
         grid: ``(H, W)``.
         kernel_size: ``(kh, kw)`` resized kernel size at this grid.
-        scale: ``(s_y, s_x) = (H, W) / train_resolution``.
+        scale: ``(s_y, s_x) = (d_y, d_x) / train_resolution``, ``d`` the grid's pixels per domain unit
+            (``(H, W)`` on the unit square).
         norm: ``(B, N, 1)`` factor ``k² / (s_y·s_x·n(c))`` (fp32), ``n(c)`` the sampled
             neighbours weighted by the resampled window (the plain count at ``s = 1``).
         backend: resolved backend (``"dense"``, ``"pairs"`` or ``"torchsparse"``).
@@ -230,12 +231,14 @@ class PointLattice:
 
         Args:
             indices: ``(B, N)`` unique flat pixel indices per example.
-            grid: ``(H, W)`` of the points.
+            grid: ``(H, W)`` of the points (a :class:`~lightning_infdiff.coords.Grid` says how many
+                pixels a domain unit spans; a plain tuple is the unit square).
             kernel_size: odd kernel size at ``train_resolution``.
             train_resolution: grid side the kernel was trained at.
             backend: one of :data:`SPARSE_BACKENDS`.
         """
         h, w = check_grid(grid)
+        dy, dx = as_grid(grid).density  # pixels per domain unit: the kernel's support is fixed there
         if backend not in SPARSE_BACKENDS:
             raise ValueError(f"unknown sparse backend {backend!r}; choose one of {SPARSE_BACKENDS}")
         if backend == "torchsparse" and not torchsparse_available():
@@ -245,13 +248,13 @@ class PointLattice:
                 "backend='auto' (pure PyTorch, exact)"
             )
         b, n = indices.shape
-        kh = resized_kernel_size(kernel_size, train_resolution, h)
-        kw = resized_kernel_size(kernel_size, train_resolution, w)
+        kh = resized_kernel_size(kernel_size, train_resolution, dy)
+        kw = resized_kernel_size(kernel_size, train_resolution, dx)
         if backend == "auto":
             resized = (kh, kw) != (kernel_size, kernel_size)
             backend = "pairs" if not resized and n <= AUTO_PAIRS_MAX_DENSITY * h * w else "dense"
         pairs = kernel_map(indices, (h, w), (kh, kw)) if backend in ("pairs", "torchsparse") else None
-        sy, sx = _axis_scale(train_resolution, h), _axis_scale(train_resolution, w)
+        sy, sx = _axis_scale(train_resolution, dy), _axis_scale(train_resolution, dx)
         # fp32 counts even under autocast (einsum in resize_kernel would otherwise run in bf16)
         with torch.no_grad(), torch.autocast(indices.device.type, enabled=False):
             # Sampled-neighbour count, each neighbour weighted by the resampled window (all ones

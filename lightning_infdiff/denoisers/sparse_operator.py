@@ -13,13 +13,17 @@ is the depthwise sparse convolution of eq. (16) normalised by sampled-neighbour 
 to and from the inner grid run on the grid side: a linear map commutes with the kNN and
 bilinear interpolations (their weights sum to one), so this equals projecting at the points.
 
-Resolution transfer: the kernel is defined at ``train_resolution``; at another grid it is
-resampled (odd size per axis) and the neighbour-count normalisation keeps the response; the
-inner grid stays fixed, so the same weights run at any (also non-square) grid.
+Resolution transfer: the kernel is defined at ``train_resolution`` pixels per domain unit; at
+another pixel density it is resampled (odd size per axis) and the neighbour-count normalisation
+keeps the response. The inner grid has ``inner_resolution`` cells per domain unit over the
+points' window (:func:`inner_grid_for`): ``G x G`` on the unit square, wider on a ``wide`` canvas
+(:mod:`lightning_infdiff.coords`), so the same weights run at any density and aspect ratio with
+kernels, inner grid and coordinates in one geometry.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -27,14 +31,30 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from ..coords import coords_to_index, interpolate_at
+from ..coords import Grid, as_grid, coords_to_index, interpolate_at, pixel_centres
 from .base import Denoiser, autocast_dtype, in_param_dtype
 from .layers import ModulatedLayerNorm, NoiseEmbedding, PointMLP
 from .layers_knn import knn_interpolate, lattice_knn
 from .sparse_conv import SPARSE_BACKENDS, PointLattice, SparseDepthwiseConv2d
 from .unet import ADMUNet
 
-__all__ = ["SparseConvBlock", "SparseNeuralOperator"]
+__all__ = ["SparseConvBlock", "SparseNeuralOperator", "inner_grid_for"]
+
+
+def inner_grid_for(grid: tuple[int, int], resolution: int, multiple: int = 1) -> Grid:
+    """The regular grid of ``resolution`` cells per domain unit over ``grid``'s window.
+
+    On the unit square (any plain or ``stretch`` grid, or a square one) it is ``resolution`` square.
+    On a ``wide`` canvas each side is ``resolution`` times the window's extent, rounded up to a
+    multiple of ``multiple`` (the U-Net's downsampling), centred like every ``wide`` grid, so it
+    covers the window with the training cell size.
+    """
+    g = as_grid(grid)
+    if g.unit:
+        return Grid(resolution, resolution, g.canvas)
+    ey, ex = g.extent
+    gh, gw = (multiple * math.ceil(resolution * e / multiple - 1e-9) for e in (ey, ex))
+    return Grid(gh, gw, g.canvas)
 
 
 class SparseConvBlock(nn.Module):
@@ -117,6 +137,10 @@ class SparseNeuralOperator(Denoiser):
             (``(B, D)`` floats), ``0`` for none. It scales the features of every sparse block
             and is added to the inner U-Net's embedding. Exclusive with ``num_classes``; see
             :class:`~.autoencoder.SparseAutoencoder` for the encoder and the latent prior.
+        inner_positions: add a learned linear map of the inner grid cells' domain coordinates
+            (centred on the training square) to the U-Net's input, so the composition can depend
+            on where a cell lies in the image plane, not only on how far it is from the window's
+            edges (zero-initialised; off: the ∞-Diff architecture).
     """
 
     def __init__(
@@ -142,6 +166,7 @@ class SparseNeuralOperator(Denoiser):
         sparse_backend: str = "auto",
         zero_init_output: bool = True,
         latent_dim: int = 0,
+        inner_positions: bool = False,
     ) -> None:
         super().__init__(in_channels, out_channels, num_classes)
         if latent_dim < 0 or (latent_dim and num_classes):
@@ -158,6 +183,7 @@ class SparseNeuralOperator(Denoiser):
         self.kernel_size = kernel_size
         self.knn_neighbours = knn_neighbours
         self.inner_resolution = inner_resolution
+        self.inner_multiple = 2 ** (len(channel_mult) - 1)
         self.sparse_backend = sparse_backend
         self.embed = NoiseEmbedding(emb_dim, num_classes)
         self.lift = nn.Linear(in_channels, channels)
@@ -168,6 +194,10 @@ class SparseNeuralOperator(Denoiser):
             inner_channels, inner_channels, emb_dim, inner_resolution, inner_channels, channel_mult,
             num_res_blocks, attention_resolutions, dropout, dropout_resolution, head_channels, zero_out=False,
         )
+        self.inner_pos = nn.Conv2d(2, inner_channels, 1) if inner_positions else None
+        if self.inner_pos is not None:
+            nn.init.zeros_(self.inner_pos.weight)
+            nn.init.zeros_(self.inner_pos.bias)
         self.from_grid = nn.Conv2d(inner_channels, channels, 1)
         self.up = nn.ModuleList([SparseConvBlock(*block_args, skip=True, latent_dim=latent_dim) for _ in range(depth)])
         self.latent_emb = nn.Linear(latent_dim, emb_dim) if latent_dim else None
@@ -181,13 +211,19 @@ class SparseNeuralOperator(Denoiser):
         """Neighbour structure of the points for the sparse convolutions at ``grid``."""
         return PointLattice.build(indices, grid, self.kernel_size, self.train_resolution, self.sparse_backend)
 
+    def inner_grid(self, grid: tuple[int, int]) -> Grid:
+        """The inner U-Net's grid for points on ``grid``: ``inner_resolution`` per domain unit over the
+        same window (see :func:`inner_grid_for`)."""
+        return inner_grid_for(grid, self.inner_resolution, self.inner_multiple)
+
     def forward(
         self, values: Tensor, coords: Tensor, logsnr: Tensor, grid: tuple[int, int], cond: Tensor | None = None
     ) -> Tensor:
         """Predict ``(B, N, C_out)`` at the points (see :mod:`.base` for the contract)."""
-        h, w = self.check_inputs(values, coords, logsnr, grid)
+        self.check_inputs(values, coords, logsnr, grid)
+        grid = as_grid(grid)
+        inner = self.inner_grid(grid)
         b = values.shape[0]
-        g = self.inner_resolution
         latent = None
         if self.latent_dim:
             latent, cond = cond, None
@@ -195,9 +231,9 @@ class SparseNeuralOperator(Denoiser):
                 got = None if latent is None else (tuple(latent.shape), latent.dtype)
                 raise ValueError(f"this model needs a latent cond of shape ({b}, {self.latent_dim}) floats, got {got}")
         with record_function("sno/neighbours"):  # no-grad index work, once per call
-            indices = coords_to_index(coords, (h, w))
-            lattice = self.lattice(indices, (h, w))
-            nbr, weight = lattice_knn(indices, (h, w), (g, g), self.knn_neighbours)
+            indices = coords_to_index(coords, grid)
+            lattice = self.lattice(indices, grid)
+            nbr, weight = lattice_knn(indices, grid, inner, self.knn_neighbours)
         emb = self.embed(logsnr, cond)
         unet_emb = emb if latent is None else emb + self.latent_emb(latent).to(emb.dtype)
 
@@ -211,13 +247,16 @@ class SparseNeuralOperator(Denoiser):
         # Points -> fixed grid (inverse-distance kNN), grid network, grid -> points (bilinear).
         point_dtype = x.dtype
         with record_function("sno/to_grid"):
-            z = knn_interpolate(x, nbr, weight)  # (B, G*G, C), row-major = channels-last layout
-            z = self.to_grid(z.view(b, g, g, -1).permute(0, 3, 1, 2))
+            z = knn_interpolate(x, nbr, weight)  # (B, Gh*Gw, C), row-major = channels-last layout
+            z = self.to_grid(z.view(b, inner[0], inner[1], -1).permute(0, 3, 1, 2))
+            if self.inner_pos is not None:
+                cells = (pixel_centres(inner, z.device) - 0.5).T.reshape(1, 2, inner[0], inner[1])
+                z = z + in_param_dtype(self.inner_pos, cells).to(z.dtype)
         with record_function("sno/unet"):
             z = self.from_grid(self.unet(z, unet_emb))
         with record_function("sno/read_back"):
             # grid_sample runs in fp32 under autocast: back to the points' dtype before the up blocks
-            x = interpolate_at(z.contiguous(), coords).to(point_dtype)
+            x = interpolate_at(z.contiguous(), coords, grid=inner).to(point_dtype)
         with record_function("sno/up"):
             for blk in self.up:
                 x = blk(x, emb, lattice, skip=skips.pop(), latent=latent)

@@ -68,7 +68,9 @@ class ADMUNetDenoiser(GridDenoiser):
             zero_out=zero_init_output,
         )
 
-    def forward_grid(self, canvas: Tensor, logsnr: Tensor, cond: Tensor | None = None) -> Tensor:
+    def forward_grid(
+        self, canvas: Tensor, logsnr: Tensor, cond: Tensor | None = None, grid: tuple[int, int] | None = None
+    ) -> Tensor:
         """``(B, C_in + 1, H, W)`` -> ``(B, C_out, H, W)``; any ``H, W >= 2``."""
         h, w = canvas.shape[-2:]
         ph, pw = (-h) % self.stride, (-w) % self.stride

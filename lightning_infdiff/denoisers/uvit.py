@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..coords import as_grid
 from .base import GridDenoiser
 from .layers import NoiseEmbedding
 from .layers_adm import ResBlock, group_norm
@@ -185,15 +186,25 @@ class UViTDenoiser(GridDenoiser):
             zero_module(self.out)
 
     def token_coords(self, size: tuple[int, int], grid: tuple[int, int], device: torch.device) -> Tensor:
-        """Continuous ``(y, x)`` centres of the token cells, in units of the unpadded grid."""
-        ys = (torch.arange(size[0], device=device, dtype=torch.float32) + 0.5) * self.stride / grid[0]
-        xs = (torch.arange(size[1], device=device, dtype=torch.float32) + 0.5) * self.stride / grid[1]
+        """Continuous ``(y, x)`` centres of the token cells in domain units (``grid``'s geometry, see
+        :mod:`lightning_infdiff.coords`; the unit square for a plain tuple)."""
+        g = as_grid(grid)
+        if g.unit:
+            ys = (torch.arange(size[0], device=device, dtype=torch.float32) + 0.5) * self.stride / g[0]
+            xs = (torch.arange(size[1], device=device, dtype=torch.float32) + 0.5) * self.stride / g[1]
+        else:
+            (py, px), (oy, ox) = g.pitch, g.origin
+            ys = oy + (torch.arange(size[0], device=device, dtype=torch.float32) + 0.5) * (self.stride * py)
+            xs = ox + (torch.arange(size[1], device=device, dtype=torch.float32) + 0.5) * (self.stride * px)
         yy, xx = torch.meshgrid(ys, xs, indexing="ij")
         return torch.stack([yy, xx], dim=-1).reshape(-1, 2)
 
-    def forward_grid(self, canvas: Tensor, logsnr: Tensor, cond: Tensor | None = None) -> Tensor:
+    def forward_grid(
+        self, canvas: Tensor, logsnr: Tensor, cond: Tensor | None = None, grid: tuple[int, int] | None = None
+    ) -> Tensor:
         """``(B, C_in + 1, H, W)`` -> ``(B, C_out, H, W)``."""
         b, _, h, w = canvas.shape
+        grid = as_grid((h, w)) if grid is None else as_grid(grid)
         emb = self.embed(logsnr, cond)
         ph, pw = (-h) % self.stride, (-w) % self.stride
         x = F.pad(canvas, (0, pw, 0, ph))
@@ -209,7 +220,7 @@ class UViTDenoiser(GridDenoiser):
             x = down(x)
         th, tw = x.shape[-2:]
         tokens = x.flatten(2).transpose(1, 2)
-        centres = self.token_coords((th, tw), (h, w), x.device)
+        centres = self.token_coords((th, tw), grid, x.device)
         rope = None
         if self.position == "fourier":
             tokens = tokens + self.pos_proj(self.pos(centres)).to(tokens.dtype)

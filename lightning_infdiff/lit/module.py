@@ -23,7 +23,7 @@ from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor
 
 from ..batch import FieldBatch
-from ..coords import full_coords, gather, index_to_coords
+from ..coords import as_grid, full_coords, gather, index_to_coords
 from ..denoisers.base import Denoiser
 from ..images import save_grid
 from ..processes import GaussianProcess, training_band
@@ -211,7 +211,8 @@ class DiffusionModule(L.LightningModule):
         b = len(batch)
         z = self.encode_batch(batch, True) if self.is_autoencoder else None
         cond = z if z is not None else self._condition(batch, True)
-        loss = self.process.loss(self.denoiser, batch.image, batch.indices, cond).mean()
+        loss = self.process.loss(self.denoiser, batch.image, batch.indices, cond, grid=batch.grid,
+                                 offsets=batch.offsets).mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
         if z is not None:
             prior = self.denoiser.prior_loss(z).mean()
@@ -241,7 +242,7 @@ class DiffusionModule(L.LightningModule):
             gen = torch.Generator(device="cpu").manual_seed(self.val_seed + 7919 * batch_idx + k)
             white = torch.randn(batch.image.shape, generator=gen).to(self.device)
             loss = self.process.loss(
-                self.denoiser, batch.image, batch.indices, cond, logsnr=lam.expand(b), noise=white
+                self.denoiser, batch.image, batch.indices, cond, logsnr=lam.expand(b), noise=white, grid=batch.grid
             ).mean()
             losses.append(loss)
             self._val_curve.setdefault(k, []).append(loss.detach())
@@ -296,14 +297,21 @@ class DiffusionModule(L.LightningModule):
         deblur: bool = True,
         progress: bool = False,
         latents: Tensor | None = None,
+        canvas: Literal["wide", "stretch"] | None = None,
     ) -> Tensor:
         """Draw samples ``(B, C, H, W)`` in ``[-1, 1]`` on any grid, one per seed.
 
-        Mollified models are Wiener-deblurred (``deblur=True``) for display and metrics. The
-        caller's autocast (if any) applies to the network only. Diffusion autoencoders decode
-        ``latents (B, D)`` when given (e.g. from :meth:`encode_images`), else latents drawn
-        from their prior with the same seeds; they take no labels and no guidance.
+        Mollified models are Wiener-deblurred (``deblur=True``) for display and metrics, within
+        the band of the training grid (:meth:`GaussianProcess.display`). The caller's autocast
+        (if any) applies to the network only. Diffusion autoencoders decode ``latents (B, D)``
+        when given (e.g. from :meth:`encode_images`), else latents drawn from their prior with
+        the same seeds; they take no labels and no guidance. A non-square ``grid`` is a wider
+        view with square pixels (``canvas="wide"``, the default unless ``grid`` is a
+        :class:`~lightning_infdiff.coords.Grid` with its own) or the training square stretched
+        (``"stretch"``); see :mod:`lightning_infdiff.coords`.
         """
+        canvas = canvas or getattr(grid, "canvas", None) or "wide"
+        grid = as_grid((int(grid[0]), int(grid[1])), canvas)
         was_training = self.denoiser.training
         self.denoiser.eval()
         try:
@@ -318,7 +326,7 @@ class DiffusionModule(L.LightningModule):
             elif latents is not None:
                 raise ValueError("latents were given but the denoiser is not a diffusion autoencoder")
             x = sample(
-                self.process, self.denoiser, (int(grid[0]), int(grid[1])), list(seeds),
+                self.process, self.denoiser, grid, list(seeds),
                 channels=self.denoiser.in_channels, steps=steps or self.sample_steps,
                 sampler=sampler or self.sampler, eta=eta, clip=clip, cond=labels,
                 guidance_scale=self.guidance_scale if guidance_scale is None else guidance_scale,
@@ -327,8 +335,8 @@ class DiffusionModule(L.LightningModule):
         finally:
             self.denoiser.train(was_training)
         if deblur:
-            band = training_band(self.denoiser, (int(grid[0]), int(grid[1])), getattr(self, "data_resolution", None))
-            x = self.process.display(x, band=band)
+            band = training_band(self.denoiser, grid, getattr(self, "data_resolution", None))
+            x = self.process.at(canvas).display(x, band=band)
         return x.clamp(-1.0, 1.0)
 
     @torch.no_grad()

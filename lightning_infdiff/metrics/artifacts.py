@@ -71,22 +71,30 @@ def real_reference(source: object, indices: np.ndarray, resolution: int, grid: t
     """Real images at the training ``resolution`` resampled bicubically to ``grid``, in ``[-1, 1]``.
 
     Uses the deterministic validation rendering of ``source`` (an
-    :class:`~lightning_infdiff.data.sources.ImageSource`); a non-square grid is the centre crop of
-    the square resampling at ``max(H, W)`` (as the FID reference renders it).
+    :class:`~lightning_infdiff.data.sources.ImageSource`). A non-square grid is placed as the FID
+    reference places it (:func:`~lightning_infdiff.metrics.reference.render_real`): the centre crop
+    of the square at ``max(H, W)`` on a ``stretch`` canvas, the square at ``min(H, W)`` with its
+    border replicated across a ``wide`` one.
     """
+    from ..coords import as_grid
     from ..data.seeding import STREAM_VAL, derive_seed
 
-    h, w = int(grid[0]), int(grid[1])
+    g = as_grid(grid)
+    h, w = g
+    wide = not g.unit and g.canvas == "wide"
     images = []
     for index in indices:
         rng = np.random.default_rng(derive_seed(0, STREAM_VAL, int(index)))
         image, _ = source.load(int(index), int(resolution), rng, False)  # type: ignore[attr-defined]
         images.append(torch.from_numpy(np.asarray(image, dtype=np.float32)))
     x = torch.stack(images)
-    side = max(h, w)
+    side = min(h, w) if wide else max(h, w)
     if side != resolution:
         x = F.interpolate(x, size=(side, side), mode="bicubic", align_corners=False).clamp(-1, 1)
-    if (h, w) != (side, side):
+    if wide:
+        top, left = (h - side) // 2, (w - side) // 2
+        x = F.pad(x, (left, w - side - left, top, h - side - top), mode="replicate")
+    elif (h, w) != (side, side):
         top, left = (side - h) // 2, (side - w) // 2
         x = x[:, :, top : top + h, left : left + w]
     return x

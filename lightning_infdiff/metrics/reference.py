@@ -10,9 +10,13 @@ Cache: ``<cache>/fid_refs/<readable name>.pt`` where ``<cache>`` is ``$LIGHTNING
 or ``~/.cache/lightning_infdiff``. The file stores the full key: the source (class path, its
 init arguments found on the instance, its length and a fingerprint of a few rendered images),
 the resolution, the split (and the split's settings), the extractor (name + weights hash) and
-the image count. Sources render squares: a non-square grid ``H x W`` is the centre crop of the
-square rendering at ``max(H, W)``. A file whose stored key differs from the requested one is reported (a warning
-naming the differing fields) and recomputed; it is never reused silently.
+the image count. Sources render squares. A non-square grid is rendered as its canvas
+(:mod:`lightning_infdiff.coords`) shows the data: a ``stretch`` grid (a plain ``(H, W)``) is the
+centre crop of the square rendering at ``max(H, W)``; a ``wide`` one is the square rendering at
+``min(H, W)`` centred on the wider window, the rest filled by replicating its border (the real
+data has no wider view; for digits and silhouettes on a flat background that is the background),
+and its key records the canvas. A file whose stored key differs from the requested one is
+reported (a warning naming the differing fields) and recomputed; it is never reused silently.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from ..coords import as_grid
 from ..data.datamodule import FieldDataModule
 from ..data.seeding import STREAM_VAL, derive_seed
 from ..data.sources import ImageSource, split_indices
@@ -35,7 +41,7 @@ from .classifier import cache_dir
 from .features import FeatureExtractor
 from .frechet import FeatureStats
 
-__all__ = ["reference_stats", "reference_key", "source_identity", "split_of", "Split"]
+__all__ = ["reference_stats", "reference_key", "render_real", "source_identity", "split_of", "Split"]
 
 Split = Literal["train", "val", "all"]
 FORMAT = "lightning_infdiff/fid_ref/1"
@@ -98,7 +104,7 @@ def reference_key(
 ) -> dict[str, Any]:
     """The full cache key (see the module docstring)."""
     h, w = resolution
-    return {
+    key = {
         "format": FORMAT,
         "dataset": source_identity(dm.source, h),
         "resolution": [int(h), int(w)],
@@ -107,12 +113,16 @@ def reference_key(
         "extractor": extractor.cache_identity(),
         "count": int(count),
     }
+    if not as_grid(resolution).unit:
+        key["canvas"] = as_grid(resolution).canvas
+    return key
 
 
 def _cache_path(root: Path, key: dict[str, Any]) -> Path:
     cls = key["dataset"]["class"].rsplit(".", 1)[-1]
     h, w = key["resolution"]
-    name = f"{cls}_{h}x{w}_{key['split']}_{key['extractor']['name']}_n{key['count']}.pt"
+    canvas = f"_{key['canvas']}" if key.get("canvas", "stretch") != "stretch" else ""
+    name = f"{cls}_{h}x{w}{canvas}_{key['split']}_{key['extractor']['name']}_n{key['count']}.pt"
     return root / "fid_refs" / name.replace("/", "-")
 
 
@@ -127,19 +137,31 @@ def _diff(stored: dict[str, Any], wanted: dict[str, Any], prefix: str = "") -> l
     return out
 
 
-def _render(source: ImageSource, indices: np.ndarray, h: int, w: int) -> torch.Tensor:
-    """uint8 ``(B, C, h, w)``: the deterministic validation rendering, cropped/resized to h x w."""
-    side = max(h, w)
+def render_real(source: ImageSource, indices: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
+    """Real images ``(B, C, H, W)`` in ``[-1, 1]`` on ``grid`` as its canvas shows them (see the
+    module docstring): the deterministic validation rendering."""
+    g = as_grid(grid)
+    h, w = g
+    wide = not g.unit and g.canvas == "wide"
+    side = min(h, w) if wide else max(h, w)
     images = []
     for index in indices:
         rng = np.random.default_rng(derive_seed(0, STREAM_VAL, int(index)))
         image, _ = source.load(int(index), side, rng, False)
         images.append(torch.from_numpy(np.asarray(image, dtype=np.float32)))
     x = torch.stack(images)
-    if (h, w) != (side, side):  # non-square grids: centre crop of the square rendering
+    if wide:  # the square at the window's centre, the border replicated beyond it
+        top, left = (h - side) // 2, (w - side) // 2
+        x = F.pad(x, (left, w - side - left, top, h - side - top), mode="replicate")
+    elif (h, w) != (side, side):  # stretch: centre crop of the square rendering
         top, left = (side - h) // 2, (side - w) // 2
         x = x[:, :, top : top + h, left : left + w]
-    return ((x.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    return x
+
+
+def _render(source: ImageSource, indices: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
+    """uint8 ``(B, C, H, W)``: :func:`render_real` quantised as generated samples are."""
+    return ((render_real(source, indices, grid).clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
 
 
 @torch.no_grad()
@@ -160,7 +182,7 @@ def compute_stats(
     bar = tqdm(total=len(indices), desc=f"reference {extractor.name} {h}x{w}", disable=not progress, unit="img")
     for start in range(0, len(indices), batch_size):
         chunk = indices[start : start + batch_size]
-        stats.update(extractor(_render(dm.source, chunk, h, w).to(device)))
+        stats.update(extractor(_render(dm.source, chunk, resolution).to(device)))
         bar.update(len(chunk))
     bar.close()
     return stats
@@ -183,7 +205,8 @@ def reference_stats(
     Args:
         dm: the DataModule whose ``source`` and split settings define the real data.
         extractor: the feature extractor.
-        resolution: ``(H, W)`` or a side; images are rendered at the full grid.
+        resolution: ``(H, W)`` (a :class:`~lightning_infdiff.coords.Grid` chooses the canvas of a
+            non-square grid) or a side; images are rendered at the full grid.
         split: ``train`` (the protocol's choice), ``val`` or ``all``.
         count: use the first ``count`` examples of the split (default: all of it).
         batch_size: images per extractor batch.
@@ -192,7 +215,7 @@ def reference_stats(
         progress: show a tqdm progress bar.
         device: where the extractor runs.
     """
-    hw = (int(resolution), int(resolution)) if isinstance(resolution, int) else (int(resolution[0]), int(resolution[1]))
+    hw = as_grid((resolution, resolution) if isinstance(resolution, int) else resolution)
     indices = split_of(dm, split)
     if count is not None:
         if count < 2 or count > len(indices):
