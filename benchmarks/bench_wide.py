@@ -34,15 +34,12 @@ from bench_common import machine_info
 from lightning_infdiff.checkpoint import load_module
 from lightning_infdiff.images import save_grid
 from lightning_infdiff.malloc import pin_malloc
-from lightning_infdiff.metrics.classifier import classify, load_classifier
-
-
-def ink_window(x: torch.Tensor) -> torch.Tensor:
-    """Left column of the ``H x H`` window with the most ink, per image ``(B, 1, H, W)``."""
-    h, w = x.shape[-2:]
-    ink = (x + 1).clamp_min(0).sum(dim=(1, 2))  # (B, W) per column
-    sums = torch.stack([ink[:, i : i + h].sum(1) for i in range(w - h + 1)], dim=1)
-    return sums.argmax(dim=1)
+from lightning_infdiff.metrics.classifier import (
+    classify,
+    ink_window_starts,
+    ink_windows,
+    load_classifier,
+)
 
 
 def spread(profile: torch.Tensor, lo: float = 0.05, hi: float = 0.95) -> float:
@@ -53,9 +50,8 @@ def spread(profile: torch.Tensor, lo: float = 0.05, hi: float = 0.95) -> float:
 
 def measures(x: torch.Tensor, labels: torch.Tensor, classifier: torch.nn.Module) -> dict[str, float]:
     h, w = x.shape[-2:]
-    left = ink_window(x) if w > h else torch.zeros(len(x), dtype=torch.long)
-    crops = torch.stack([img[:, :, int(i) : int(i) + h] for img, i in zip(x, left, strict=True)])
-    pred, conf = classify(classifier, crops)
+    left = ink_window_starts(x)
+    pred, conf = classify(classifier, ink_windows(x))
     ratios, areas, bg_dist, bg_ink = [], [], [], []
     for img, i in zip(x, left, strict=True):
         mass = (img[0] + 1).clamp_min(0)  # ink mass per pixel (background -1 -> 0)

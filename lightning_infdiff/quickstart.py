@@ -34,12 +34,13 @@ def evaluate_digits(module: DiffusionModule, grids: list[tuple[int, int]], out: 
     """Sample digits 0-9 ``per_class`` times at each grid, save grids, and score them.
 
     The network runs in ``precision`` (:func:`~lightning_infdiff.precision.inference_autocast`;
-    the main job passes the precision it trained in).
+    the main job passes the precision it trained in). A wide grid is a wider view: its square
+    window holding the digit is what the classifier reads (:func:`~lightning_infdiff.metrics.classifier.ink_windows`).
 
     Returns one record per grid: classifier accuracy against the requested digit, mean
     confidence and seconds per image.
     """
-    from .metrics.classifier import classify, load_classifier
+    from .metrics.classifier import classify, ink_windows, load_classifier
 
     classifier, held_out = load_classifier("digits")
     n = 10 * per_class
@@ -52,7 +53,7 @@ def evaluate_digits(module: DiffusionModule, grids: list[tuple[int, int]], out: 
         seconds = (time.perf_counter() - t0) / n
         path = out / f"digits_{grid[0]}x{grid[1]}.png"
         save_grid(x, path, nrow=10)
-        pred, conf = classify(classifier, x)
+        pred, conf = classify(classifier, ink_windows(x))
         rec = {"grid": f"{grid[0]}x{grid[1]}", "png": str(path), "seconds_per_image": round(seconds, 3),
                "mean_confidence": round(conf.mean().item(), 3), "classifier_held_out_accuracy": round(held_out, 3)}
         if labels is not None:

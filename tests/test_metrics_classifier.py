@@ -28,3 +28,17 @@ def test_cache_round_trip(tmp_path, monkeypatch):
     assert torch.equal(m1(x), m2(x))
     pred, conf = clf.classify(m2, x)
     assert pred.shape == (4,) and bool(((conf > 0) & (conf <= 1)).all())
+
+
+def test_ink_windows_cut_the_square_holding_the_digit_from_wide_images():
+    from lightning_infdiff.metrics.classifier import ink_windows
+
+    x = -torch.ones(2, 1, 4, 8)
+    x[0, 0, :, 5:7] = 1.0
+    x[1, 0, 1:3, 0] = 0.5
+    w = ink_windows(x)
+    assert w.shape == (2, 1, 4, 4)
+    assert float((w[0] + 1).sum()) == float((x[0] + 1).sum())  # all of the ink is inside
+    assert torch.equal(w[1], x[1, :, :, 0:4])
+    square = torch.randn(3, 1, 4, 4)
+    assert ink_windows(square) is square

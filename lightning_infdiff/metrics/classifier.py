@@ -18,7 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SmallClassifier", "bundled_arrays", "train_classifier", "load_classifier", "classify", "cache_dir", "classifier_path"]
+__all__ = [
+    "SmallClassifier", "bundled_arrays", "train_classifier", "load_classifier", "classify", "ink_window_starts",
+    "ink_windows", "cache_dir", "classifier_path",
+]
 
 INPUT = 32
 
@@ -126,6 +129,27 @@ def load_classifier(name: Literal["digits", "animals"] = "digits", retrain: bool
     torch.save({"state_dict": model.state_dict(), "accuracy": acc, "num_classes": model.head.out_features}, tmp)
     tmp.replace(path)
     return model, acc
+
+
+@torch.no_grad()
+def ink_window_starts(images: Tensor) -> Tensor:
+    """First column of the square window (the images' height) holding the most ink (values above
+    the -1 background), per image ``(B, C, H, W)`` in ``[-1, 1]``; zeros for square or tall images."""
+    h, w = images.shape[-2:]
+    if w <= h:
+        return torch.zeros(len(images), dtype=torch.long)
+    ink = (images + 1).clamp_min(0).sum(dim=(1, 2))  # (B, W) per column
+    return ink.unfold(1, h, 1).sum(-1).argmax(dim=1)
+
+
+def ink_windows(images: Tensor) -> Tensor:
+    """The square windows of :func:`ink_window_starts`, ``(B, C, H, H)``: where a wide canvas of a
+    digits model drew its digit. Square or tall images are returned as they are."""
+    h, w = images.shape[-2:]
+    if w <= h:
+        return images
+    starts = ink_window_starts(images)
+    return torch.stack([img[:, :, int(i) : int(i) + h] for img, i in zip(images, starts, strict=True)])
 
 
 @torch.no_grad()
