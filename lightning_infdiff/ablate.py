@@ -22,6 +22,15 @@ where the run placement puts the TensorBoard logs in ``<out>/<name>/logs`` and a
 be started one per GPU or as cluster jobs; ``<out>/sweep.json`` records the runs for
 ``infdiff report``.
 
+An optional ``evaluate:`` mapping holds arguments of ``infdiff evaluate`` (e.g. ``resolutions``,
+``num_samples``, ``metrics``, ``floor``, ``sheet``): each finished run is then evaluated on its
+``last.ckpt`` into ``<out>/<name>/eval/`` (``results.jsonl``, read by ``infdiff report``), once;
+``<out>/<name>/eval/status.json`` records the arguments, and changing them evaluates again.
+
+``--jobs N`` runs N runs at a time; ``--threads T`` gives each its own T cores (CPU affinity and
+``OMP_NUM_THREADS``; job slot k gets cores ``kT .. kT+T-1``), so that side-by-side runs on a CPU
+do not share cores and their step times stay comparable.
+
 Relative paths in the sweep file are looked up in the current directory, then in the sweep
 file's directory and its parents (so a sweep in ``configs/ablations/`` can say
 ``configs/denoisers/fno.yaml``); commands use absolute paths.
@@ -35,24 +44,28 @@ attempt's ``logs/`` folder is removed before the run starts again.
 from __future__ import annotations
 
 import argparse
+import inspect
 import itertools
 import json
+import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["Run", "Sweep", "load_sweep", "main", "run_sweep"]
+__all__ = ["Run", "Sweep", "evaluate_run", "load_sweep", "main", "run_sweep"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_.]+$")
-_KEYS = {"name", "base", "overrides", "axes", "throughput"}
+_KEYS = {"name", "base", "overrides", "axes", "throughput", "evaluate"}
 THROUGHPUT = "lightning_infdiff.callbacks.Throughput"
 STDERR_TAIL = 30
 
@@ -77,10 +90,24 @@ class Run:
 
     def status(self) -> dict[str, Any] | None:
         """The recorded status (``done``/``failed``/``interrupted``), or ``None`` if never run."""
-        try:
-            return json.loads(self.status_path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
+        return _read_json(self.status_path)
+
+    @property
+    def checkpoint(self) -> Path:
+        """The run's ``last.ckpt``."""
+        return self.directory / "logs" / "checkpoints" / "last.ckpt"
+
+    def evaluate_command(self, launcher: list[str], spec: dict[str, Any]) -> list[str]:
+        """``infdiff evaluate`` of the run's last checkpoint into ``<run>/eval`` with ``spec``."""
+        args = [f"--{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in spec.items()]
+        return [*launcher, "evaluate", f"--ckpt_path={self.checkpoint}", f"--out={self.directory / 'eval'}", *args]
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
 
 
 @dataclass
@@ -91,6 +118,7 @@ class Sweep:
     path: Path
     out: Path
     runs: list[Run] = field(default_factory=list)
+    evaluate: dict[str, Any] = field(default_factory=dict)
 
 
 def _as_list(value: Any, where: str) -> list[str]:
@@ -165,6 +193,12 @@ def load_sweep(path: str | Path, out: str | Path | None = None, extra: list[str]
         throughput = None
     elif not isinstance(throughput, dict):
         raise ValueError(f"{path}: throughput must be a mapping of Throughput arguments or false, got {throughput!r}")
+    evaluate = spec.get("evaluate") or {}
+    if not isinstance(evaluate, dict):
+        raise ValueError(f"{path}: evaluate must be a mapping of 'infdiff evaluate' arguments, got {evaluate!r}")
+    bad = sorted(set(evaluate) - _evaluate_keys()) if evaluate else []
+    if bad:
+        raise ValueError(f"{path}: evaluate: unknown argument(s) {bad}; expected some of {sorted(_evaluate_keys())}")
     axes = spec.get("axes") or {}
     if not isinstance(axes, dict):
         raise ValueError(f"{path}: axes must map axis names to {{label: [overlays]}}, got {axes!r}")
@@ -183,7 +217,7 @@ def load_sweep(path: str | Path, out: str | Path | None = None, extra: list[str]
             options.append((axis, label, _items_to_args(_as_list(items, where), path, where)))
         choices.append(options)
     out_dir = Path(out) if out is not None else Path("ablations") / path.stem
-    sweep = Sweep(str(spec.get("name") or path.stem), path.resolve(), out_dir.resolve())
+    sweep = Sweep(str(spec.get("name") or path.stem), path.resolve(), out_dir.resolve(), evaluate=dict(evaluate))
     for combo in itertools.product(*choices):
         name = "__".join(f"{axis}-{label}" for axis, label, _ in combo) or "base"
         directory = sweep.out / name
@@ -193,6 +227,13 @@ def load_sweep(path: str | Path, out: str | Path | None = None, extra: list[str]
         args += common + _placement(directory, throughput)
         sweep.runs.append(Run(name, {axis: label for axis, label, _ in combo}, args, directory))
     return sweep
+
+
+def _evaluate_keys() -> set[str]:
+    from .evaluate import evaluate_command
+
+    return set(inspect.signature(evaluate_command).parameters) - {"ckpt_path", "out"}
+
 
 
 def _launcher(text: str | None) -> list[str]:
@@ -222,8 +263,30 @@ def _tail(path: Path, n: int) -> list[str]:
         return []
 
 
-def execute(run: Run, launcher: list[str]) -> dict[str, Any]:
-    """Run one training subprocess; write and return its status."""
+def _placement_hooks(slot: int | None, threads: int | None) -> tuple[dict[str, str] | None, Any]:
+    """Environment and pre-exec hook that give job ``slot`` its own ``threads`` cores."""
+    if slot is None or not threads:
+        return None, None
+    cores = sorted(os.sched_getaffinity(0))
+    mine = cores[slot * threads : (slot + 1) * threads]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    return env, (lambda: os.sched_setaffinity(0, mine))
+
+
+def _subprocess(cmd: list[str], log: Path, err: Path, slot: int | None, threads: int | None) -> int:
+    env, pin = _placement_hooks(slot, threads)
+    with log.open("w") as out, err.open("w") as errf:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=errf, env=env, preexec_fn=pin)
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            proc.terminate()
+            proc.wait()
+            raise
+
+
+def execute(run: Run, launcher: list[str], slot: int | None = None, threads: int | None = None) -> dict[str, Any]:
+    """Run one training subprocess (on job ``slot``'s cores when ``threads``); write and return its status."""
     if (run.directory / "logs").exists():  # an unfinished earlier attempt
         shutil.rmtree(run.directory / "logs")
     run.directory.mkdir(parents=True, exist_ok=True)
@@ -233,16 +296,12 @@ def execute(run: Run, launcher: list[str]) -> dict[str, Any]:
     status: dict[str, Any] = {"name": run.name, "params": run.params, "attempt": int(previous.get("attempt", 0)) + 1,
                               "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": cmd}
     t0 = time.perf_counter()
-    with (run.directory / "train.log").open("w") as out, (run.directory / "train.err").open("w") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
-        try:
-            rc = proc.wait()
-        except KeyboardInterrupt:
-            proc.terminate()
-            proc.wait()
-            status.update(status="interrupted", returncode=None, wall_seconds=time.perf_counter() - t0)
-            run.status_path.write_text(json.dumps(status, indent=2) + "\n")
-            raise
+    try:
+        rc = _subprocess(cmd, run.directory / "train.log", run.directory / "train.err", slot, threads)
+    except KeyboardInterrupt:
+        status.update(status="interrupted", returncode=None, wall_seconds=time.perf_counter() - t0)
+        run.status_path.write_text(json.dumps(status, indent=2) + "\n")
+        raise
     status.update(status="done" if rc == 0 else "failed", returncode=rc, wall_seconds=time.perf_counter() - t0)
     if rc != 0:
         status["stderr_tail"] = _tail(run.directory / "train.err", STDERR_TAIL)
@@ -250,17 +309,45 @@ def execute(run: Run, launcher: list[str]) -> dict[str, Any]:
     return status
 
 
+def evaluate_run(run: Run, launcher: list[str], spec: dict[str, Any], slot: int | None = None,
+                 threads: int | None = None) -> dict[str, Any]:
+    """Evaluate a finished run with ``spec`` unless ``<run>/eval/status.json`` says it was done with it."""
+    eval_dir = run.directory / "eval"
+    previous = _read_json(eval_dir / "status.json") or {}
+    if previous.get("status") == "done" and previous.get("spec") == spec:
+        return previous
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    if previous.get("spec") != spec and (eval_dir / "results.jsonl").exists():  # other arguments: start afresh
+        (eval_dir / "results.jsonl").rename(eval_dir / f"results.{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
+    cmd = run.evaluate_command(launcher, spec)
+    t0 = time.perf_counter()
+    rc = _subprocess(cmd, eval_dir / "eval.log", eval_dir / "eval.err", slot, threads)
+    status = {"status": "done" if rc == 0 else "failed", "returncode": rc, "spec": spec, "command": cmd,
+              "wall_seconds": time.perf_counter() - t0}
+    if rc != 0:
+        status["stderr_tail"] = _tail(eval_dir / "eval.err", STDERR_TAIL)
+    (eval_dir / "status.json").write_text(json.dumps(status, indent=2) + "\n")
+    return status
+
+
 def run_sweep(
     sweep: Sweep, launcher: list[str] | None = None, dry_run: bool = False, retry_failed: bool = False,
-    only: list[str] | None = None, echo: bool = True,
+    only: list[str] | None = None, echo: bool = True, jobs: int = 1, threads: int | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Run the sweep's runs one after the other; return ``{run name: status}``.
+    """Run the sweep's runs (``jobs`` at a time, each on its own ``threads`` cores when given) and
+    evaluate each finished one when the sweep has an ``evaluate:`` section; return ``{run name: status}``.
 
     Finished runs are skipped; failed runs are skipped unless ``retry_failed``; ``only``
     restricts to the named runs. With ``dry_run`` only ``commands.sh`` and ``sweep.json`` are
     written and the commands printed.
     """
     launcher = launcher or _launcher(None)
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    if threads is not None:
+        cores = len(os.sched_getaffinity(0))
+        if threads < 1 or jobs * threads > cores:
+            raise ValueError(f"--jobs {jobs} x --threads {threads} needs {jobs * threads} cores; this process may use {cores}")
     write_manifest(sweep, launcher)
     say = print if echo else (lambda *a, **k: None)
     names = {r.name for r in sweep.runs}
@@ -269,28 +356,51 @@ def run_sweep(
             raise ValueError(f"--only {n!r}: no such run in {sweep.path}; runs: {sorted(names)}")
     selected = [r for r in sweep.runs if not only or r.name in only]
     results: dict[str, dict[str, Any]] = {}
-    for i, run in enumerate(selected, 1):
+    slots = list(range(jobs))
+    lock = threading.Lock()
+
+    def one(item: tuple[int, Run]) -> None:
+        i, run = item
         head = f"[{i}/{len(selected)}] {run.name}"
         status = run.status()
         if dry_run:
             say(f"{head}: {shlex.join(run.command(launcher))}")
             results[run.name] = status or {"status": "pending"}
-            continue
-        if status and status.get("status") == "done":
-            changed = "command" in status and status["command"] != run.command(launcher)
-            say(f"{head}: done before, skipped" + (" (WARNING: its command has changed since; delete "
-                                                  f"{run.directory} to run it again)" if changed else ""))
-            results[run.name] = status
-            continue
+            return
         if status and status.get("status") == "failed" and not retry_failed:
             say(f"{head}: FAILED before (return code {status.get('returncode')}), skipped; --retry-failed re-runs it")
             results[run.name] = status
-            continue
-        say(f"{head}: running, log {run.directory / 'train.log'} / train.err", flush=True)
-        status = execute(run, launcher)
-        outcome = "done" if status["status"] == "done" else f"FAILED (return code {status['returncode']})"
-        say(f"{head}: {outcome} in {status['wall_seconds']:.1f} s", flush=True)
-        results[run.name] = status
+            return
+        with lock:
+            slot = slots.pop(0)
+        try:
+            if status and status.get("status") == "done":
+                changed = "command" in status and status["command"] != run.command(launcher)
+                say(f"{head}: done before, skipped" + (" (WARNING: its command has changed since; delete "
+                                                      f"{run.directory} to run it again)" if changed else ""))
+            else:
+                say(f"{head}: running, log {run.directory / 'train.log'} / train.err", flush=True)
+                status = execute(run, launcher, slot if threads else None, threads)
+                outcome = "done" if status["status"] == "done" else f"FAILED (return code {status['returncode']})"
+                say(f"{head}: {outcome} in {status['wall_seconds']:.1f} s", flush=True)
+            if status["status"] == "done" and sweep.evaluate:
+                ev = evaluate_run(run, launcher, sweep.evaluate, slot if threads else None, threads)
+                if ev["status"] == "done":
+                    say(f"{head}: evaluated ({run.directory / 'eval' / 'results.md'})", flush=True)
+                else:
+                    say(f"{head}: evaluation FAILED (return code {ev['returncode']}); see {run.directory / 'eval'}/eval.err",
+                        flush=True)
+                    status = dict(status, status="failed", returncode=ev["returncode"],
+                                  stderr_tail=ev.get("stderr_tail", []))
+            results[run.name] = status
+        finally:
+            with lock:
+                slots.append(slot)
+                slots.sort()
+
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(one, enumerate(selected, 1)))
+    results = {r.name: results[r.name] for r in selected if r.name in results}
     failed = {k: v for k, v in results.items() if v.get("status") == "failed"}
     done = sum(v.get("status") == "done" for v in results.values())
     if not dry_run:
@@ -310,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="write commands.sh and sweep.json, print the commands, run nothing")
     parser.add_argument("--retry-failed", action="store_true", help="run failed runs again")
     parser.add_argument("--only", action="append", default=None, metavar="NAME", help="run only this run (repeatable)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="cores per run: each job gets its own (CPU affinity and OMP_NUM_THREADS)")
     parser.add_argument("--launcher", default=None,
                         help="command before 'fit' (default: '<this python> -m lightning_infdiff')")
     parser.epilog = "Arguments after '--' are --key=value overrides appended to every run."
@@ -318,7 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     try:
         sweep = load_sweep(args.sweep, args.out, extra)
-        results = run_sweep(sweep, _launcher(args.launcher), args.dry_run, args.retry_failed, args.only)
+        results = run_sweep(sweep, _launcher(args.launcher), args.dry_run, args.retry_failed, args.only,
+                            jobs=args.jobs, threads=args.threads)
     except (ValueError, FileNotFoundError) as err:
         print(f"infdiff ablate: error: {err}", file=sys.stderr)
         return 2

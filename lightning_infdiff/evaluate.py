@@ -18,6 +18,13 @@ sub-pixel artifact measure (:mod:`lightning_infdiff.metrics.artifacts`): a row w
 ``artifacts`` whose value is the samples' share of variance above half a data pixel divided by
 that of real images resampled bicubically from the training resolution to the same grid (1 = as
 smooth as real data), with both shares in ``samples_share`` and ``real_share``.
+
+With ``floor`` each metric also gets a row ``<metric>_floor``: the same distance for as many
+*held-out real* images (the validation split) rendered on the grid, against the same reference.
+A Fréchet distance from a few hundred samples is biased upwards; the floor is that bias, the
+best a model could score at this sample count. With ``sheet`` the first ``sheet`` samples of
+each grid are saved as ``<out>/samples_<H>x<W>.png`` (the same seeds for every checkpoint), which
+``infdiff report`` puts side by side.
 """
 
 from __future__ import annotations
@@ -94,6 +101,8 @@ def evaluate_command(
     artifacts: bool = True,
     artifact_fraction: float = 1.0 / 56.0,
     canvas: Literal["wide", "stretch"] = "wide",
+    floor: bool = False,
+    sheet: int = 0,
 ) -> list[dict[str, Any]]:
     """Evaluate a checkpoint's samples with Fréchet distances; append the results to ``out``.
 
@@ -125,18 +134,22 @@ def evaluate_command(
         canvas: non-square grids as a wider view (``wide``: the real references are the square
             images with their border replicated) or the training square stretched (``stretch``: the
             centre crop of the square at the longer side); see :mod:`lightning_infdiff.metrics.reference`.
+        floor: also report each metric for ``num_samples`` held-out real images (``<metric>_floor``).
+        sheet: save the first ``sheet`` samples of each grid as ``samples_<H>x<W>.png`` in ``out``.
     """
     from .callbacks.fid import sample_into
     from .checkpoint import load_module
     from .cli import parse_grid
     from .coords import Grid
+    from .images import save_grid
     from .metrics.artifacts import ArtifactMeter, highfreq_share, real_reference
     from .metrics.features import build_extractor
     from .metrics.frechet import FrechetDistance
-    from .metrics.reference import reference_stats, split_of
+    from .metrics.reference import real_images, reference_stats, split_of
 
-    if num_samples < 2 or steps < 1 or batch_size < 1:
-        raise ValueError(f"num_samples must be >= 2 and steps, batch_size >= 1, got {num_samples}, {steps}, {batch_size}")
+    if num_samples < 2 or steps < 1 or batch_size < 1 or sheet < 0:
+        raise ValueError(f"num_samples must be >= 2, steps and batch_size >= 1 and sheet >= 0, got {num_samples}, "
+                         f"{steps}, {batch_size}, {sheet}")
     metrics = ["offline"] if metrics is None else list(metrics)
     if not metrics and not artifacts:
         raise ValueError("nothing to evaluate: give --metrics or keep --artifacts true")
@@ -163,15 +176,29 @@ def evaluate_command(
             for e in extractors
         ]
         meter = ArtifactMeter(g, artifact_fraction) if artifacts else None
+        kept = FirstImages(sheet)
         start = time.perf_counter()
-        sample_into(module, g, seeds, [*fids, *([meter] if meter else [])], batch_size, sampler, steps, precision,
-                    seed, progress=True)
+        sample_into(module, g, seeds, [*fids, *([meter] if meter else []), kept], batch_size, sampler, steps,
+                    precision, seed, progress=True)
         values = [float(f.compute()) for f in fids]
         wall = time.perf_counter() - start
+        if sheet:
+            save_grid(kept.images(), out_dir / f"samples_{g[0]}x{g[1]}.png", nrow=min(sheet, 10))
         common = {"checkpoint": str(ckpt_path), "resolution": [g[0], g[1]], "num_samples": num_samples,
                   "sampler": sampler, "steps": steps, "seed": seed, "wall_seconds": round(wall, 3)}
         for e, value in zip(extractors, values, strict=True):
             rows.append(_row(common, e.metric, value))
+        if floor:
+            held_out = split_of(dm, "val")
+            if len(held_out) < num_samples:
+                raise ValueError(f"floor: the validation split has {len(held_out)} images, fewer than "
+                                 f"num_samples={num_samples}")
+            for f, e in zip(fids, extractors, strict=True):
+                f.reset()
+                for i in range(0, num_samples, batch_size):
+                    f.update(real_images(dm.source, held_out[i : min(i + batch_size, num_samples)], g).to(dev),
+                             real=False)
+                rows.append(_row(common | {"wall_seconds": 0.0}, f"{e.metric}_floor", float(f.compute())))
         if meter is not None:
             split = split_of(dm, reference_split)[:num_samples]
             real = float(highfreq_share(real_reference(dm.source, split, dm.resolution, g), meter.sigma).mean())
@@ -184,6 +211,25 @@ def evaluate_command(
         print(f"{r['metric']} {r['resolution'][0]}x{r['resolution'][1]}: {r['value']:.4f} "
               f"({r['num_samples']} samples, {r['wall_seconds']:.1f} s{extra})")
     return rows
+
+
+class FirstImages:
+    """Keeps the first ``n`` generated images fed to it (the metric interface of :func:`sample_into`)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.kept = n, []
+
+    def reset(self) -> None:
+        self.kept = []
+
+    def update(self, images: torch.Tensor, real: bool = False) -> None:
+        have = sum(len(x) for x in self.kept)
+        if have < self.n:
+            self.kept.append(images[: self.n - have].cpu())
+
+    def images(self) -> torch.Tensor:
+        """The kept uint8 images as floats in ``[-1, 1]``."""
+        return torch.cat(self.kept).float() / 127.5 - 1.0
 
 
 def _row(common: dict[str, Any], metric: str, value: float, **extra: float) -> dict[str, Any]:

@@ -11,11 +11,16 @@ Reads the runs listed in ``<out>/sweep.json`` (written by ``infdiff ablate``), a
   (:class:`~lightning_infdiff.callbacks.Throughput`);
 * ``eval/results.jsonl``: lines of ``infdiff evaluate`` (``metric``, ``resolution [H, W]``,
   ``value``, ...); each (metric, resolution) becomes a column ``<metric>@<H>x<W>`` (the last line
-  per pair wins). Missing files leave empty cells; nothing is estimated.
+  per pair wins). Missing files leave empty cells; nothing is estimated. The real-data floors
+  (``<metric>_floor`` lines, ``infdiff evaluate --floor true``) become one extra row,
+  ``real data (floor)``, and a dashed line in the plots;
+* ``eval/samples_<H>x<W>.png``: sample sheets (``infdiff evaluate --sheet N``).
 
 Writes into ``<out>/report/``: ``table.csv``, ``table.md``, ``metric_vs_resolution.png`` (when
-any run has evaluation results), ``loss_vs_logsnr.png``, ``cost_vs_subsampling.png`` and
-``hparams/`` (TensorBoard HParams: ``tensorboard --logdir <out>/report/hparams``).
+any run has evaluation results: one panel per metric, e.g. the offline Fréchet distance and the
+artifact measure), ``samples.png`` (runs by grids, when the runs saved sheets),
+``loss_vs_logsnr.png``, ``cost_vs_subsampling.png`` and ``hparams/`` (TensorBoard HParams:
+``tensorboard --logdir <out>/report/hparams``).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import yaml
 
 __all__ = ["collect", "load_table", "main", "write_report"]
 
+FLOOR_ROW = "real data (floor)"
 COST_COLUMNS = ["step_time_ms", "images_per_s", "train_peak_rss_mib", "train_peak_cuda_mib", "sample_s_per_image"]
 
 
@@ -108,7 +114,7 @@ def collect(out: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     bad = [a for a in axes if a in reserved]
     if bad:
         raise ValueError(f"{manifest_path}: axis name(s) {bad} clash with report columns; rename the axis")
-    rows, curves, evals = [], {}, {}
+    rows, curves, evals, floors, sheets = [], {}, {}, {}, {}
     for entry in manifest["runs"]:
         name, run_dir = entry["name"], Path(entry["directory"])
         if not run_dir.is_dir():
@@ -142,14 +148,23 @@ def collect(out: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         run_evals = {}
         for rec in _json_lines(run_dir / "eval" / "results.jsonl"):
             h, w = (int(v) for v in rec["resolution"])
-            run_evals[(str(rec["metric"]), h, w)] = float(rec["value"])
+            metric = str(rec["metric"])
+            if metric.endswith("_floor"):
+                floors.setdefault((metric.removesuffix("_floor"), h, w), float(rec["value"]))
+            else:
+                run_evals[(metric, h, w)] = float(rec["value"])
         evals[name] = run_evals
+        sheets[name] = {tuple(int(v) for v in p.stem.removeprefix("samples_").split("x")): p
+                        for p in sorted((run_dir / "eval").glob("samples_*x*.png"))}
         rows.append(row)
     keys = sorted({k for e in evals.values() for k in e}, key=lambda k: (k[0], k[1] * k[2], k[1]))
     for row in rows:
         for metric, h, w in keys:
             row[f"{metric}@{h}x{w}"] = evals[row["run"]].get((metric, h, w))
-    return rows, {"curves": curves, "evals": evals, "axes": axes, "metric_keys": keys}
+    if floors:
+        rows.append({"run": FLOOR_ROW, **{f"{m}@{h}x{w}": floors.get((m, h, w)) for m, h, w in keys}})
+    return rows, {"curves": curves, "evals": evals, "axes": axes, "metric_keys": keys, "floors": floors,
+                  "sheets": sheets}
 
 
 def _fmt(v: Any) -> str:
@@ -216,16 +231,22 @@ def write_plots(rows: list[dict[str, Any]], extra: dict[str, Any], dest: Path) -
                 pts = sorted((h * w, f"{h}x{w}", v) for (m, h, w), v in ev.items() if m == metric)
                 if pts:
                     ax.plot([p[0] for p in pts], [p[2] for p in pts], "o-", label=name)
+            floor = sorted((h * w, v) for (m, h, w), v in extra.get("floors", {}).items() if m == metric)
+            if floor:
+                ax.plot([p[0] for p in floor], [p[1] for p in floor], "k--", label=FLOOR_ROW)
             ticks = sorted({(h * w, f"{h}x{w}") for (m, h, w) in keys if m == metric})
             ax.set_xscale("log", base=2)
             ax.set_xticks([t[0] for t in ticks], [t[1] for t in ticks])
-            ax.set(title=metric, xlabel="sampling grid (by pixel count)", ylabel=metric)
+            ax.set(title=metric, xlabel="sampling grid (by pixel count)", ylabel=metric,
+                   yscale="log" if all(v > 0 for ev in extra["evals"].values() for (m, _, _), v in ev.items()
+                                       if m == metric) else "linear")
             ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         made["metric_vs_resolution"] = path
     else:
         made["metric_vs_resolution"] = "no evaluation results"
+    made["samples"] = write_sheets(extra.get("sheets", {}), dest / "samples.png")
     path = dest / "loss_vs_logsnr.png"
     if extra["curves"]:
         fig = Figure(figsize=(6, 4))
@@ -270,6 +291,35 @@ def write_plots(rows: list[dict[str, Any]], extra: dict[str, Any], dest: Path) -
     return made
 
 
+def write_sheets(sheets: dict[str, dict[tuple[int, int], Path]], path: Path) -> Path | str:
+    """``samples.png``: one row per run, one column per grid, from the runs' ``eval/samples_*.png``."""
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    sheets = {name: s for name, s in sheets.items() if s}
+    if not sheets:
+        return "no eval/samples_*.png (infdiff evaluate --sheet N)"
+    grids = sorted({g for s in sheets.values() for g in s}, key=lambda g: (g[0] * g[1], g[0]))
+    fig = Figure(figsize=(3.2 * len(grids), 0.6 + 1.6 * len(sheets)))
+    axs = fig.subplots(len(sheets), len(grids), squeeze=False)
+    for i, (name, sheet) in enumerate(sheets.items()):
+        for j, g in enumerate(grids):
+            ax = axs[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if g in sheet:
+                with Image.open(sheet[g]) as im:
+                    ax.imshow(im.convert("L"), cmap="gray", vmin=0, vmax=255)
+            if j == 0:
+                ax.set_ylabel(name, fontsize=8)
+            if i == 0:
+                ax.set_title(f"{g[0]}x{g[1]}", fontsize=9)
+    fig.suptitle("the same seeds for every run", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def _sets_rate(rows: list[dict[str, Any]], axis: str) -> bool:
     """Whether ``axis`` decides the subsampling rate (each of its labels has one rate, and they differ)."""
     by_label: dict[Any, set[Any]] = defaultdict(set)
@@ -288,6 +338,8 @@ def write_hparams(rows: list[dict[str, Any]], dest: Path) -> Path:
     metric_cols = {"val_loss", "train_loss", *COST_COLUMNS}
     with SummaryWriter(log_dir=str(root)) as writer:
         for row in rows:
+            if row["run"] == FLOOR_ROW:
+                continue
             hp = {k: v for k, v in row.items()
                   if k not in metric_cols and "@" not in k and isinstance(v, (str, int, float, bool))}
             metrics = {f"hparam/{k}": float(v) for k, v in row.items()

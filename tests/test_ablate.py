@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from lightning_infdiff import ablate, report
@@ -218,3 +219,103 @@ def test_throughput_measures_validation_time_within_training(tmp_path):
     assert info["validation_runs"] == 2 and info["validation_s"] >= 0.2
     assert info["train_wall_s"] > info["validation_s"]
     assert info["validation_share"] == pytest.approx(info["validation_s"] / info["train_wall_s"])
+
+
+FAKE_INFDIFF = '''
+import json, os, sys, time
+from pathlib import Path
+cmd, args = sys.argv[1], sys.argv[2:]
+opts = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
+record = {"cmd": cmd, "cores": sorted(os.sched_getaffinity(0)), "omp": os.environ.get("OMP_NUM_THREADS"), "args": args}
+log = Path(os.environ["FAKE_LOG"])
+with log.open("a") as f:
+    f.write(json.dumps(record) + "\\n")
+time.sleep(0.3)  # long enough for two jobs to overlap
+if cmd == "evaluate":
+    out = Path(opts["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    for res in json.loads(opts["resolutions"]):
+        with (out / "results.jsonl").open("a") as f:
+            f.write(json.dumps({"metric": "fid_offline", "resolution": [res, res], "value": 1.0}) + "\\n")
+'''
+
+
+def test_sweep_evaluates_each_finished_run_once_and_pins_jobs_to_their_own_cores(tmp_path, monkeypatch):
+    import os
+
+    fake = tmp_path / "fake_infdiff.py"
+    fake.write_text(FAKE_INFDIFF)
+    log = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    sweep = tmp_path / "s.yml"
+    spec = {"base": [str(ROOT / "configs/base.yaml")], "evaluate": {"resolutions": [32, 64], "num_samples": 8, "floor": True},
+            "axes": {"warmup": {"a": ["--model.warmup_steps=0"], "b": ["--model.warmup_steps=1"]}}}
+    sweep.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    jobs = ["--jobs", "2", "--threads", "1"] if len(os.sched_getaffinity(0)) >= 2 else []
+    assert ablate.main([str(sweep), "--out", str(out), "--launcher", f"{sys.executable} {fake}", *jobs]) == 0
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted(c["cmd"] for c in calls) == ["evaluate", "evaluate", "fit", "fit"]
+    for c in calls:
+        if c["cmd"] == "evaluate":
+            assert "--resolutions=[32, 64]" in c["args"] and "--num_samples=8" in c["args"] and "--floor=true" in c["args"]
+            ckpt = next(a for a in c["args"] if a.startswith("--ckpt_path="))
+            assert ckpt.endswith("logs/checkpoints/last.ckpt")
+    if jobs:  # each job on its own core, one thread
+        fits = [c for c in calls if c["cmd"] == "fit"]
+        assert {tuple(c["cores"]) for c in fits} == {(c,) for c in sorted(os.sched_getaffinity(0))[:2]}
+        assert all(c["omp"] == "1" for c in calls)
+    for name in ("warmup-a", "warmup-b"):
+        assert json.loads((out / name / "eval" / "status.json").read_text())["status"] == "done"
+    # evaluated once: a second call launches nothing
+    monkeypatch.setattr(ablate.subprocess, "Popen", _NoPopen)
+    assert ablate.main([str(sweep), "--out", str(out)]) == 0
+    # other evaluation arguments: evaluated again (the earlier results are kept aside)
+    monkeypatch.undo()
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    sweep.write_text(yaml.safe_dump({**spec, "evaluate": {"resolutions": [32], "num_samples": 8}}))
+    assert ablate.main([str(sweep), "--out", str(out), "--launcher", f"{sys.executable} {fake}"]) == 0
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [c["cmd"] for c in calls[4:]] == ["evaluate", "evaluate"]
+    rows = {r["run"]: r for r in report.collect(out)[0]}
+    assert rows["warmup-a"]["fid_offline@32x32"] == 1.0 and "fid_offline@64x64" not in rows["warmup-a"]
+    assert len(list((out / "warmup-a" / "eval").glob("results.*.jsonl"))) == 1
+
+
+def test_bad_evaluate_section_and_too_many_cores(tmp_path):
+    import os
+
+    path = tmp_path / "s.yml"
+    path.write_text(yaml.safe_dump({"base": [str(ROOT / "configs/base.yaml")], "evaluate": {"resolution": [32]}}))
+    with pytest.raises(ValueError, match=r"evaluate: unknown argument\(s\) \['resolution'\]"):
+        ablate.load_sweep(path)
+    path.write_text(yaml.safe_dump({"base": [str(ROOT / "configs/base.yaml")]}))
+    cores = len(os.sched_getaffinity(0))
+    with pytest.raises(ValueError, match=f"needs {cores + 1} cores"):
+        ablate.run_sweep(ablate.load_sweep(path, tmp_path / "o"), jobs=cores + 1, threads=1, echo=False)
+
+
+def test_report_floor_row_and_sample_sheets(tmp_path):
+    """Floors become one row and a dashed line; the runs' sheets become samples.png."""
+    from lightning_infdiff.images import save_grid
+
+    out = tmp_path / "sweep"
+    runs = []
+    for i, name in enumerate(("denoiser-a", "denoiser-b")):
+        run_dir = out / name
+        (run_dir / "eval").mkdir(parents=True)
+        with (run_dir / "eval" / "results.jsonl").open("w") as f:
+            for (h, w), v in {(16, 16): 10.0, (16, 32): 30.0}.items():
+                for metric, value in (("fid_offline", v + i), ("fid_offline_floor", v / 10), ("artifacts", 1.0 + i)):
+                    f.write(json.dumps({"metric": metric, "resolution": [h, w], "value": value}) + "\n")
+        for h, w in ((16, 16), (16, 32)):
+            save_grid(torch.zeros(4, 1, h, w), run_dir / "eval" / f"samples_{h}x{w}.png", nrow=4)
+        runs.append({"name": name, "params": {"denoiser": name[-1]}, "directory": str(run_dir), "command": []})
+    (out / "sweep.json").write_text(json.dumps({"name": "t", "runs": runs}))
+    res = report.write_report(out)
+    rows = {r["run"]: r for r in res["rows"]}
+    assert rows[report.FLOOR_ROW]["fid_offline@16x32"] == 3.0 and rows["denoiser-b"]["fid_offline@16x32"] == 31.0
+    assert "fid_offline_floor@16x16" not in rows["denoiser-a"] and rows["denoiser-b"]["artifacts@16x16"] == 2.0
+    assert report.FLOOR_ROW in res["markdown"].read_text()
+    for key in ("metric_vs_resolution", "samples"):
+        assert res["plots"][key].read_bytes()[:8] == PNG_MAGIC, key

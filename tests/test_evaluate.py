@@ -147,3 +147,32 @@ def test_evaluate_clip_and_offline_together(tmp_path, offline_cache, checkpoint)
     assert [(r["metric"], r["resolution"]) for r in rows] == [("fid_offline", [8, 8]), ("fid_clip", [8, 8])]
     assert all(r["value"] > 0 for r in rows)
     assert any("clip_ViT-B-32_random" in p.name for p in (offline_cache / "fid_refs").glob("*.pt"))
+
+
+def test_evaluate_floor_is_held_out_real_data_and_sheets_keep_the_first_samples(tmp_path, offline_cache, checkpoint):
+    """The floor row is the distance of as many held-out (validation) images rendered on the grid,
+    against the same training reference; the sheet holds the first samples, as the seeds draw them."""
+    from PIL import Image
+
+    from lightning_infdiff.evaluate import load_datamodule
+    from lightning_infdiff.metrics.features import build_extractor
+    from lightning_infdiff.metrics.frechet import FrechetDistance
+    from lightning_infdiff.metrics.reference import real_images, reference_stats, split_of
+
+    out = tmp_path / "eval"
+    main(["evaluate", "--ckpt_path", checkpoint, "--out", str(out), "--num_samples", "6", "--steps", "1",
+          "--resolutions", "[16, 16x32]", "--artifacts", "false", "--floor", "true", "--sheet", "4", "--batch_size", "4"])
+    rows = {(r["metric"], tuple(r["resolution"])): r["value"] for r in read_rows(out)}
+    assert set(rows) == {(m, g) for m in ("fid_offline", "fid_offline_floor") for g in ((16, 16), (16, 32))}
+    dm = load_datamodule(checkpoint, None)
+    extractor = build_extractor("offline", "digits", "", None, None, None)
+    from lightning_infdiff.coords import Grid
+
+    for grid in ((16, 16), (16, 32)):
+        fid = FrechetDistance(extractor, reference=reference_stats(dm, extractor, Grid(*grid, "wide"), progress=False))
+        fid.update(real_images(dm.source, split_of(dm, "val")[:6], Grid(*grid, "wide")), real=False)
+        assert rows[("fid_offline_floor", grid)] == pytest.approx(float(fid.compute()), rel=1e-5)
+        assert rows[("fid_offline_floor", grid)] < rows[("fid_offline", grid)]  # a 2-step model is far from data
+    with Image.open(out / "samples_16x32.png") as im:
+        assert im.size[0] > im.size[1] > 16  # 4 wide samples in one row, with padding
+    assert (out / "samples_16x16.png").is_file()

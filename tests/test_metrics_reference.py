@@ -8,7 +8,7 @@ import torch
 from lightning_infdiff.data import FieldDataModule, GaussianBlobs
 from lightning_infdiff.metrics import ClassifierFeatures, FeatureStats, quantise
 from lightning_infdiff.metrics.classifier import SmallClassifier
-from lightning_infdiff.metrics.reference import _render, reference_stats, split_of
+from lightning_infdiff.metrics.reference import real_images, reference_stats, split_of
 
 
 class Counting(ClassifierFeatures):
@@ -52,7 +52,7 @@ def test_reference_stats_are_cached_and_reused_only_for_the_same_key(tmp_path):
     assert first.n == n_train == 32 and feats.images_seen == 32
     # the same statistics as a direct pass over the same rendered images
     direct = FeatureStats.empty(128)
-    direct.update(feats(_render(dm.source, split_of(dm, "train"), (16, 16))))
+    direct.update(feats(real_images(dm.source, split_of(dm, "train"), (16, 16))))
     torch.testing.assert_close(first.cov, direct.cov)
     feats.images_seen = 0
     again = reference_stats(datamodule(), feats, 16, "train", cache=tmp_path, progress=False)
@@ -87,7 +87,7 @@ def test_real_vs_real_is_small_and_real_vs_noise_large(tmp_path):
     dm, feats = datamodule(length=120), Counting()
     ref = reference_stats(dm, feats, 16, "train", count=56, cache="", progress=False)
     fid = FrechetDistance(feats, reference=ref)
-    fid.update(_render(dm.source, split_of(dm, "train")[56:112], (16, 16)), real=False)
+    fid.update(real_images(dm.source, split_of(dm, "train")[56:112], (16, 16)), real=False)
     real_vs_real = float(fid.compute())
     fid.reset()
     fid.update(torch.randint(0, 256, (56, 1, 16, 16), dtype=torch.uint8), real=False)

@@ -25,7 +25,7 @@ from ..data.datamodule import FieldDataModule
 from ..precision import inference_autocast
 from .features import ClassifierFeatures
 from .frechet import FeatureStats, frechet_distance
-from .reference import _render, split_of
+from .reference import real_images, split_of
 
 
 def sanity(resolution: int = 32, n: int = 1000) -> dict[str, float]:
@@ -42,9 +42,9 @@ def sanity(resolution: int = 32, n: int = 1000) -> dict[str, float]:
             s.update(feats(chunk))
         return s
 
-    a = stats(_render(dm.source, train[:n], (resolution, resolution)))
-    b = stats(_render(dm.source, train[n : 2 * n], (resolution, resolution)))
-    v = stats(_render(dm.source, val[:n], (resolution, resolution)))
+    a = stats(real_images(dm.source, train[:n], (resolution, resolution)))
+    b = stats(real_images(dm.source, train[n : 2 * n], (resolution, resolution)))
+    v = stats(real_images(dm.source, val[:n], (resolution, resolution)))
     g = torch.Generator().manual_seed(0)
     noise = stats(torch.randint(0, 256, (n, 1, resolution, resolution), generator=g, dtype=torch.uint8))
     flat = torch.randint(0, 20, (n, 1, 1, 1), generator=g, dtype=torch.uint8).expand(n, 1, resolution, resolution)

@@ -41,7 +41,7 @@ from .classifier import cache_dir
 from .features import FeatureExtractor
 from .frechet import FeatureStats
 
-__all__ = ["reference_stats", "reference_key", "render_real", "source_identity", "split_of", "Split"]
+__all__ = ["reference_stats", "reference_key", "real_images", "render_real", "source_identity", "split_of", "Split"]
 
 Split = Literal["train", "val", "all"]
 FORMAT = "lightning_infdiff/fid_ref/1"
@@ -159,7 +159,7 @@ def render_real(source: ImageSource, indices: np.ndarray, grid: tuple[int, int])
     return x
 
 
-def _render(source: ImageSource, indices: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
+def real_images(source: ImageSource, indices: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
     """uint8 ``(B, C, H, W)``: :func:`render_real` quantised as generated samples are."""
     return ((render_real(source, indices, grid).clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
 
@@ -182,7 +182,7 @@ def compute_stats(
     bar = tqdm(total=len(indices), desc=f"reference {extractor.name} {h}x{w}", disable=not progress, unit="img")
     for start in range(0, len(indices), batch_size):
         chunk = indices[start : start + batch_size]
-        stats.update(extractor(_render(dm.source, chunk, resolution).to(device)))
+        stats.update(extractor(real_images(dm.source, chunk, resolution).to(device)))
         bar.update(len(chunk))
     bar.close()
     return stats
