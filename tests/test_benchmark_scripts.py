@@ -1,8 +1,7 @@
-"""Benchmark scripts: the ablation-study driver (sample counts, resumable jobs, ranking) and suite helpers."""
+"""Benchmark scripts: the suite's helpers and reports."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import sys
@@ -11,56 +10,6 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import ablation_study as study  # noqa: E402
-
-
-def test_parse_samples_and_bad_items():
-    assert study.parse_samples("32=128,64=64") == {32: 128, 64: 64}
-    with pytest.raises(SystemExit, match="32x128"):
-        study.parse_samples("32x128")
-
-
-def _fake_sweep(tmp_path: Path) -> Path:
-    runs = []
-    for name, status in (("denoiser-a", "done"), ("denoiser-b", "done"), ("denoiser-c", "failed")):
-        d = tmp_path / name
-        (d / "logs" / "checkpoints").mkdir(parents=True)
-        (d / "logs" / "checkpoints" / "last.ckpt").write_bytes(b"x")
-        (d / "status.json").write_text(json.dumps({"status": status}))
-        runs.append({"name": name, "params": {"denoiser": name[9:]}, "command": ["fit", "--trainer.max_time=00:00:05:00"]})
-    (tmp_path / "sweep.json").write_text(json.dumps({"name": "denoisers", "runs": runs}))
-    return tmp_path
-
-
-def test_jobs_skip_unfinished_runs_and_done_evaluations(tmp_path):
-    sweep = _fake_sweep(tmp_path)
-    (sweep / "denoiser-a" / "eval").mkdir()
-    (sweep / "denoiser-a" / "eval" / "results.jsonl").write_text(
-        json.dumps({"resolution": [32, 32], "num_samples": 128, "steps": 10}) + "\n")
-    jobs = study.eval_jobs(sweep, {32: 128, 64: 64}, steps=10)
-    assert sorted((j[0], j[2]) for j in jobs) == [("denoiser-a", 64), ("denoiser-b", 32), ("denoiser-b", 64)]
-    assert jobs[0][2] == 64  # the expensive resolution first
-    assert study.eval_jobs(sweep, {32: 128}, steps=20)[0][3] == 128  # other step counts are new work
-
-
-def test_summary_ranks_per_resolution_with_floors(tmp_path):
-    sweep = _fake_sweep(tmp_path)
-    (sweep / "report").mkdir()
-    cols = ["run", "subsample_rate", "num_params", "steps", "step_time_ms", "train_peak_rss_mib", "val_loss",
-            "fid_offline@32x32", "fid_offline@64x64"]
-    with (sweep / "report" / "table.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, cols)
-        w.writeheader()
-        w.writerow(dict(zip(cols, ["denoiser-a", 4, 1000000, 900, 270, 600, 0.12, 60.0, 90.0], strict=True)))
-        w.writerow(dict(zip(cols, ["denoiser-b", 4, 2000000, 400, 700, 900, 0.20, 80.0, 70.0], strict=True)))
-        w.writerow(dict(zip(cols, ["denoiser-c", 4, "", "", "", "", "", "", ""], strict=True)))
-    md = study.summarise(sweep, tmp_path / "out", {32: 128, 64: 64}, 10, "bf16", {32: 2.9, 64: 4.3}, 60.0)
-    assert "**32² (1×): a** wins with 60.0 (next: b 80.0; floor 2.90)" in md
-    assert "**64² (2×): b** wins with 70.0 (next: a 90.0; floor 4.30)" in md
-    assert "| a | 4× | 1.00 | 900 | 270 | 600 | 0.1200 | 60.0 | 90.0 |" in md
-    assert "| c | 4× | — | — | — | — | — | — | — |" in md
-    assert "--trainer.max_time=00:00:05:00" in md and "`denoisers` sweep (denoiser varied)" in md
 
 
 def test_subsample_budget_prediction_ignores_skipped_and_failed_rows():
