@@ -235,7 +235,6 @@ def _evaluate_keys() -> set[str]:
     return set(inspect.signature(evaluate_command).parameters) - {"ckpt_path", "out"}
 
 
-
 def _launcher(text: str | None) -> list[str]:
     return shlex.split(text) if text else [sys.executable, "-m", "lightning_infdiff"]
 
@@ -263,20 +262,23 @@ def _tail(path: Path, n: int) -> list[str]:
         return []
 
 
-def _placement_hooks(slot: int | None, threads: int | None) -> tuple[dict[str, str] | None, Any]:
-    """Environment and pre-exec hook that give job ``slot`` its own ``threads`` cores."""
+def _cores(slot: int | None, threads: int | None) -> list[int] | None:
+    """The cores of job ``slot`` when each job gets its own ``threads`` cores (else ``None``)."""
     if slot is None or not threads:
-        return None, None
-    cores = sorted(os.sched_getaffinity(0))
-    mine = cores[slot * threads : (slot + 1) * threads]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    return env, (lambda: os.sched_setaffinity(0, mine))
+        return None
+    return sorted(os.sched_getaffinity(0))[slot * threads : (slot + 1) * threads]
 
 
 def _subprocess(cmd: list[str], log: Path, err: Path, slot: int | None, threads: int | None) -> int:
-    env, pin = _placement_hooks(slot, threads)
+    cores = _cores(slot, threads)
+    env = None if cores is None else dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with log.open("w") as out, err.open("w") as errf:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=errf, env=env, preexec_fn=pin)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=errf, env=env)
+        if cores is not None:  # at once, before the child starts its thread pools (a pre-exec hook is unsafe in threads)
+            try:
+                os.sched_setaffinity(proc.pid, cores)
+            except ProcessLookupError:  # it has already finished
+                pass
         try:
             return proc.wait()
         except KeyboardInterrupt:

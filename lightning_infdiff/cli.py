@@ -27,11 +27,12 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from .data.datamodule import FieldDataModule
+from .errors import UsageError
 from .lit.module import DiffusionModule
 from .malloc import pin_malloc
 from .precision import PrecisionChoice, inference_precision, resolve_precision
 
-__all__ = ["InfDiffCLI", "main", "sample_command", "export_command", "parse_grid"]
+__all__ = ["InfDiffCLI", "check_conditioning", "main", "sample_command", "export_command", "parse_grid"]
 
 # Extra commands next to LightningCLI's fit/validate/test/predict: name -> "module:function"
 # (imported only when used). Each function's typed signature and docstring is its --help.
@@ -56,12 +57,21 @@ class InfDiffCLI(LightningCLI):
     (:func:`~lightning_infdiff.precision.resolve_precision`) before anything is built; the choice
     and its reason are printed once, written to the run's ``config.yaml`` and logged as
     hyperparameters (``precision``, ``precision_reason``). An explicit value always wins.
+
+    ``--ckpt_path`` with a checkpoint whose model differs from the configured one (LightningCLI
+    would build the checkpoint's model in its place, without a word) is refused with the keys
+    that differ; ``--resume_model checkpoint`` takes the checkpoint's model and says so.
     """
 
     precision_choice: PrecisionChoice | None = None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.channels", "model.denoiser.init_args.in_channels", apply_on="instantiate")
+        parser.add_argument(
+            "--resume_model", type=Literal["refuse", "checkpoint"], default="refuse",
+            help="with --ckpt_path, when the checkpoint's model differs from the configured one: refuse "
+            "(list the differences) or build the checkpoint's model",
+        )
 
     def before_instantiate_classes(self) -> None:
         """Resolve an unset ``trainer.precision`` by the device's capability and say so once."""
@@ -86,7 +96,10 @@ class InfDiffCLI(LightningCLI):
             logger.log_hyperparams(record)
 
     def _parse_ckpt_path(self) -> None:
-        """LightningCLI reads ``--ckpt_path`` first (for its hyperparameters): name the file if it is broken."""
+        """LightningCLI reads ``--ckpt_path`` first and puts its model configuration in place of the
+        configured one: name the file if it is broken, and refuse a different model unless told."""
+        sub = self.config.get("subcommand")
+        configured = _flat(self.config[sub]["model"].as_dict()) if sub and self.config[sub].get("model") else None
         try:
             super()._parse_ckpt_path()
         except (SystemExit, KeyboardInterrupt):
@@ -95,6 +108,46 @@ class InfDiffCLI(LightningCLI):
             from .callbacks.atomic_checkpoint import resume_error
 
             raise resume_error(self.config[self.config.subcommand].get("ckpt_path"), err) from err
+        if configured is None:
+            return
+        stored = _flat(self.config[sub]["model"].as_dict())
+        differ = [k for k in sorted(set(configured) | set(stored))
+                  if k not in _LINKED and configured.get(k, _MISSING) != stored.get(k, _MISSING)]
+        if not differ:
+            return
+        ckpt = self.config[sub].get("ckpt_path")
+        shown = "; ".join(f"model.{k}: configured {_show(configured.get(k, _MISSING))}, checkpoint "
+                          f"{_show(stored.get(k, _MISSING))}" for k in differ[:6])
+        more = f" (and {len(differ) - 6} more)" if len(differ) > 6 else ""
+        if self.config[sub].get("resume_model") == "checkpoint":
+            print(f"infdiff {sub}: --resume_model checkpoint: using the model stored in {ckpt}, which differs from "
+                  f"the configured one in {shown}{more}", file=sys.stderr)
+            return
+        raise UsageError(
+            f"--ckpt_path {ckpt} holds another model than the configs describe ({shown}{more}); "
+            "change the configs to match, or pass --resume_model checkpoint to use the checkpoint's model"
+        )
+
+
+_MISSING = object()
+#: filled in from the data when the model is built (``link_arguments``), so not the checkpoint's to decide
+_LINKED = {"denoiser.init_args.in_channels"}
+
+
+def _flat(tree: object, prefix: str = "") -> dict[str, object]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists are leaves)."""
+    if isinstance(tree, dict):
+        out: dict[str, object] = {}
+        for key, value in tree.items():
+            if key == "__path__":
+                continue
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def _show(value: object) -> str:
+    return "(absent)" if value is _MISSING else repr(value)
 
 
 def parse_grid(text: str) -> tuple[int, int]:
@@ -121,6 +174,17 @@ def check_writable(folder: Path) -> None:
             pass
     except OSError as err:
         raise OSError(err.errno, f"cannot write to the output folder {str(folder)!r}: {err.strerror or err}") from err
+
+
+def check_conditioning(num_classes: int, labels: list[int] | None, guidance_scale: float) -> None:
+    """Refuse class labels and classifier-free guidance for an unconditional model (they would be
+    ignored), and labels outside ``[0, num_classes)``."""
+    if not num_classes and (labels or guidance_scale != 1.0):
+        given = "--labels" if labels else f"--guidance_scale {guidance_scale:g}"
+        raise UsageError(f"{given} needs a class-conditional model; this checkpoint's model is unconditional")
+    bad = [lb for lb in labels or [] if not 0 <= lb < num_classes]
+    if bad:
+        raise UsageError(f"--labels must be in [0, {num_classes}), got {bad}")
 
 
 def _train_grid(module: DiffusionModule) -> tuple[int, int]:
@@ -192,12 +256,7 @@ def sample_command(
             raise ValueError(f"--scale must be positive, got {scale}")
         base = _train_grid(module)
         hw = (max(2, round(base[0] * scale)), max(2, round(base[1] * scale)))
-    if labels and not module.denoiser.num_classes:
-        raise ValueError("--labels given but the model is unconditional")
-    if labels:
-        bad = [lb for lb in labels if not 0 <= lb < module.denoiser.num_classes]
-        if bad:
-            raise ValueError(f"--labels must be in [0, {module.denoiser.num_classes}), got {bad}")
+    check_conditioning(module.denoiser.num_classes, labels, guidance_scale)
     out_dir = Path(out)
     check_writable(out_dir)  # before the (slow) sampling
     images = []
@@ -265,13 +324,18 @@ def main(args: list[str] | None = None) -> None:
     if argv and argv[0] in TOOLS:
         _run_tool(argv[0], argv[1:])
         return
-    InfDiffCLI(
-        DiffusionModule,
-        FieldDataModule,
-        args=argv,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={
-            "description": "lightning_infdiff: resolution-independent diffusion. Extra commands: "
-            + ", ".join(f"'infdiff {t} --help'" for t in (*TOOLS, *MODULE_TOOLS)) + ".",
-        },
-    )
+    try:
+        InfDiffCLI(
+            DiffusionModule,
+            FieldDataModule,
+            args=None if args is None else argv,  # None: LightningCLI reads sys.argv itself (no warning about both)
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={
+                "description": "lightning_infdiff: resolution-independent diffusion. Extra commands: "
+                + ", ".join(f"'infdiff {t} --help'" for t in (*TOOLS, *MODULE_TOOLS)) + ".",
+            },
+        )
+    except UsageError as err:
+        command = next((a for a in argv if not a.startswith("-")), None)
+        print(f"infdiff {command + ': ' if command else ''}error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err

@@ -7,7 +7,9 @@ the issue-8 report; these are the ones that were missing.
 
 from __future__ import annotations
 
+import copy
 import errno
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +47,7 @@ def config(folder: Path, **top) -> Path:
                     "callbacks": [{"class_path": "lightning_infdiff.callbacks.AtomicModelCheckpoint",
                                    "init_args": {"dirpath": str(folder / "ckpt"), "save_last": True,
                                                  "save_top_k": 0, "every_n_train_steps": 1}}]},
-        "model": {"denoiser": DENOISER, "sample_every_n_val": 0, "warmup_steps": 1, "lr_schedule": "constant"},
+        "model": {"denoiser": copy.deepcopy(DENOISER), "sample_every_n_val": 0, "warmup_steps": 1, "lr_schedule": "constant"},
         "data": {"source": {"class_path": "lightning_infdiff.data.GaussianBlobs",
                             "init_args": {"length": 16, "channels": 1}},
                  "resolution": 16, "batch_size": 4, "subsample_rate": 2, "num_workers": 0, "val_size": 4},
@@ -204,6 +206,31 @@ def test_another_architecture_is_refused(tmp_path, ckpt):
         load_module(other)
 
 
+def test_resuming_another_model_is_refused_with_the_keys_that_differ(tmp_path, ckpt, capsys):
+    """LightningCLI would build the checkpoint's model in place of the configured one, silently."""
+    folder = tmp_path / "other"
+    other = config(folder, **{"model.denoiser.init_args.num_classes": 10, "model.warmup_steps": 3})
+    err = cli_error(capsys, ["fit", "--config", str(other), "--ckpt_path", str(ckpt)])
+    err = err.strip().splitlines()[-1]  # (pytest's own argv can make Lightning warn before it)
+    assert err.startswith("infdiff fit: error: --ckpt_path ") and "Traceback" not in err
+    assert "model.denoiser.init_args.num_classes: configured 10, checkpoint 0" in err
+    assert "model.warmup_steps: configured 3, checkpoint 1" in err and "--resume_model checkpoint" in err
+    assert not (folder / "ckpt").exists()  # nothing was trained
+
+    # told to, it continues the checkpoint's model and says so
+    cli = InfDiffCLI(DiffusionModule, FieldDataModule, save_config_callback=None,
+                     args=["fit", "--config", str(other), "--ckpt_path", str(ckpt), "--resume_model", "checkpoint",
+                           "--trainer.max_steps", "2"])
+    assert cli.model.denoiser.num_classes == 0 and cli.trainer.global_step == 2
+    assert "--resume_model checkpoint: using the model stored in" in capsys.readouterr().err
+
+    # the same model resumes without a word (the data decides in_channels, so that is no difference)
+    same = InfDiffCLI(DiffusionModule, FieldDataModule, save_config_callback=None,
+                      args=["fit", "--config", str(config(tmp_path / "same")), "--ckpt_path", str(ckpt),
+                            "--trainer.max_steps", "2"])
+    assert same.trainer.global_step == 2 and "resume_model" not in capsys.readouterr().err
+
+
 def test_safetensors_without_config_and_failed_export_keeps_the_old_file(tmp_path, ckpt, monkeypatch):
     from safetensors.torch import save_file
 
@@ -236,10 +263,22 @@ def test_sampling_grid_of_zero_or_one_pixel(capsys, ckpt, tmp_path, grid):
 @pytest.mark.parametrize(
     "args,message",
     [(["--scale", "-1"], "--scale must be positive"), (["--scale", "2", "--grid", "8"], "exactly one"),
-     (["--grid", "8", "--num", "0"], "must be positive"), (["--grid", "8", "--labels", "[1]"], "unconditional")],
+     (["--grid", "8", "--num", "0"], "must be positive"), (["--grid", "8", "--labels", "[1]"], "unconditional"),
+     (["--grid", "8", "--guidance_scale", "3"], "--guidance_scale 3 needs a class-conditional model")],
 )
 def test_bad_sample_arguments(capsys, ckpt, tmp_path, args, message):
     assert message in cli_error(capsys, ["sample", "--ckpt_path", str(ckpt), "--out", str(tmp_path), *args])
+
+
+def test_guidance_on_an_unconditional_model_is_refused_by_the_applications_too(capsys, ckpt, tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "x.png"
+    Image.new("L", (16, 16), 128).save(image)
+    for command in (["inpaint", "--mask", "left-half"], ["superres", "--scale", "2"]):
+        err = cli_error(capsys, [command[0], "--ckpt_path", str(ckpt), "--image", str(image), "--out", str(tmp_path / "o"),
+                                 "--guidance_scale", "2", *command[1:]])
+        assert err.strip().splitlines()[-1].startswith(f"infdiff {command[0]}: error: --guidance_scale 2 needs a class-")
 
 
 def test_missing_checkpoint_on_the_command_line(capsys, tmp_path):
@@ -267,3 +306,13 @@ def test_non_writable_output_folder_fails_before_sampling(capsys, ckpt, tmp_path
     err = cli_error(capsys, ["sample", "--ckpt_path", str(ckpt), "--grid", "8", "--out", str(out)])
     assert "cannot write to the output folder" in err and "Permission denied" in err
     assert not called and (out / "keep.png").read_bytes() == b"earlier output"
+
+
+def test_the_command_line_prints_none_of_lightnings_warnings_about_its_own_arguments(tmp_path, monkeypatch, recwarn):
+    """`infdiff fit ...` from a shell: LightningCLI reads sys.argv itself instead of being handed it
+    (which made it warn "LightningCLI's args parameter is intended to run from within Python")."""
+    monkeypatch.setattr(sys, "argv", ["infdiff", "fit", "--config", str(config(tmp_path / "run")), "--print_config"])
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code in (0, None)
+    assert not [w for w in recwarn if "args parameter" in str(w.message)]

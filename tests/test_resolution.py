@@ -52,6 +52,9 @@ def tiny_from_config(path: Path, num_classes: int = 3) -> torch.nn.Module:
     module, name = spec["class_path"].rsplit(".", 1)
     cls = getattr(importlib.import_module(module), name)
     args = {k: SHRINK.get(k, v) for k, v in spec.get("init_args", {}).items()}
+    if "transformer_resolution" in args:  # keep the config's number of halvings down to the token grid
+        init = spec["init_args"]
+        args["transformer_resolution"] = SHRINK["resolution"] * init["transformer_resolution"] // init["resolution"]
     if "num_classes" in inspect.signature(cls.__init__).parameters:
         args["num_classes"] = num_classes
     return cls(in_channels=1, **args).eval()

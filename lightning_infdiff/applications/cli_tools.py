@@ -26,15 +26,12 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _labels(module: object, labels: list[int] | None, n: int) -> torch.Tensor | None:
+def _labels(module: object, labels: list[int] | None, n: int, guidance_scale: float) -> torch.Tensor | None:
+    from ..cli import check_conditioning
+
+    check_conditioning(getattr(module.denoiser, "num_classes", 0), labels, guidance_scale)  # type: ignore[attr-defined]
     if not labels:
         return None
-    k = getattr(module.denoiser, "num_classes", 0)  # type: ignore[attr-defined]
-    if not k:
-        raise ValueError("--labels given but the model is unconditional")
-    bad = [lb for lb in labels if not 0 <= lb < k]
-    if bad:
-        raise ValueError(f"--labels must be in [0, {k}), got {bad}")
     return torch.tensor([labels[i % len(labels)] for i in range(n)])
 
 
@@ -95,6 +92,7 @@ def inpaint_command(
     if num < 1:
         raise ValueError(f"--num must be positive, got {num}")
     module = load_module(ckpt_path).to(device)
+    cond = _labels(module, labels, num, guidance_scale)  # refused before any work
     img = load_image(image, module.denoiser.in_channels)
     size = (img.shape[-2], img.shape[-1])
     if Path(mask).is_file():
@@ -109,7 +107,7 @@ def inpaint_command(
         result = inpaint(
             module.process, module.denoiser, img, known, seeds, method=method, strength=strength, steps=steps,
             sampler=sampler, resamplings=resamplings, jump_length=jump_length,
-            cond=_labels(module, labels, num), guidance_scale=guidance_scale, progress=True,
+            cond=cond, guidance_scale=guidance_scale, progress=True,
             band=module.data_resolution,
         )
     shown = known.to(img) * img + (1 - known.to(img)) * 0.0  # masked input, filled region grey
@@ -165,6 +163,7 @@ def superres_command(
     if num < 1:
         raise ValueError(f"--num must be positive, got {num}")
     module = load_module(ckpt_path).to(device)
+    cond = _labels(module, labels, num, guidance_scale)  # refused before any work
     img = load_image(image, module.denoiser.in_channels)
     low = (img.shape[-2], img.shape[-1])
     high = target_size(low, parse_grid(size) if size is not None else None, scale)
@@ -173,7 +172,7 @@ def superres_command(
     with inference_autocast(dev, precision, announce=_stderr):
         result = superres(
             module.process, module.denoiser, img, seeds, size=high, method=method, strength=strength,
-            steps=steps, sampler=sampler, cond=_labels(module, labels, num), guidance_scale=guidance_scale,
+            steps=steps, sampler=sampler, cond=cond, guidance_scale=guidance_scale,
             progress=True, generate=module.generate, band=module.data_resolution,
         )
     grid = _save(Path(out), nearest_upsample(img, high), result.cpu(), seeds)
