@@ -166,6 +166,9 @@ def evaluate_command(
         build_extractor(m, offline_dataset, clip_model, clip_pretrained, clip_weights, inception_weights).to(dev)
         for m in metrics
     ]
+    held_out = split_of(dm, "val") if floor else None
+    if held_out is not None and len(held_out) < num_samples:  # before any sampling
+        raise ValueError(f"floor: the validation split has {len(held_out)} images, fewer than num_samples={num_samples}")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
@@ -189,10 +192,6 @@ def evaluate_command(
         for e, value in zip(extractors, values, strict=True):
             rows.append(_row(common, e.metric, value))
         if floor:
-            held_out = split_of(dm, "val")
-            if len(held_out) < num_samples:
-                raise ValueError(f"floor: the validation split has {len(held_out)} images, fewer than "
-                                 f"num_samples={num_samples}")
             for f, e in zip(fids, extractors, strict=True):
                 f.reset()
                 for i in range(0, num_samples, batch_size):
@@ -217,7 +216,8 @@ class FirstImages:
     """Keeps the first ``n`` generated images fed to it (the metric interface of :func:`sample_into`)."""
 
     def __init__(self, n: int) -> None:
-        self.n, self.kept = n, []
+        self.n = n
+        self.kept: list[torch.Tensor] = []
 
     def reset(self) -> None:
         self.kept = []

@@ -176,3 +176,12 @@ def test_evaluate_floor_is_held_out_real_data_and_sheets_keep_the_first_samples(
     with Image.open(out / "samples_16x32.png") as im:
         assert im.size[0] > im.size[1] > 16  # 4 wide samples in one row, with padding
     assert (out / "samples_16x16.png").is_file()
+
+
+def test_evaluate_floor_needs_as_many_held_out_images_and_says_so_before_sampling(tmp_path, checkpoint, capsys):
+    out = tmp_path / "eval"
+    with pytest.raises(SystemExit) as err:
+        main(["evaluate", "--ckpt_path", checkpoint, "--out", str(out), "--num_samples", "500", "--floor", "true",
+              "--metrics", "[]"])
+    assert err.value.code == 2
+    assert "floor: the validation split has" in capsys.readouterr().err and not (out / "results.jsonl").exists()
