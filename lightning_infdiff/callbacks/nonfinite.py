@@ -47,9 +47,9 @@ def any_nonfinite(tensors: list[Tensor]) -> bool:
     (``inf² = inf``, NaN propagates), so when every tensor's 2-norm is finite (one fused
     ``_foreach_norm`` per device and dtype) none holds one. Only the tensors whose norm is not
     finite, a NaN/inf element or a sum of squares past the dtype's range (``|g| > 1.8e19`` in
-    fp32), are then checked element by element, so large finite values are not flagged. On the
-    quickstart model's 217 gradients this takes about 0.5 ms against 3.4 ms for the per-tensor
-    ``isfinite`` loop (the max-norm has no fused kernel on CPU: 2.8 ms). One host sync per
+    fp32), are then checked element by element, so large finite values are not flagged. This is
+    several times faster than a per-tensor ``isfinite`` loop or a max-norm (which has no fused
+    CPU kernel) on the quickstart model's 217 gradients. One host sync per
     device and dtype (on CUDA one more per step than the loop, whose result the guard read later).
     """
     groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}

@@ -4,22 +4,13 @@
 
 PyTorch's fused CPU kernel (``F.scaled_dot_product_attention``, a flash-attention variant)
 tiles over the sequence, which pays off for long sequences but costs a lot of per-tile work on
-the short ones the inner U-Nets and patch transformers here see (16 to 256 tokens). Measured
-on a 2-core AMD EPYC with torch 2.13, forward and backward, ``(B, heads, L, d)``:
-
-===================  ===========  ===========  ===========  ===========
-shape                fused fp32   plain fp32   fused bf16   plain bf16
-===================  ===========  ===========  ===========  ===========
-(32, 2, 16, 32)      0.45 ms      0.25 ms      2.00 ms      0.38 ms
-(32, 2, 64, 32)      1.78 ms      1.06 ms      4.93 ms      0.92 ms
-(8, 4, 256, 64)      15.8 ms      15.0 ms      16.0 ms      9.6 ms
-===================  ===========  ===========  ===========  ===========
-
-(At 1024 tokens both take about the same time and the fused kernel needs far less memory.)
+the short ones the inner U-Nets and patch transformers here see (16 to 256 tokens): with
+gradients, two matmuls and a softmax are faster there, up to about 5x in bf16; at 1024 tokens
+both take about the same time and the fused kernel needs far less memory
+(``benchmarks/results/kernels_attention_epyc.md``).
 
 The fused kernel's cost is in its backward: without gradients (sampling) it is as fast or
-faster (forward only, same machine: 0.04 vs 0.08 ms at (8, 2, 16, 32) bf16, 5.0 vs 12 ms at
-(8, 4, 256, 64) bf16). So when gradients are recorded on CPU, sequences of up to
+faster. So when gradients are recorded on CPU, sequences of up to
 :data:`PLAIN_MAX_TOKENS` tokens use two matmuls and a softmax
 (computed in fp32, so bf16 autocast does not round the weights before they are normalised),
 and everything else (longer sequences, no gradients, other devices, where the fused kernels

@@ -53,9 +53,7 @@ def in_param_dtype(layer: nn.Module, x: Tensor) -> Tensor:
     weights every step, and fp32 keeps the scale and shift of every block exact to fp32.
     The same holds for projections from or to the data's few channels (a point model's lift
     ``C_in -> C`` and output ``C -> C_out``): their weight gradients are matrix-vector
-    products, slow in bf16 (oneDNN, Intel Xeon with AMX, torch 2.13, ``benchmarks/results/kernels.md``:
-    ``Linear(32, 1)`` forward + backward on 32x512 points 0.83 ms under autocast against 0.28 ms
-    in fp32, ``Linear(1, 32)`` 0.99 against 0.56 ms).
+    products, slower under bf16 autocast than in fp32 (``benchmarks/results/kernels.md``).
     """
     with torch.autocast(x.device.type, enabled=False):
         return layer(x.to(next(layer.parameters()).dtype))

@@ -23,13 +23,10 @@ __all__ = ["group_norm", "LayoutGroupNorm", "ResBlock", "AttentionBlock", "Downs
 class LayoutGroupNorm(nn.GroupNorm):
     """GroupNorm that normalises channels_last inputs through a contiguous copy where that pays.
 
-    The same maths and parameters as :class:`torch.nn.GroupNorm`. On CPU (torch 2.13, 2 cores,
-    ``benchmarks/results/kernels.md``) torch's channels_last GroupNorm is slow with gradients
-    (bf16 forward + backward 6.7 ms against 0.8 ms through a contiguous copy at 32x32x16x16,
-    4.9x slower at 8x32x64x64) and on small maps without them (bf16 forward 3.6 against 0.19 ms
-    at 32x32x16x16), but fast without gradients on maps of 32² and more (forward 0.26 against
-    1.7 ms in bf16 and 0.36 against 3.2 ms in fp32 at 1x64x128x128: a grid denoiser sampling at
-    128²). :meth:`relayout_pays` picks the faster way. The output keeps the input's memory format.
+    The same maths and parameters as :class:`torch.nn.GroupNorm`. On CPU torch's channels_last
+    GroupNorm is several times slower than a contiguous copy with gradients and on small maps,
+    but faster without gradients on maps of 32² and more (a grid denoiser sampling at 128²)
+    (``benchmarks/results/kernels.md``). :meth:`relayout_pays` picks the faster way. The output keeps the input's memory format.
     """
 
     #: Smallest feature map (H·W) that runs torch's channels_last kernel when no gradient is recorded.
@@ -58,8 +55,8 @@ class _Relayout(torch.autograd.Function):
     ``Tensor.contiguous`` passes the gradient through in whatever layout it arrives, so the
     gradient of a channels_last input of :class:`LayoutGroupNorm` came back contiguous. Where that
     input also feeds a convolution (every ResBlock input, the U-Net skips), autograd then adds
-    a contiguous and a channels_last gradient; on CPU in bf16 that mixed-layout ``add_`` was
-    measured 10x slower than a same-layout one (0.96 vs 0.10 ms at 32x96x16x16). Converting the
+    a contiguous and a channels_last gradient; on CPU in bf16 that mixed-layout ``add_`` is about
+    10x slower than a same-layout one (``benchmarks/results/kernels.md``). Converting the
     gradient here keeps every gradient in the layout of its tensor.
     """
 

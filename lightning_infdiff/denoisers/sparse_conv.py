@@ -305,16 +305,13 @@ def _depthwise_weight_grad(grad: Tensor, canvas: Tensor, weight: Tensor, padding
     """Weight gradient ``dW[c, i, j] = Σ_{b,y,x} g[b,c,y,x] · x_pad[b,c,y+i,x+j]`` of a "same"
     depthwise conv (``groups = C``), for a bf16 ``grad`` and ``canvas``; returned in ``weight``'s dtype.
 
-    oneDNN's depthwise weight gradient on CPU is slow in bf16 (torch 2.13, 2 cores, 32x32x32x32
-    channels-last, 5x5: 18.9 ms against 3.6 ms in fp32 on an Intel Xeon with AMX; 10.9 against
-    4.1 ms on an AMD EPYC), but its *grouped* conv weight gradient is fast. So the gradient of a
+    oneDNN's depthwise weight gradient on CPU is several times slower in bf16 than in fp32, but
+    its *grouped* conv weight gradient is fast (``benchmarks/results/kernels.md``). So the gradient of a
     conv with ``C / k`` groups of ``k`` channels (every channel against every channel of its
     block) is computed, and the depthwise gradient is its block diagonal
     ``dW[c] = dW_blocks[c, c mod k]``: ``k`` times the products, in bf16 with fp32 accumulation,
-    rounded to bf16 like every autocast conv's weight gradient. With ``k = 8``
-    (``benchmarks/results/kernels.md``, Xeon) it is 2.4x faster than fp32's depthwise gradient
-    at 32 channels and 32² (1.6 vs 3.8 ms), 2.9x at 128 channels and 64², 4.7x for a 9x9 kernel
-    at 128² (1.6x, 2.4x and 2.5x on the EPYC).
+    rounded to bf16 like every autocast conv's weight gradient. With ``k = 8`` it beats even
+    fp32's depthwise gradient on CPUs with native bf16 (``benchmarks/results/kernels.md``).
     Channel counts with no block of 8 or 4, and CPUs without native bf16 (where oneDNN's
     emulated bf16 grouped conv does not keep the error within one bf16 rounding: measured on an
     AVX2-only AMD EPYC, ``tests/test_sparse_conv.py``), take the fp32 depthwise gradient.
@@ -336,8 +333,8 @@ def _depthwise_weight_grad(grad: Tensor, canvas: Tensor, weight: Tensor, padding
 # gradient each an opaque op with its own autograd formula) rather than an autograd.Function:
 # torch.compile then passes the canvas and its gradient in the channels-last layout eager
 # uses. Traced as plain ops, inductor stored them in other layouts (e.g. strides
-# (32768, 32, 1024, 1)), and oneDNN's depthwise backward on those took 66-90 ms per step
-# instead of 13-26 ms, which made the compiled quickstart step slower than eager (0.88x).
+# (32768, 32, 1024, 1)), on which oneDNN's depthwise backward is several times slower, which
+# made the compiled quickstart step slower than eager.
 _CONV_SCHEMA = "(Tensor canvas, Tensor weight, int pad_h, int pad_w) -> Tensor"
 _GRAD_SCHEMA = "(Tensor grad, Tensor canvas, Tensor weight, int pad_h, int pad_w) -> Tensor"
 
