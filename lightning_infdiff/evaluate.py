@@ -192,11 +192,13 @@ def evaluate_command(
         for e, value in zip(extractors, values, strict=True):
             rows.append(_row(common, e.metric, value))
         if floor:
-            for f, e in zip(fids, extractors, strict=True):
+            for f in fids:
                 f.reset()
-                for i in range(0, num_samples, batch_size):
-                    f.update(real_images(dm.source, held_out[i : min(i + batch_size, num_samples)], g).to(dev),
-                             real=False)
+            for i in range(0, num_samples, batch_size):  # each batch of held-out images rendered once
+                held = real_images(dm.source, held_out[i : min(i + batch_size, num_samples)], g).to(dev)
+                for f in fids:
+                    f.update(held, real=False)
+            for f, e in zip(fids, extractors, strict=True):
                 rows.append(_row(common | {"wall_seconds": 0.0}, f"{e.metric}_floor", float(f.compute())))
         if meter is not None:
             split = split_of(dm, reference_split)[:num_samples]
