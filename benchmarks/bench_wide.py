@@ -18,7 +18,7 @@ to 1:2, the only choice before issue 33). Per canvas:
 Usage::
 
     python benchmarks/bench_wide.py --ckpt runs/quickstart/version_0/checkpoints/last.ckpt \\
-        --out benchmarks/results/wide.md
+        --out benchmarks/results/wide/wide.md
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ any other CPU or device, or cannot tell       ``32-true``
 
 A CPU without bf16 instructions runs autocast's bf16 kernels by converting to fp32 and back
 around every op, which makes the default training step slower than plain fp32
-(``benchmarks/bench_precision_choice.py``, ``benchmarks/results/precision_choice.md``).
+(``benchmarks/bench_precision_choice.py``, ``benchmarks/results/precision_choice/``).
 Capabilities are read from torch (``torch.cpu.get_capabilities``, ``torch.cuda.is_bf16_supported``)
 and, where torch does not say, from ``/proc/cpuinfo``; never from the CPU's name.
 
