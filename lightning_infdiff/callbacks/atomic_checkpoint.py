@@ -16,7 +16,9 @@ import errno
 import io
 import os
 import pickle
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +141,12 @@ class AtomicModelCheckpoint(ModelCheckpoint):
     ``SIGTERMException``, the ``last`` checkpoint is written before the process exits
     (``save_on_preemption``), so a preempted job resumes where it stopped.
 
+    Under several processes (DDP) Lightning's own SIGTERM handler runs a collective inside the
+    signal handler and forwards the signal to the other ranks, so when a scheduler signals every
+    rank at once the collectives no longer match and the job hangs. Here a SIGTERM only notes that
+    it came; at the end of each training batch the ranks agree (one all-reduce) whether any of
+    them got one, and all stop at that same step, save ``last`` together and exit.
+
     Args:
         save_on_preemption: save ``last`` (needs ``save_last``) when the run ends on SIGTERM.
         **kwargs: ``ModelCheckpoint`` arguments.
@@ -147,6 +155,28 @@ class AtomicModelCheckpoint(ModelCheckpoint):
     def __init__(self, *args: Any, save_on_preemption: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.save_on_preemption = save_on_preemption
+        self._sigterm_pending = False
+        self._defer_sigterm = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Under DDP, replace Lightning's SIGTERM handler (installed just before) by a note."""
+        super().on_train_start(trainer, pl_module)
+        self._sigterm_pending = False
+        self._defer_sigterm = (
+            trainer.world_size > 1 and self.save_on_preemption and threading.current_thread() is threading.main_thread()
+        )
+        if self._defer_sigterm:  # Lightning restores the original handler at teardown
+            signal.signal(signal.SIGTERM, self._note_sigterm)
+
+    def _note_sigterm(self, signum: int, frame: Any) -> None:
+        self._sigterm_pending = True
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
+        """Under DDP, stop every rank at this step if any rank got a SIGTERM (Lightning then raises
+        ``SIGTERMException`` on all of them at the end of the step)."""
+        if self._defer_sigterm and trainer.strategy.reduce_boolean_decision(self._sigterm_pending, all=False):
+            trainer._signal_connector.received_sigterm = True  # what Lightning's handler would have set
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Install :class:`AtomicCheckpointIO` unless a custom writer is configured."""

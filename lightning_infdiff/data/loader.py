@@ -18,6 +18,7 @@ One batch has one resolution, drawn per batch for multi-resolution training.
 from __future__ import annotations
 
 import math
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -227,6 +228,25 @@ def _pinned(batch: FieldBatch) -> FieldBatch:
     return batch
 
 
+#: signals a scheduler sends to every process of a job: ``timeout``, ``kill -- -PGID``, systemd and
+#: SLURM send SIGTERM; SLURM's ``--signal=SIGUSR1@90`` (Lightning's requeue signal) sends SIGUSR1
+JOB_SIGNALS: tuple[signal.Signals, ...] = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGUSR2") if hasattr(signal, name)
+)
+
+
+def ignore_job_signals(worker_id: int) -> None:
+    """``worker_init_fn`` of every loader: a worker ignores the job-wide signals.
+
+    A signal sent to the whole process group would otherwise kill the workers first, and the
+    training process would die on "DataLoader worker is killed by signal" before it could save
+    ``last``. Ignored here, the signal reaches only the training process, which saves, exits and
+    shuts its workers down; a worker whose parent died exits on its own (torch's watchdog).
+    """
+    for sig in JOB_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class FieldLoader(DataLoader):
     """A ``DataLoader`` over a :class:`BatchPlan` that knows its epoch and can resume mid-epoch.
 
@@ -234,7 +254,8 @@ class FieldLoader(DataLoader):
     the trainer's epoch) or, without one, from an internal counter (see :meth:`set_epoch`).
     It implements ``state_dict``/``load_state_dict``, so Lightning stores it in checkpoints
     and resumes at the next unseen batch. Workers are not persistent: the plan is re-sent to
-    them every epoch.
+    them every epoch. Workers ignore the signals a scheduler sends to the whole job
+    (:func:`ignore_job_signals`), so that the training process can checkpoint on them.
 
     Args:
         plan: the batch plan.
@@ -257,7 +278,8 @@ class FieldLoader(DataLoader):
     ) -> None:
         # torch's pin-memory thread leaves unknown dataclasses unpinned (FieldBatch has no
         # ``pin_memory`` method), so batches are pinned here, in the main process.
-        super().__init__(plan, batch_size=None, collate_fn=collate, num_workers=num_workers)
+        super().__init__(plan, batch_size=None, collate_fn=collate, num_workers=num_workers,
+                         worker_init_fn=ignore_job_signals if num_workers > 0 else None)
         self.pin = bool(pin_memory) and torch.cuda.is_available()
         self.epoch_fn, self.progress_fn = epoch_fn, progress_fn
         self._next_epoch = 0
