@@ -62,6 +62,8 @@ from typing import Any
 
 import yaml
 
+from .errors import yaml_error
+
 __all__ = ["Run", "Sweep", "evaluate_run", "load_sweep", "main", "run_sweep"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_.]+$")
@@ -177,7 +179,12 @@ def load_sweep(path: str | Path, out: str | Path | None = None, extra: list[str]
         ValueError / FileNotFoundError: naming the key or file that is wrong.
     """
     path = Path(path)
-    spec = yaml.safe_load(path.read_text())
+    if not path.is_file():
+        raise FileNotFoundError(f"sweep file not found: {path}")
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise yaml_error(path, err) from err
     if not isinstance(spec, dict):
         raise ValueError(f"{path}: a sweep file is a mapping with keys base, axes (and optional name, overrides, throughput)")
     unknown = set(spec) - _KEYS

@@ -8,7 +8,6 @@ the checkpoint (plain data: class paths and arguments), never from pickled objec
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,8 @@ import torch
 from lightning.pytorch.cli import instantiate_module
 from safetensors.torch import load_file, save
 
-from .callbacks.atomic_checkpoint import atomic_write_bytes
+from .callbacks.atomic_checkpoint import atomic_write_bytes, load_error
+from .errors import UsageError
 from .lit.module import DiffusionModule
 
 __all__ = ["load_checkpoint", "load_module", "export_safetensors", "load_safetensors", "module_config"]
@@ -27,22 +27,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
     Raises:
         FileNotFoundError: if the file does not exist.
-        ValueError: if the file is not a checkpoint or holds objects that are not plain data.
+        UsageError (a ``ValueError``): if the file is corrupt, not a Lightning checkpoint, or holds
+            objects that are not plain data.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"refusing to load {path}: it holds objects that weights-only unpickling does not allow "
-            f"(a checkpoint from an untrusted source could run code). Details: {str(err).splitlines()[0]}"
-        ) from err
-    except Exception as err:  # noqa: BLE001 - any other failure means "not a readable checkpoint"
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {err}") from err
+    except Exception as err:  # noqa: BLE001 - torch raises many types for unreadable files
+        raise load_error(path, err) from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict')")
+        raise UsageError(f"{path} is not a Lightning checkpoint (no 'state_dict')")
     return ckpt
 
 

@@ -27,7 +27,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from .data.datamodule import FieldDataModule
-from .errors import UsageError
+from .errors import UsageError, yaml_error
 from .lit.module import DiffusionModule
 from .malloc import pin_malloc
 from .precision import PrecisionChoice, inference_precision, resolve_precision
@@ -64,6 +64,8 @@ class InfDiffCLI(LightningCLI):
     """
 
     precision_choice: PrecisionChoice | None = None
+    _new_log_dir = False
+    _warned_weights_only = False
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.channels", "model.denoiser.init_args.in_channels", apply_on="instantiate")
@@ -72,6 +74,11 @@ class InfDiffCLI(LightningCLI):
             help="with --ckpt_path, when the checkpoint's model differs from the configured one: refuse "
             "(list the differences) or build the checkpoint's model",
         )
+        parser.add_argument(
+            "--unsafe_allow_checkpoint_code", type=bool, default=False,
+            help="with --weights_only false: really unpickle arbitrary objects from the checkpoint, which runs "
+            "any code it holds (only for a file you made yourself)",
+        )
 
     def before_instantiate_classes(self) -> None:
         """Resolve an unset ``trainer.precision`` by the device's capability and say so once."""
@@ -79,10 +86,18 @@ class InfDiffCLI(LightningCLI):
         trainer = cfg.get("trainer")
         if trainer is None:
             return
+        if not self._warned_weights_only:
+            self._warned_weights_only = _check_weights_only(cfg, str(self.subcommand))
         if trainer.get("precision") is None:
             choice = resolve_precision(trainer.get("accelerator") or "auto", trainer.get("strategy") or "auto")
             trainer["precision"] = choice.precision
         else:
+            if str(trainer["precision"]) in ("bf16-true", "16-true"):
+                raise UsageError(
+                    f"trainer.precision={trainer['precision']!r} is not supported: it casts the whole model to half "
+                    "precision, but the diffusion maths must stay in float32; use 'bf16-mixed' (or '16-mixed', with "
+                    "loss scaling on GPU), or leave it unset to choose by the hardware"
+                )
             choice = PrecisionChoice(str(trainer["precision"]), "set by trainer.precision")
         self.precision_choice = choice
         rank_zero_info(str(choice))
@@ -91,6 +106,15 @@ class InfDiffCLI(LightningCLI):
         """Record the precision and its reason with the run's hyperparameters."""
         if self.precision_choice is None or getattr(self, "trainer", None) is None:
             return
+        log_dir = self._log_dir()
+        self._new_log_dir = log_dir is not None and not log_dir.exists()  # before anything is logged into it
+        for logger in self.trainer.loggers:
+            save_dir = getattr(logger, "save_dir", None)
+            if save_dir:
+                try:
+                    check_writable(Path(save_dir))
+                except OSError as err:
+                    raise UsageError(f"trainer.logger.save_dir: {err.strerror or err}") from err
         record = {"precision": self.precision_choice.precision, "precision_reason": self.precision_choice.reason}
         for logger in self.trainer.loggers:
             logger.log_hyperparams(record)
@@ -99,15 +123,19 @@ class InfDiffCLI(LightningCLI):
         """LightningCLI reads ``--ckpt_path`` first and puts its model configuration in place of the
         configured one: name the file if it is broken, and refuse a different model unless told."""
         sub = self.config.get("subcommand")
+        if sub:
+            self._warned_weights_only = _check_weights_only(self.config[sub], sub)
         configured = _flat(self.config[sub]["model"].as_dict()) if sub and self.config[sub].get("model") else None
         try:
             super()._parse_ckpt_path()
         except (SystemExit, KeyboardInterrupt):
             raise
         except Exception as err:  # noqa: BLE001 - torch raises many types for broken files
-            from .callbacks.atomic_checkpoint import resume_error
+            from .callbacks.atomic_checkpoint import refused_global, resume_error
 
-            raise resume_error(self.config[self.config.subcommand].get("ckpt_path"), err) from err
+            if sub and self.config[sub].get("unsafe_allow_checkpoint_code") and refused_global(err):
+                return  # opted in: the trainer unpickles it; its model configuration cannot be read safely here
+            raise resume_error(self.config[self.config.subcommand].get("ckpt_path"), err, str(sub)) from err
         if configured is None:
             return
         stored = _flat(self.config[sub]["model"].as_dict())
@@ -127,6 +155,56 @@ class InfDiffCLI(LightningCLI):
             f"--ckpt_path {ckpt} holds another model than the configs describe ({shown}{more}); "
             "change the configs to match, or pass --resume_model checkpoint to use the checkpoint's model"
         )
+
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run ``subcommand``; a ``fit`` that fails before its first step leaves no log folder behind."""
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            log_dir = self._log_dir()
+            if subcommand == "fit" and self.trainer.global_step == 0 and log_dir is not None and self._new_log_dir:
+                _remove_if_only_setup_files(log_dir)
+            raise
+
+    def _log_dir(self) -> Path | None:
+        logger = self.trainer.logger if getattr(self, "trainer", None) is not None else None
+        if logger is None or not hasattr(logger, "log_dir"):
+            return None
+        try:
+            return Path(logger.log_dir)
+        except Exception:  # noqa: BLE001 - a logger that cannot say where it writes
+            return None
+
+
+def _check_weights_only(cfg: object, command: str) -> bool:
+    """``--weights_only false`` needs the loud opt-in; with it, say what it does (returns whether it did)."""
+    if cfg.get("weights_only") is not False:
+        return False
+    if not cfg.get("unsafe_allow_checkpoint_code"):
+        raise UsageError(
+            "--weights_only false would unpickle arbitrary objects from the checkpoint, which runs any code it "
+            "holds; checkpoints of this toolkit load without it. Only for a file you made yourself, add "
+            "--unsafe_allow_checkpoint_code true"
+        )
+    print(f"infdiff {command}: WARNING: --unsafe_allow_checkpoint_code: the checkpoint is unpickled without "
+          "restrictions and can run any code it holds", file=sys.stderr)
+    return True
+
+
+#: what a run writes into its log folder before its first step
+_SETUP_FILES = ("config.yaml", "hparams.yaml", "events.out.tfevents.*")
+
+
+def _remove_if_only_setup_files(folder: Path) -> None:
+    """Remove ``folder`` if it holds nothing but the files a run writes while it starts."""
+    import shutil
+
+    if not folder.is_dir():
+        return
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    if all(any(p.match(pattern) for pattern in _SETUP_FILES) for p in files):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 _MISSING = object()
@@ -325,6 +403,7 @@ def main(args: list[str] | None = None) -> None:
         _run_tool(argv[0], argv[1:])
         return
     try:
+        check_config_files(argv)
         InfDiffCLI(
             DiffusionModule,
             FieldDataModule,
@@ -335,7 +414,25 @@ def main(args: list[str] | None = None) -> None:
                 + ", ".join(f"'infdiff {t} --help'" for t in (*TOOLS, *MODULE_TOOLS)) + ".",
             },
         )
-    except UsageError as err:
+    except (UsageError, OSError) as err:  # bad input or environment (files, folders): not a bug to report
         command = next((a for a in argv if not a.startswith("-")), None)
-        print(f"infdiff {command + ': ' if command else ''}error: {err}", file=sys.stderr)
+        message = str(err).strip().replace("\n", " ")
+        print(f"infdiff {command + ': ' if command else ''}error: {message}", file=sys.stderr)
         raise SystemExit(2) from err
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Read every ``--config`` file first, so that a YAML syntax error names its file (jsonargparse
+    reports ``"<unicode string>"``, which says nothing when several files are stacked)."""
+    import yaml
+
+    paths = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for path in paths:
+        file = Path(path)
+        if not file.is_file():
+            continue  # jsonargparse reports it, or it is inline YAML
+        try:
+            yaml.safe_load(file.read_text())
+        except yaml.YAMLError as err:
+            raise yaml_error(path, err) from err

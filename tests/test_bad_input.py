@@ -103,7 +103,7 @@ def test_one_pixel_image_is_upsampled_with_warning_or_refused(tmp_path):
 
 
 def test_wrong_channel_counts(tmp_path):
-    with pytest.raises(ValueError, match="ImageFolder: channels must be 1 or 3, got 2"):
+    with pytest.raises(ValueError, match="ImageFolder: data.source.init_args.channels must be 1 or 3, got 2"):
         ImageFolder(str(tmp_path), channels=2)
     dm = tiny_dm(source=GaussianBlobs(28, 3))  # RGB data, 1-channel denoiser (built without the CLI link)
     with pytest.raises(ValueError, match=r"model\.denoiser\.init_args\.in_channels=1 but the data has 3 channel"):
@@ -163,7 +163,7 @@ def test_truncated_and_foreign_checkpoints(tmp_path, ckpt):
     data = ckpt.read_bytes()
     cut = tmp_path / "cut.ckpt"
     cut.write_bytes(data[: len(data) // 3])
-    with pytest.raises(ValueError, match=r"cut\.ckpt is not a readable PyTorch checkpoint"):
+    with pytest.raises(ValueError, match=r"cannot load '.*cut\.ckpt': the file is corrupt"):
         load_module(cut)
     plain = tmp_path / "weights.pt"
     torch.save({"w": torch.ones(2)}, plain)
@@ -187,8 +187,8 @@ def test_resuming_from_a_corrupt_or_crafted_checkpoint_names_it(tmp_path, ckpt):
 
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "x": Evil()}, evil)
-    for bad, message in ((cut, "cannot resume from .*cut.ckpt.*not a readable checkpoint"),
-                         (evil, "refusing to resume from .*evil.ckpt")):
+    for bad, message in ((cut, "cannot resume from .*cut.ckpt.*the file is corrupt"),
+                         (evil, "refusing to resume from .*evil.ckpt.*holds a pickled .*print")):
         folder = tmp_path / bad.stem
         with pytest.raises(ValueError, match=message):
             InfDiffCLI(DiffusionModule, FieldDataModule, save_config_callback=None,
@@ -316,3 +316,131 @@ def test_the_command_line_prints_none_of_lightnings_warnings_about_its_own_argum
         main()
     assert done.value.code in (0, None)
     assert not [w for w in recwarn if "args parameter" in str(w.message)]
+
+
+# ------------------------------------------------------------------ one-line errors from `infdiff fit`
+def one_line_error(capsys, args: list[str]) -> str:
+    """``main(args)`` exits 2 and its last stderr line is the error, with no traceback."""
+    err = cli_error(capsys, args)
+    assert "Traceback" not in err, err
+    return err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "extra,expected",
+    [
+        (["--data.subsample_rate", "0"], "data.subsample_rate: subsampling rate must be an integer >= 1"),
+        (["--data.subsample_rate", "1000"], "data.subsample_rate: subsampling rate 1000 leaves"),
+        (["--data.resolution", "0"], "data.resolution must be an integer >= 2"),
+        (["--data.batch_size", "-1"], "data.batch_size must be an integer >= 1, got -1"),
+        (["--data.batch_size", "0"], "data.batch_size must be an integer >= 1, got 0"),
+        (["--data.num_workers", "-1"], "data.num_workers must be >= 0"),
+        (["--data.val_size", "100"], "data.val_size / data.val_fraction: val_size must be in [0, 16)"),
+        (["--trainer.precision", "bf16-true"], "trainer.precision='bf16-true' is not supported"),
+        (["--model.denoiser.init_args.num_classes", "10"], "model.denoiser.init_args.num_classes=10 but the data has"),
+    ],
+    ids=["rate0", "rate-too-large", "resolution0", "batch-negative", "batch0", "workers", "val-size",
+         "bf16-true", "num-classes"],
+)
+def test_bad_fit_settings_are_one_line_errors_naming_the_key(tmp_path, capsys, extra, expected):
+    folder = tmp_path / "run"
+    line = one_line_error(capsys, ["fit", "--config", str(config(folder)), *extra])
+    assert line.startswith("infdiff fit: error: ") and expected in line, line
+    assert not (folder / "ckpt").exists()
+
+
+def test_image_folder_errors_are_one_line(tmp_path, capsys):
+    folder = tmp_path / "run"
+    cfg = str(config(folder))
+    as_folder = ["--data.source", "lightning_infdiff.data.ImageFolder", "--data.source.init_args.root"]
+    line = one_line_error(capsys, ["fit", "--config", cfg, *as_folder, str(tmp_path / "missing")])
+    assert "ImageFolder: root" in line and "missing" in line and "is not a directory" in line
+    (tmp_path / "empty").mkdir()
+    line = one_line_error(capsys, ["fit", "--config", cfg, *as_folder, str(tmp_path / "empty")])
+    assert "no supported images found in" in line and "empty" in line
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        Image.new("L", (20, 20), i * 40).save(images / f"{i}.png")
+    (images / "broken.png").write_bytes(b"\x89PNG not really")
+    line = one_line_error(capsys, ["fit", "--config", cfg, *as_folder, str(images), "--data.source.init_args.strict", "true"])
+    assert "cannot read image file" in line and "broken.png" in line
+
+
+def test_unwritable_logger_folder_is_one_line_and_a_failed_start_leaves_no_version_folder(tmp_path, capsys):
+    folder = tmp_path / "run"
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    tb = ["--trainer.logger", "lightning.pytorch.loggers.TensorBoardLogger", "--trainer.logger.save_dir"]
+    line = one_line_error(capsys, ["fit", "--config", str(config(folder)), *tb, str(blocker / "runs")])
+    assert line.startswith("infdiff fit: error: trainer.logger.save_dir: cannot write to the output folder")
+    # a run that fails in set-up (after the logger folder was made) removes its empty version folder
+    runs = tmp_path / "runs"
+    one_line_error(capsys, ["fit", "--config", str(config(folder)), *tb, str(runs),
+                            "--model.denoiser.init_args.num_classes", "10"])
+    assert not list(runs.rglob("version_*")), list(runs.rglob("*"))
+
+
+def test_yaml_syntax_errors_name_the_file(tmp_path, capsys):
+    folder = tmp_path / "run"
+    bad = tmp_path / "overlay.yaml"
+    bad.write_text("data:\n  batch_size: [1,\n")
+    line = one_line_error(capsys, ["fit", "--config", str(config(folder)), "--config", str(bad)])
+    assert f"{bad}: not valid YAML at line 3, column 1" in line and "<unicode string>" not in line
+    sweep = tmp_path / "sweep.yml"
+    sweep.write_text("name: x\nbase: [a.yaml\naxes: {}\n")
+    from lightning_infdiff import ablate
+
+    assert ablate.main([str(sweep), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"infdiff ablate: error: {sweep}: not valid YAML at line 3" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ checkpoints named for what they are
+@pytest.mark.parametrize("command", ["fit", "validate"])
+def test_random_bytes_are_called_corrupt_and_torchs_advice_is_not_relayed(tmp_path, capsys, command):
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(np.random.default_rng(0).bytes(5000))
+    verb = "resume from" if command == "fit" else "load"
+    line = one_line_error(capsys, [command, "--config", str(config(tmp_path / "run")), "--ckpt_path", str(junk)])
+    assert f"cannot {verb} '{junk}': the file is corrupt" in line
+    assert "weights_only" not in line and "could run code" not in line
+    line = one_line_error(capsys, ["sample", "--ckpt_path", str(junk), "--grid", "8", "--out", str(tmp_path / "o")])
+    assert "the file is corrupt" in line and "weights_only" not in line
+
+
+def test_validate_with_a_crafted_checkpoint_says_load_not_resume(tmp_path, capsys):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "x": Evil()}, evil)
+    line = one_line_error(capsys, ["validate", "--config", str(config(tmp_path / "run")), "--ckpt_path", str(evil)])
+    assert f"refusing to load '{evil}': it holds a pickled" in line and "resume" not in line
+    assert "weights_only=False" not in line
+
+
+def test_weights_only_false_needs_a_loud_opt_in(tmp_path, capsys, ckpt):
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    evil = tmp_path / "evil.ckpt"
+    state = load_checkpoint(ckpt)
+    state["payload"] = Evil()
+    torch.save(state, evil)
+    folder = tmp_path / "run"
+    for command in ("fit", "validate"):
+        line = one_line_error(capsys, [command, "--config", str(config(folder)), "--ckpt_path", str(evil),
+                                       "--weights_only", "false"])
+        assert "--weights_only false would unpickle arbitrary objects" in line
+        assert "--unsafe_allow_checkpoint_code true" in line
+    assert not marker.exists()  # nothing was unpickled
+    # with the opt-in, a file of one's own loads unrestricted, and the command says so
+    main(["fit", "--config", str(config(folder)), "--ckpt_path", str(ckpt), "--weights_only", "false",
+          "--unsafe_allow_checkpoint_code", "true", "--trainer.max_steps", "2"])
+    assert "WARNING: --unsafe_allow_checkpoint_code" in capsys.readouterr().err
+    assert load_checkpoint(folder / "ckpt" / "last.ckpt")["global_step"] == 2

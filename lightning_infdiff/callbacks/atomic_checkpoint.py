@@ -16,6 +16,7 @@ import errno
 import io
 import os
 import pickle
+import re
 import signal
 import tempfile
 import threading
@@ -30,7 +31,9 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
-__all__ = ["AtomicCheckpointIO", "AtomicModelCheckpoint", "atomic_write_bytes", "resume_error"]
+from ..errors import UsageError
+
+__all__ = ["AtomicCheckpointIO", "AtomicModelCheckpoint", "atomic_write_bytes", "load_error", "resume_error"]
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -116,18 +119,40 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise resume_error(path, err) from err
 
 
-def resume_error(path: Any, err: BaseException) -> ValueError:
-    """A ``ValueError`` naming the checkpoint a run cannot resume from, and why."""
-    detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-    if isinstance(err, pickle.UnpicklingError):
-        return ValueError(
-            f"refusing to resume from {str(path)!r}: it holds objects that weights-only unpickling does not "
-            f"allow (a checkpoint from an untrusted source could run code): {detail}"
+def refused_global(err: BaseException) -> str | None:
+    """The object a weights-only load refused (``"builtins.print"``), or ``None`` when the file is
+    simply unreadable. Only torch's "Unsupported global" means the file holds code to run; any
+    other unpickling failure (random bytes, a truncated or foreign file) means it is corrupt."""
+    if not isinstance(err, pickle.UnpicklingError):
+        return None
+    match = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+    return match.group(1) if match else None
+
+
+def load_error(path: Any, err: BaseException, action: str = "load") -> UsageError:
+    """A one-line :class:`UsageError` naming the checkpoint that cannot be read, and why.
+
+    Torch's own message is not relayed: it advises ``weights_only=False``, which would run
+    whatever code an untrusted file holds.
+    """
+    what = refused_global(err)
+    if what is not None:
+        return UsageError(
+            f"refusing to {action} {str(path)!r}: it holds a pickled {what}, which weights-only loading does "
+            "not allow (a checkpoint from an untrusted source could run code)"
         )
-    return ValueError(
-        f"cannot resume from {str(path)!r}: it is not a readable checkpoint (truncated, corrupt, or not "
-        f"written by torch.save): {type(err).__name__}: {detail}"
+    detail = str(err).splitlines()[0].strip() if str(err) else ""
+    if isinstance(err, pickle.UnpicklingError) or "weights_only" in detail or "Weights only" in detail:
+        detail = ""  # torch's advice about weights_only, not a description of the file
+    return UsageError(
+        f"cannot {action} {str(path)!r}: the file is corrupt (truncated, damaged, or not written by "
+        f"torch.save){': ' + type(err).__name__ + ': ' + detail if detail else ''}"
     )
+
+
+def resume_error(path: Any, err: BaseException, command: str = "fit") -> UsageError:
+    """:func:`load_error` for ``--ckpt_path`` of ``fit`` (resume) or ``validate``/``test``/``predict`` (load)."""
+    return load_error(path, err, "resume from" if command == "fit" else "load")
 
 
 class AtomicModelCheckpoint(ModelCheckpoint):

@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 
+from ..errors import UsageError
 from .loader import BatchPlan, FieldCollate, FieldLoader, image_shape
 from .sources import ImageSource, split_indices
 from .subsample import CoordinateSampler, Strategy
@@ -79,26 +80,37 @@ class FieldDataModule(L.LightningDataModule):
         super().__init__()
         self.train_aspects = [float(a) for a in (train_aspects or [aspect])]
         if not aspect > 0 or not all(a > 0 for a in self.train_aspects):
-            raise ValueError(f"data.aspect and data.train_aspects must be positive, got {aspect!r}, {train_aspects!r}")
+            raise UsageError(f"data.aspect and data.train_aspects must be positive, got {aspect!r}, {train_aspects!r}")
         self.aspect = float(aspect)
         resolutions = list(train_resolutions) if train_resolutions else [resolution]
-        for r in [resolution, *resolutions]:
+        for key, r in [("data.resolution", resolution), *(("data.train_resolutions", r) for r in resolutions)]:
             if int(r) != r or r < 2:
-                raise ValueError(f"resolutions must be integers >= 2, got {r!r}")
+                raise UsageError(f"{key} must be an integer >= 2 (pixels per side), got {r!r}")
+        for key, value in (("data.batch_size", batch_size), ("data.val_batch_size", val_batch_size)):
+            if value is not None and (int(value) != value or value < 1):
+                raise UsageError(f"{key} must be an integer >= 1, got {value!r}")
         if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+            raise UsageError(f"data.num_workers must be >= 0, got {num_workers}")
+        if val_size is not None and val_size < 0:
+            raise UsageError(f"data.val_size must be >= 0 (or null to use data.val_fraction), got {val_size}")
+        if val_size is None and not 0 <= val_fraction < 1:
+            raise UsageError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
         self.source = source
         self.resolution = int(resolution)
         self.train_resolutions = [int(r) for r in resolutions]
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers = num_workers
-        self.sampler = CoordinateSampler(subsample_rate, num_points, strategy, jitter)
-        for r in self.train_resolutions:  # fail before training: errors carry the numbers
-            for a in self.train_aspects:
-                self.sampler.points_for(image_shape(r, a))
-        if val_subsample:
-            self.sampler.points_for(image_shape(self.resolution, self.aspect))
+        try:  # fail before training: errors carry the numbers
+            self.sampler = CoordinateSampler(subsample_rate, num_points, strategy, jitter)
+            for r in self.train_resolutions:
+                for a in self.train_aspects:
+                    self.sampler.points_for(image_shape(r, a))
+            if val_subsample:
+                self.sampler.points_for(image_shape(self.resolution, self.aspect))
+        except ValueError as err:
+            key = "data.num_points" if num_points is not None else "data.subsample_rate"
+            raise UsageError(f"{key}: {err}") from err
         self.val_subsample = val_subsample
         self.hflip = hflip
         self.val_fraction, self.val_size, self.split_seed = val_fraction, val_size, split_seed
@@ -130,9 +142,12 @@ class FieldDataModule(L.LightningDataModule):
         if self.train_indices is not None:
             return
         self.source.prepare(sorted({self.resolution, *self.train_resolutions}))
-        self.train_indices, self.val_indices = split_indices(
-            len(self.source), self.val_fraction, self.val_size, self.split_seed
-        )
+        try:
+            self.train_indices, self.val_indices = split_indices(
+                len(self.source), self.val_fraction, self.val_size, self.split_seed
+            )
+        except ValueError as err:
+            raise UsageError(f"data.val_size / data.val_fraction: {err} ({type(self.source).__name__})") from err
 
     def _plan(self, train: bool) -> BatchPlan:
         self.setup()

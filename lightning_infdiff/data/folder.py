@@ -16,6 +16,7 @@ import numpy as np
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from PIL import Image, ImageOps
 
+from ..errors import UsageError
 from .convert import random_crop, resize_center_crop, to_float, to_rgb_or_gray
 from .sources import ImageSource
 
@@ -61,9 +62,9 @@ class ImageFolder(ImageSource):
         verify: bool = True,
     ) -> None:
         if channels not in (1, 3):
-            raise ValueError(f"ImageFolder: channels must be 1 or 3, got {channels}")
+            raise UsageError(f"ImageFolder: data.source.init_args.channels must be 1 or 3, got {channels}")
         if crop not in ("center", "random"):
-            raise ValueError(f"ImageFolder: crop must be 'center' or 'random', got {crop!r}")
+            raise UsageError(f"ImageFolder: data.source.init_args.crop must be 'center' or 'random', got {crop!r}")
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise FileNotFoundError(
@@ -124,7 +125,7 @@ class ImageFolder(ImageSource):
                 continue
             if min(w, h) < max_res:
                 if self.strict:
-                    raise ValueError(
+                    raise UsageError(
                         f"ImageFolder: image {str(path)!r} is {w}x{h}, smaller than the training "
                         f"resolution {max_res} (strict=True; set strict=False to upsample it)"
                     )
@@ -157,7 +158,7 @@ class ImageFolder(ImageSource):
         rel = [p.relative_to(self.root).parts for p in self.files]
         loose = [str(p) for p, parts in zip(self.files, rel, strict=True) if len(parts) < 2]
         if loose:
-            raise ValueError(
+            raise UsageError(
                 f"ImageFolder: labels=True needs every image inside a class sub-folder of "
                 f"{str(self.root)!r}; found {len(loose)} at the top level: {_summary(loose, len(loose))}"
             )

@@ -25,6 +25,7 @@ from torch import Tensor
 from ..batch import FieldBatch
 from ..coords import as_grid, full_coords, gather, index_to_coords
 from ..denoisers.base import Denoiser
+from ..errors import UsageError
 from ..images import save_grid
 from ..processes import GaussianProcess, training_band
 from ..samplers import sample
@@ -104,10 +105,10 @@ class DiffusionModule(L.LightningModule):
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"invalid model.{bad[0]}={locals()[bad[0]]!r}")
+            raise UsageError(f"invalid model.{bad[0]}={locals()[bad[0]]!r}")
         for g in sample_grids or []:
             if len(g) != 2 or min(g) < 2:
-                raise ValueError(f"model.sample_grids entries must be [H, W] with H, W >= 2, got {g!r}")
+                raise UsageError(f"model.sample_grids entries must be [H, W] with H, W >= 2, got {g!r}")
         if _given_hyperparameters.get() is not None:
             # built by LightningCLI: the hyperparameters are the parsed config (plain data), so the
             # checkpoint reloads with weights-only unpickling
@@ -143,17 +144,17 @@ class DiffusionModule(L.LightningModule):
             self.data_resolution = int(dm.resolution)  # the training band of the display filter
         channels = getattr(dm, "channels", None)
         if channels is not None and channels != self.denoiser.in_channels:
-            raise ValueError(
+            raise UsageError(
                 f"model.denoiser.init_args.in_channels={self.denoiser.in_channels} but the data has "
                 f"{channels} channel(s): set in_channels to {channels}"
             )
         classes = getattr(dm, "num_classes", None)
         if self.denoiser.num_classes and not classes:
-            raise ValueError(
+            raise UsageError(
                 f"model.denoiser.init_args.num_classes={self.denoiser.num_classes} but the data has no labels"
             )
         if self.denoiser.num_classes and classes and classes != self.denoiser.num_classes:
-            raise ValueError(
+            raise UsageError(
                 f"model.denoiser.init_args.num_classes={self.denoiser.num_classes} but the data has {classes} classes"
             )
 
@@ -161,7 +162,7 @@ class DiffusionModule(L.LightningModule):
         """Refuse all-half precisions: the process maths (schedules, DCT, sampler) must stay fp32."""
         precision = str(self.trainer.precision) if self._trainer is not None else ""
         if precision in ("bf16-true", "16-true"):
-            raise ValueError(
+            raise UsageError(
                 f"trainer.precision={precision!r} is not supported: it casts the whole module to half "
                 "precision, but the diffusion maths must stay in float32; use 'bf16-mixed' (or '16-mixed', "
                 "with loss scaling on GPU) to run the network in half precision"
@@ -171,7 +172,7 @@ class DiffusionModule(L.LightningModule):
         """Refuse overlay combinations that would only fail at the first step."""
         sampler = getattr(dm, "sampler", None)
         if getattr(self.process, "multiscale", False) and sampler is not None and not sampler.is_full:
-            raise ValueError(
+            raise UsageError(
                 "model.process.init_args.multiscale=true needs full grids, but data.subsample_rate="
                 f"{sampler.rate} / data.num_points={sampler.num_points} subsample them: set "
                 "data.subsample_rate: 1 (configs/process/multiscale.yaml does) or disable multiscale"
