@@ -1,7 +1,12 @@
-"""Image output without torchvision: uint8 conversion, grids and PNG files (PIL)."""
+"""Image output without torchvision: uint8 conversion, grids and PNG files (PIL).
+
+PNGs are encoded in memory and written atomically (:func:`~lightning_infdiff.files.atomic_write_bytes`):
+a sampling run killed mid-way leaves complete images and no half-written file.
+"""
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -9,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+
+from .files import atomic_write_bytes
 
 __all__ = ["to_uint8", "make_grid", "save_grid", "save_images"]
 
@@ -37,13 +44,18 @@ def _pil(arr: np.ndarray) -> Image.Image:
     return Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
 
 
+def _write_png(arr: np.ndarray, path: Path) -> None:
+    buffer = io.BytesIO()
+    _pil(arr).save(buffer, format="PNG")
+    atomic_write_bytes(buffer.getvalue(), path, what="image")
+
+
 def save_grid(x: Tensor, path: str | Path | None, nrow: int | None = None) -> np.ndarray:
     """Make a grid (see :func:`make_grid`) and, when ``path`` is given, save it as PNG."""
     grid = make_grid(x, nrow)
     if path is not None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _pil(grid).save(path)
+        _write_png(grid, path)
     return grid
 
 
@@ -56,6 +68,6 @@ def save_images(x: Tensor, folder: str | Path, names: list[str]) -> list[Path]:
     paths = []
     for img, name in zip(to_uint8(x).numpy(), names, strict=True):
         p = folder / f"{name}.png"
-        _pil(img).save(p)
+        _write_png(img, p)
         paths.append(p)
     return paths

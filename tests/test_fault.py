@@ -309,3 +309,28 @@ def test_last_checkpoint_is_written_at_the_final_step(tmp_path):
     trainer(tmp_path, [ck, Spy()], max_steps=4, val_check_interval=50).fit(tiny_module(), datamodule=tiny_dm())
     assert seen == [None, None, None, 3]  # Spy runs before the checkpoint callback at each step
     assert load_checkpoint(tmp_path / "ckpt" / "last.ckpt")["global_step"] == 4
+
+
+@pytest.mark.parametrize(
+    "error,message",
+    [(Killed(), None), (OSError(errno.ENOSPC, "No space left on device"), "the disk is full")],
+    ids=["killed-mid-write", "disk-full"],
+)
+def test_a_failed_sample_image_write_leaves_no_partial_png(tmp_path, monkeypatch, error, message):
+    """Sampling killed (or out of disk) while writing: earlier images stay whole, none is half-written."""
+    from PIL import Image
+
+    from lightning_infdiff.images import save_images
+
+    images = torch.linspace(-1, 1, 2 * 3 * 8 * 8).reshape(2, 3, 8, 8)
+    first = save_images(images[:1], tmp_path, ["seed0"])[0]
+    good = first.read_bytes()
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode="r", *a, **k: _Writer(real_fdopen(fd, mode, *a, **k), error))
+    with pytest.raises((Killed,) if message is None else (OSError,)) as err:
+        save_images(images.flip(0), tmp_path, ["seed0", "seed1"])
+    if message is not None:
+        assert message in str(err.value) and "previous image there is intact" in str(err.value)
+    monkeypatch.undo()
+    assert first.read_bytes() == good and Image.open(first).size == (8, 8)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seed0.png"]  # no partial seed1.png, no temporary file

@@ -39,6 +39,12 @@ SCRIPT = textwrap.dedent(
                     f.write(f"{trainer.global_step} {float(outputs['loss']).hex()}\\n")
             time.sleep(float(slow))
 
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            if trainer.is_global_zero and not trainer.sanity_checking:
+                with open(out + ".val", "a") as f:
+                    f.write(f"{trainer.global_step} {batch_idx}\\n")
+            time.sleep(float(slow))
+
     cli = InfDiffCLI(DiffusionModule, FieldDataModule, run=False, save_config_callback=None,
                      args=["--config", cfg])
     cli.trainer.callbacks.append(Rec())
@@ -48,14 +54,16 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def job_config(tmp_path: Path, name: str, *, workers: int = 1, devices: int = 1, steps: int = 200) -> Path:
+def job_config(tmp_path: Path, name: str, *, workers: int = 1, devices: int = 1, steps: int = 200,
+               val_every: int = 1000) -> Path:
     """The fault tests' tiny run with DataLoader workers (and optionally two DDP processes)."""
     path = config(tmp_path, name)
     cfg = yaml.safe_load(path.read_text())
     cfg["data"]["num_workers"] = workers
     cfg["data"]["source"]["init_args"]["length"] = 400  # long epochs: the kill lands mid-epoch
     cfg["trainer"]["max_steps"] = steps
-    cfg["trainer"]["val_check_interval"] = 1000
+    cfg["trainer"]["val_check_interval"] = val_every
+    cfg["data"]["val_size"] = 40  # ten validation batches of 4
     cfg["trainer"]["default_root_dir"] = str(tmp_path / name)
     if devices > 1:
         cfg["trainer"].update({"devices": devices, "strategy": "ddp"})
@@ -125,6 +133,21 @@ def test_sigterm_to_the_whole_group_with_workers_saves_last(tmp_path):
     step = load_checkpoint(tmp_path / "group" / "ckpt" / "last.ckpt")["global_step"]
     assert step == losses(out)[-1][0] >= 3
     assert drained(proc.pid), "workers outlived the run"
+
+
+@pytest.mark.slow
+def test_sigterm_during_validation_saves_last_at_the_step_reached(tmp_path):
+    cfg = job_config(tmp_path, "val", val_every=3)
+    proc, out = start_job(tmp_path, cfg, "val")
+    val_log = Path(str(out) + ".val")
+    wait_for(lambda: val_log.exists() and len(val_log.read_text().splitlines()) >= 2, proc)
+    os.killpg(proc.pid, signal.SIGTERM)
+    log = finish(proc)
+    assert proc.returncode == 0 and "killed by signal" not in log, log[-3000:]
+    step = load_checkpoint(tmp_path / "val" / "ckpt" / "last.ckpt")["global_step"]
+    assert step == 3 == losses(out)[-1][0]  # validation ran after step 3; training did not go on
+    assert len(val_log.read_text().splitlines()) < 10  # it stopped inside validation
+    assert drained(proc.pid)
 
 
 @pytest.mark.slow

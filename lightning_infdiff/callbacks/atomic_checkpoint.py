@@ -12,15 +12,11 @@ preemption (SIGTERM), saves ``last`` before the process exits.
 
 from __future__ import annotations
 
-import errno
 import io
-import os
 import pickle
 import re
 import signal
-import tempfile
 import threading
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -32,59 +28,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from ..errors import UsageError
+from ..files import atomic_write_bytes
 
 __all__ = ["AtomicCheckpointIO", "AtomicModelCheckpoint", "atomic_write_bytes", "load_error", "resume_error"]
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not supported everywhere (e.g. Windows)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _default_mode() -> int:
-    """The permissions ``open(path, "w")`` would give a new file (``0o666`` minus the umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write_bytes(data: bytes, path: str | Path) -> Path:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``.
-
-    Raises:
-        OSError: naming ``path`` (with ``errno.ENOSPC`` spelled out for a full disk); the previous
-            content of ``path``, if any, is untouched and no temporary file is left behind.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _default_mode())  # mkstemp creates 0600; checkpoints are shared like any file
-        os.replace(tmp, path)
-    except BaseException as err:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(err, OSError):
-            reason = "the disk is full (ENOSPC)" if err.errno == errno.ENOSPC else f"{type(err).__name__}: {err}"
-            kept = "the previous checkpoint there is intact" if path.exists() else "no file was left there"
-            raise OSError(err.errno, f"could not write checkpoint {str(path)!r}: {reason}; {kept}") from err
-        raise
-    _fsync_dir(path.parent)
-    return path
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -17,8 +17,10 @@ One batch has one resolution, drawn per batch for multi-resolution training.
 
 from __future__ import annotations
 
+import atexit
 import math
 import signal
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -235,6 +237,25 @@ JOB_SIGNALS: tuple[signal.Signals, ...] = tuple(
 )
 
 
+#: multi-process iterators still running; shut down at exit (see :func:`_shutdown_live_workers`)
+_LIVE_ITERATORS: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register  # runs before multiprocessing's own exit handler, which joins the workers
+def _shutdown_live_workers() -> None:
+    """Ask the workers of every unfinished epoch to stop, and join them.
+
+    A run that ends mid-epoch (SIGTERM, an exception) leaves the epoch's iterator referenced from
+    the traceback; at exit ``multiprocessing`` would stop its workers with SIGTERM, which they
+    ignore (:func:`ignore_job_signals`), and wait for them forever. Shut down the normal way
+    instead: a stop message per worker, then join.
+    """
+    for it in list(_LIVE_ITERATORS):
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
 def ignore_job_signals(worker_id: int) -> None:
     """``worker_init_fn`` of every loader: a worker ignores the job-wide signals.
 
@@ -302,9 +323,17 @@ class FieldLoader(DataLoader):
             plan.start_batch = min(self._resume[1], len(plan))
         self._resume = None
         self._current_epoch, self._yielded = epoch, plan.start_batch
-        for batch in super().__iter__():
-            self._yielded += 1
-            yield _pinned(batch) if self.pin else batch
+        it = super().__iter__()
+        if self.num_workers > 0:
+            _LIVE_ITERATORS.add(it)
+        try:
+            for batch in it:
+                self._yielded += 1
+                yield _pinned(batch) if self.pin else batch
+        finally:  # also when the consumer stops mid-epoch and closes this generator
+            shutdown = getattr(it, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
 
     def state_dict(self) -> dict[str, int]:
         """``{"epoch", "batches"}``: the epoch in progress and the batches consumed from it."""
