@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from lightning_infdiff.checkpoint import load_checkpoint
+from lightning_infdiff.data import GaussianBlobs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_fault_subprocess import ROOT, config, losses, wait_for_steps  # noqa: E402
@@ -54,6 +55,16 @@ SCRIPT = textwrap.dedent(
 )
 
 
+class SlowBlobs(GaussianBlobs):
+    """Blobs that take 50 ms each to load: a batch of 4 keeps the worker busy 0.2 s."""
+
+    def load(self, *args, **kwargs):
+        import time
+
+        time.sleep(0.05)
+        return super().load(*args, **kwargs)
+
+
 def job_config(tmp_path: Path, name: str, *, workers: int = 1, devices: int = 1, steps: int = 200,
                val_every: int = 1000) -> Path:
     """The fault tests' tiny run with DataLoader workers (and optionally two DDP processes)."""
@@ -77,7 +88,7 @@ def start_job(tmp_path: Path, cfg: Path, name: str, env: dict[str, str] | None =
     script = tmp_path / "job.py"
     script.write_text(SCRIPT)
     out = tmp_path / f"{name}.losses"
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    full_env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
     proc = subprocess.Popen([sys.executable, str(script), str(cfg), str(out), str(slow)], env=full_env,
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -133,6 +144,24 @@ def test_sigterm_to_the_whole_group_with_workers_saves_last(tmp_path):
     step = load_checkpoint(tmp_path / "group" / "ckpt" / "last.ckpt")["global_step"]
     assert step == losses(out)[-1][0] >= 3
     assert drained(proc.pid), "workers outlived the run"
+
+
+@pytest.mark.slow
+def test_sigterm_while_waiting_for_data_saves_last(tmp_path):
+    """Data loading is the slow part (the step takes milliseconds): the signal lands while the
+    training process waits for its worker's next batch."""
+    cfg = job_config(tmp_path, "data")
+    spec = yaml.safe_load(cfg.read_text())
+    spec["data"]["source"]["class_path"] = "test_fault_signals.SlowBlobs"
+    cfg.write_text(yaml.safe_dump(spec))
+    proc, out = start_job(tmp_path, cfg, "data", slow=0.0)
+    wait_for_steps(proc, out, 3)
+    os.killpg(proc.pid, signal.SIGTERM)
+    log = finish(proc)
+    assert proc.returncode == 0 and "killed by signal" not in log, log[-3000:]
+    step = load_checkpoint(tmp_path / "data" / "ckpt" / "last.ckpt")["global_step"]
+    assert step == losses(out)[-1][0] >= 3
+    assert drained(proc.pid)
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import math
 import signal
+import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -229,6 +230,10 @@ def _pinned(batch: FieldBatch) -> FieldBatch:
         batch.offsets = batch.offsets.pin_memory()
     return batch
 
+
+# Lightning warns that an IterableDataset with __len__ may repeat data across workers; BatchPlan
+# deals each batch to one worker (``b mod num_workers``), so its length is exact. Not the user's to act on.
+warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined", category=UserWarning)
 
 #: signals a scheduler sends to every process of a job: ``timeout``, ``kill -- -PGID``, systemd and
 #: SLURM send SIGTERM; SLURM's ``--signal=SIGUSR1@90`` (Lightning's requeue signal) sends SIGUSR1
