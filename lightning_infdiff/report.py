@@ -19,7 +19,8 @@ Reads the runs listed in ``<out>/sweep.json`` (written by ``infdiff ablate``), a
 Writes into ``<out>/report/``: ``table.csv``, ``table.md``, ``metric_vs_resolution.png`` (when
 any run has evaluation results: one panel per metric, e.g. the offline Fréchet distance and the
 artifact measure), ``samples.png`` (runs by grids, when the runs saved sheets),
-``loss_vs_logsnr.png``, ``cost_vs_subsampling.png`` and ``hparams/`` (TensorBoard HParams:
+``loss_vs_logsnr.png``, ``cost_vs_subsampling.png``, ``subsampling.md`` (the runs per subsampling
+rate, grouped by the other axes, when an axis sets the rate) and ``hparams/`` (TensorBoard HParams:
 ``tensorboard --logdir <out>/report/hparams``).
 """
 
@@ -291,6 +292,29 @@ def write_plots(rows: list[dict[str, Any]], extra: dict[str, Any], dest: Path) -
     return made
 
 
+def write_subsampling_table(rows: list[dict[str, Any]], axes: list[str], dest: Path) -> Path | str:
+    """``subsampling.md``: the runs side by side per subsampling rate, grouped by the other axes
+    (e.g. per denoiser family: steps, step time, validation loss and every evaluation column), so
+    the cost of subsampling for each group reads along its rows."""
+    runs = [r for r in rows if r.get("run") != FLOOR_ROW and r.get("subsample_rate") is not None]
+    rate_axes = [a for a in axes if _sets_rate(runs, a)]
+    if not rate_axes or len({r["subsample_rate"] for r in runs}) < 2:
+        return "no axis sets the subsampling rate"
+    other = [a for a in axes if a not in rate_axes]
+    evals = [c for c in _columns(rows) if "@" in c]
+    cols = [*other, "subsample_rate", "steps", "step_time_ms", "val_loss", *evals]
+    runs = sorted(runs, key=lambda r: (*(str(r.get(a)) for a in other), r["subsample_rate"]))
+    md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    md += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in runs]
+    floor = next((r for r in rows if r.get("run") == FLOOR_ROW), None)
+    if floor is not None:
+        md.append("| " + " | ".join(f"*{FLOOR_ROW}*" if i == 0 else _fmt(floor.get(c)) if "@" in c else ""
+                                    for i, c in enumerate(cols)) + " |")
+    path = dest / "subsampling.md"
+    path.write_text("\n".join(md) + "\n")
+    return path
+
+
 def write_sheets(sheets: dict[str, dict[tuple[int, int], Path]], path: Path) -> Path | str:
     """``samples.png``: one row per run, one column per grid, from the runs' ``eval/samples_*.png``."""
     from matplotlib.figure import Figure
@@ -354,7 +378,9 @@ def write_report(out: str | Path, dest: str | Path | None = None) -> dict[str, A
     dest = Path(dest) if dest is not None else Path(out) / "report"
     dest.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = write_tables(rows, dest)
-    return {"rows": rows, "csv": csv_path, "markdown": md_path, "plots": write_plots(rows, extra, dest),
+    plots = write_plots(rows, extra, dest)
+    plots["subsampling_table"] = write_subsampling_table(rows, extra["axes"], dest)
+    return {"rows": rows, "csv": csv_path, "markdown": md_path, "plots": plots,
             "hparams": write_hparams(rows, dest)}
 
 

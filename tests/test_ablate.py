@@ -319,3 +319,27 @@ def test_report_floor_row_and_sample_sheets(tmp_path):
     assert report.FLOOR_ROW in res["markdown"].read_text()
     for key in ("metric_vs_resolution", "samples"):
         assert res["plots"][key].read_bytes()[:8] == PNG_MAGIC, key
+
+
+def test_report_subsampling_table_groups_each_family_by_rate():
+    """An axis that sets the subsampling rate gives subsampling.md: per family, one row per rate."""
+    rows = []
+    for family, base in (("unet", 40.0), ("fno", 50.0)):
+        for points, rate in (("all", 1), ("quarter", 4)):
+            rows.append({"run": f"denoiser-{family}__points-{points}", "denoiser": family, "points": points,
+                         "subsample_rate": rate, "steps": 100 * rate, "step_time_ms": 500.0 / rate,
+                         "val_loss": 0.1, "fid_offline@32x32": base + rate})
+    rows.append({"run": report.FLOOR_ROW, "fid_offline@32x32": 5.0})
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = report.write_subsampling_table(rows, ["denoiser", "points"], Path(d))
+        lines = path.read_text().splitlines()
+    assert lines[0] == "| denoiser | subsample_rate | steps | step_time_ms | val_loss | fid_offline@32x32 |"
+    assert lines[2:6] == ["| fno | 1 | 100 | 500 | 0.1 | 51 |", "| fno | 4 | 400 | 125 | 0.1 | 54 |",
+                          "| unet | 1 | 100 | 500 | 0.1 | 41 |", "| unet | 4 | 400 | 125 | 0.1 | 44 |"]
+    assert lines[6].startswith(f"| *{report.FLOOR_ROW}* |") and lines[6].endswith("| 5 |")
+    # no axis that decides the rate: no table
+    same = [dict(r, subsample_rate=1) for r in rows[:-1]]
+    assert report.write_subsampling_table(same, ["denoiser", "points"], Path("/nonexistent")) == \
+        "no axis sets the subsampling rate"
