@@ -372,9 +372,28 @@ def write_hparams(rows: list[dict[str, Any]], dest: Path) -> Path:
     return root
 
 
-def write_report(out: str | Path, dest: str | Path | None = None) -> dict[str, Any]:
-    """Collect the runs of ``out`` and write the table, plots and HParams view into ``dest``."""
+def merge_earlier(rows: list[dict[str, Any]], tables: list[str | Path]) -> list[dict[str, Any]]:
+    """Fill the rows of runs that are not in the sweep folder (``not run``) from earlier reports'
+    ``table.csv`` of the same sweep, marked ``earlier report: <file>``; their plots and sheets
+    cannot be redrawn, so they appear in the tables only."""
+    earlier: dict[str, dict[str, Any]] = {}
+    for table in tables:
+        for row in load_table(table):
+            if row.get("run") != FLOOR_ROW:
+                earlier.setdefault(str(row["run"]), {**row, "status": f"earlier report: {table}"})
+    merged = []
+    for row in rows:
+        old = earlier.get(str(row.get("run")))
+        merged.append(old if old is not None and row.get("status") == "not run" else row)
+    return merged
+
+
+def write_report(out: str | Path, dest: str | Path | None = None, also: list[str | Path] | None = None) -> dict[str, Any]:
+    """Collect the runs of ``out`` (plus ``also``: earlier reports' ``table.csv``, see
+    :func:`merge_earlier`) and write the tables, plots and HParams view into ``dest``."""
     rows, extra = collect(out)
+    if also:
+        rows = merge_earlier(rows, also)
     dest = Path(dest) if dest is not None else Path(out) / "report"
     dest.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = write_tables(rows, dest)
@@ -385,13 +404,15 @@ def write_report(out: str | Path, dest: str | Path | None = None) -> dict[str, A
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``infdiff report OUT [--dest DIR]``."""
+    """``infdiff report OUT [--dest DIR] [--also TABLE ...]``."""
     parser = argparse.ArgumentParser(prog="infdiff report", description=__doc__.split("\n")[0])
     parser.add_argument("out", help="sweep output folder (with sweep.json)")
     parser.add_argument("--dest", default=None, help="report folder (default: <out>/report)")
+    parser.add_argument("--also", action="append", default=None, metavar="TABLE",
+                        help="an earlier report's table.csv of this sweep: fills the rows of runs not in OUT (repeatable)")
     args = parser.parse_args(argv)
     try:
-        res = write_report(args.out, args.dest)
+        res = write_report(args.out, args.dest, args.also)
     except (FileNotFoundError, ValueError) as err:
         print(f"infdiff report: error: {err}", file=sys.stderr)
         return 2

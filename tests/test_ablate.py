@@ -343,3 +343,26 @@ def test_report_subsampling_table_groups_each_family_by_rate():
     same = [dict(r, subsample_rate=1) for r in rows[:-1]]
     assert report.write_subsampling_table(same, ["denoiser", "points"], Path("/nonexistent")) == \
         "no axis sets the subsampling rate"
+
+
+def test_report_fills_runs_missing_from_the_folder_from_an_earlier_table(tmp_path):
+    """--also: an earlier report's table.csv fills the runs that are not in the folder, marked as such."""
+    out = tmp_path / "sweep"
+    runs = []
+    for name in ("denoiser-a__points-all", "denoiser-a__points-quarter"):
+        runs.append({"name": name, "params": {"denoiser": "a", "points": name.rsplit("-", 1)[1]},
+                     "directory": str(out / name), "command": []})
+    (out / "denoiser-a__points-quarter" / "eval").mkdir(parents=True)
+    (out / "denoiser-a__points-quarter" / "status.json").write_text(json.dumps({"status": "done"}))
+    with (out / "denoiser-a__points-quarter" / "eval" / "results.jsonl").open("w") as f:
+        f.write(json.dumps({"metric": "fid_offline", "resolution": [16, 16], "value": 50.0}) + "\n")
+    (out / "sweep.json").write_text(json.dumps({"name": "t", "runs": runs}))
+    earlier = tmp_path / "table.csv"
+    earlier.write_text("run,status,denoiser,points,steps,fid_offline@16x16\n"
+                       "denoiser-a__points-all,done,a,all,1334,24.2\n"
+                       "denoiser-a__points-quarter,done,a,quarter,10,99.0\n")
+    rows = {r["run"]: r for r in report.write_report(out, also=[earlier])["rows"]}
+    assert rows["denoiser-a__points-all"]["fid_offline@16x16"] == 24.2
+    assert rows["denoiser-a__points-all"]["status"] == f"earlier report: {earlier}"
+    assert rows["denoiser-a__points-quarter"]["fid_offline@16x16"] == 50.0  # a run in the folder wins
+    assert rows["denoiser-a__points-quarter"]["status"] == "done"
