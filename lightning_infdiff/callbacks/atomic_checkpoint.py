@@ -134,8 +134,9 @@ class AtomicModelCheckpoint(ModelCheckpoint):
         super().on_train_start(trainer, pl_module)
         self._sigterm_pending = False
         self._defer_sigterm = (
-            trainer.world_size > 1 and self.save_on_preemption and threading.current_thread() is threading.main_thread()
-        )
+            trainer.world_size > 1 and self.save_on_preemption and bool(self.save_last)
+            and threading.current_thread() is threading.main_thread()
+        )  # one callback per run does this: the one that saves ``last``
         if self._defer_sigterm:  # Lightning restores the original handler at teardown
             signal.signal(signal.SIGTERM, self._note_sigterm)
 
