@@ -123,7 +123,7 @@ def evaluate_command(
         offline_dataset: bundled set of the offline classifier (``digits`` or ``animals``).
         clip_model: open_clip architecture for ``clip``.
         clip_pretrained: open_clip tag (looked up in the local caches only).
-        clip_weights: local CLIP weights file (see the README, "Evaluating FID_CLIP").
+        clip_weights: local CLIP weights file (see docs/guide.md, "FID_CLIP and the other metrics").
         inception_weights: local Inception weights file.
         precision: ``auto`` (by the hardware, :mod:`lightning_infdiff.precision`), ``32``, ``bf16`` or
             ``16`` (CUDA) for the denoiser.

@@ -153,7 +153,7 @@ def _require_open_clip() -> None:
     if importlib.util.find_spec("open_clip") is None:
         raise ImportError(
             "CLIPFeatures needs open-clip-torch (and a torch build that matches torchvision): "
-            "pip install 'lightning_infdiff[clip]' (see the README, 'Evaluating FID_CLIP')"
+            "pip install 'lightning_infdiff[clip]' (see docs/guide.md, 'FID_CLIP and the other metrics')"
         )
 
 
