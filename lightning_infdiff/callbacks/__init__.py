@@ -1,9 +1,11 @@
-"""Training-time callbacks: EMA, FID, throughput, non-finite guard, per-batch seeding, atomic checkpoints."""
+"""Training-time callbacks: EMA, FID, throughput, non-finite guard, per-batch seeding, atomic checkpoints,
+the HParams view."""
 
 from .atomic_checkpoint import AtomicCheckpointIO, AtomicModelCheckpoint, atomic_write_bytes
 from .compile import CompileDenoiser
 from .ema import EMA, decay_from_half_life
 from .fid import FIDCallback
+from .hparams import HParamsView
 from .nonfinite import NonFiniteGuard, NonFiniteTrainingError
 from .step_seed import StepSeed
 from .throughput import Throughput, peak_rss_mib
@@ -14,6 +16,7 @@ __all__ = [
     "AtomicModelCheckpoint",
     "CompileDenoiser",
     "FIDCallback",
+    "HParamsView",
     "NonFiniteGuard",
     "NonFiniteTrainingError",
     "StepSeed",
