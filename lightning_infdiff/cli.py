@@ -156,7 +156,6 @@ class InfDiffCLI(LightningCLI):
             "change the configs to match, or pass --resume_model checkpoint to use the checkpoint's model"
         )
 
-
     def _run_subcommand(self, subcommand: str) -> None:
         """Run ``subcommand``; a ``fit`` that fails before its first step leaves no log folder behind."""
         try:
