@@ -1,6 +1,6 @@
 """Dense against pairs sparse-conv backend, per subsampling rate, at and away from the training grid.
 
-The evidence behind ``sparse_conv.PointLattice``'s ``"auto"`` rule. One training step
+The evidence behind ``layers.sparse_conv.PointLattice``'s ``"auto"`` rule. One training step
 (``GaussianProcess(v).loss``, backward, Adam) of the sparse neural operator with the backend
 forced, median over repeats, both backends timed round-robin in one process:
 

@@ -11,8 +11,9 @@ Probes (each a :data:`PROBES` entry: the change, and the precisions it applies t
 * ``bf16_weights`` (bf16 only): the weights and biases of every ``nn.Conv2d`` and ``nn.Linear``
   held in bf16. Autocast would cast them to bf16 at every call anyway, so this removes its
   per-weight casts and their backward. It is an upper bound, not a training setup: it also runs
-  the layers the package keeps in fp32 on purpose (``denoisers.base.in_param_dtype``) in bf16,
-  and the optimiser updates the bf16 values with no fp32 master copy.
+  the layers the package keeps in fp32 on purpose
+  (``denoisers.layers.precision.in_param_dtype``) in bf16, and the optimiser updates the bf16
+  values with no fp32 master copy.
 * ``pointwise_matmul`` (fp32 and bf16): every 1x1 ``nn.Conv2d`` computed as a matmul over the
   channels-last layout (``F.linear`` on the ``(B, H, W, C)`` view; no copies), not by oneDNN.
 * ``no_dropout`` (fp32 and bf16): dropout probability 0, which gives the cost of the dropout
@@ -53,7 +54,7 @@ from bench_precision import make_step, tiny_denoiser
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lightning_infdiff.denoisers.layers_adm import ResBlock
+from lightning_infdiff.denoisers.layers.adm import ResBlock
 
 
 def hold_bf16_weights(model: nn.Module) -> int:
@@ -111,7 +112,7 @@ def drop_dropout(model: nn.Module) -> int:
 
 
 class BF16FiLMResBlock(ResBlock):
-    """:class:`~lightning_infdiff.denoisers.layers_adm.ResBlock` whose FiLM keeps the map's dtype:
+    """:class:`~lightning_infdiff.denoisers.layers.adm.ResBlock` whose FiLM keeps the map's dtype:
     ``addcmul(b, h, 1 + s)`` with ``s`` and ``b`` cast to ``h``'s dtype (bf16 under autocast)."""
 
     @staticmethod

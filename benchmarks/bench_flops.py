@@ -7,7 +7,7 @@
   ``pairs`` sparse depthwise convolution, gathers, scatters) are not counted, so the achieved
   rate is a matmul-FLOP rate, comparable with the matmul peak. Two corrections to the stock
   counter (:func:`flop_counter`): the dense sparse conv's custom operators carry their own
-  formula (``denoisers/sparse_conv.py``; the counter does not see inside custom ops), and a
+  formula (``denoisers/layers/sparse_conv.py``; the counter does not see inside custom ops), and a
   grouped convolution's weight gradient is counted per group (torch's formula multiplies
   ``C_in · C_out`` and ignores ``groups``, which counted every depthwise weight gradient
   ``C`` times over: 7.1 of the 22.0 GFLOP per step reported before this correction).

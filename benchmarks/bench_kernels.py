@@ -5,15 +5,16 @@ default model's training step (``configs/quickstart.yaml``: batch 32, 32² spars
 channels, 16² inner U-Net):
 
 * attention: ``F.scaled_dot_product_attention`` against the plain matmul-softmax-matmul of
-  :func:`lightning_infdiff.denoisers.attention.attention` (forward + backward);
+  :func:`lightning_infdiff.denoisers.layers.attention.attention` (forward + backward);
 * depthwise 5x5 conv on a channels-last 32x32x32x32 canvas: forward, input gradient and weight
   gradient in fp32 and bf16, and the fp32 depthwise weight gradient against the bf16 block-diagonal
-  one (:func:`~lightning_infdiff.denoisers.sparse_conv._depthwise_weight_grad`) at three sizes;
+  one (:func:`~lightning_infdiff.denoisers.layers.sparse_conv._depthwise_weight_grad`) at three
+  sizes;
 * AdamW step over the default model's parameters: per-tensor loop, ``foreach`` and ``fused``;
 * gradient accumulation ``add_`` of same-layout against mixed-layout (contiguous + channels_last)
   tensors, fp32 and bf16 (why ``LayoutGroupNorm`` hands gradients back in their tensor's layout);
 * GroupNorm on channels-last tensors: torch's kernel against a contiguous copy and back (the
-  choice :meth:`~lightning_infdiff.denoisers.layers_adm.LayoutGroupNorm.relayout_pays` makes),
+  choice :meth:`~lightning_infdiff.denoisers.layers.adm.LayoutGroupNorm.relayout_pays` makes),
   forward + backward and forward alone, fp32 and bf16, on the inner U-Net's shapes and on a
   grid denoiser's 128² map;
 * the inner U-Net's 3x3 convolutions (64 -> 64 channels, channels-last, on 4² and 16² maps at
@@ -52,7 +53,7 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
 
 
 def attention_rows(repeats: int) -> list[tuple[str, float, float]]:
-    from lightning_infdiff.denoisers.attention import attention
+    from lightning_infdiff.denoisers.layers.attention import attention
 
     rows = []
     for shape in ((32, 2, 16, 32), (32, 2, 64, 32), (8, 4, 256, 64)):
@@ -96,7 +97,7 @@ def depthwise_rows(repeats: int) -> list[tuple[str, float, float]]:
 
 def block_weight_grad_rows(repeats: int) -> list[tuple[str, float, float]]:
     """fp32 depthwise weight gradient against the bf16 block-diagonal one the sparse level uses."""
-    from lightning_infdiff.denoisers.sparse_conv import _depthwise_weight_grad
+    from lightning_infdiff.denoisers.layers.sparse_conv import _depthwise_weight_grad
 
     rows = []
     for b, c, hw, k in ((32, 32, 32, 5), (8, 128, 64, 5), (4, 64, 128, 9)):

@@ -19,7 +19,7 @@ one thread unless ``--threads``, bf16 autocast as the quickstart):
   at 128², 3 steps (GroupNorm on 128² channels-last maps without gradients).
 
 The ``+gn_contiguous`` patch measured a proposal that is now in the package
-(``layers_adm.LayoutGroupNorm``): GroupNorm on a channels-last CPU tensor is tens of times
+(``layers.adm.LayoutGroupNorm``): GroupNorm on a channels-last CPU tensor is tens of times
 slower than on a contiguous one in torch 2.13. It stays for comparisons with older commits.
 
     python benchmarks/bench_optim.py --variants base=5229015 opt=WORKTREE opt+gn=WORKTREE+gn_contiguous
@@ -78,7 +78,7 @@ def child(spec: dict) -> dict:
             res = 64 if wl == "train64" else 32
             fn = make_step(model.train(), dict(res=res, batch=32, rate=2), bf16=wl != "train_fp32")
         elif wl == "knn":
-            from lightning_infdiff.denoisers.layers_knn import lattice_knn
+            from lightning_infdiff.denoisers.layers.knn import lattice_knn
 
             gen = torch.Generator().manual_seed(0)
             idx = torch.stack([torch.randperm(1024, generator=gen)[:512] for _ in range(32)])

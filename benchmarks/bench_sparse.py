@@ -54,7 +54,7 @@ def child(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     from lightning_infdiff.coords import index_to_coords
-    from lightning_infdiff.denoisers.sparse_conv import AUTO_PAIRS_MAX_DENSITY
+    from lightning_infdiff.denoisers.layers.sparse_conv import AUTO_PAIRS_MAX_DENSITY
     from lightning_infdiff.denoisers.sparse_operator import SparseNeuralOperator
 
     torch.manual_seed(0)

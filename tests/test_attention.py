@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_infdiff.denoisers import attention as attention_mod
-from lightning_infdiff.denoisers.attention import PLAIN_MAX_TOKENS, attention
+from lightning_infdiff.denoisers.layers import attention as attention_mod
+from lightning_infdiff.denoisers.layers.attention import PLAIN_MAX_TOKENS, attention
 
 
 def _closed_form(q, k, v, bias=None):  # noqa: ANN001, ANN202 - float64 reference

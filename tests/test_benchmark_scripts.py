@@ -248,7 +248,7 @@ def test_flop_counter_sees_the_dense_sparse_conv(dtype):
     also for the bf16 weight gradient, whose block-diagonal grouped conv does more products."""
     import torch
 
-    from lightning_infdiff.denoisers.sparse_conv import PointLattice, SparseDepthwiseConv2d
+    from lightning_infdiff.denoisers.layers.sparse_conv import PointLattice, SparseDepthwiseConv2d
 
     b, c, res, k, n = 2, 8, 8, 3, 40
     conv = SparseDepthwiseConv2d(c, k, train_resolution=res)
@@ -490,7 +490,7 @@ def test_bf16_film_probe_computes_the_same_block_and_keeps_the_map_bf16():
     import torch
     from torch import nn
 
-    from lightning_infdiff.denoisers.layers_adm import ResBlock
+    from lightning_infdiff.denoisers.layers.adm import ResBlock
 
     torch.manual_seed(0)
     net = nn.ModuleList([ResBlock(8, 8, 16), nn.Conv2d(8, 8, 1)])
@@ -595,7 +595,7 @@ def test_precision_oracle_times_each_op_once_and_matches_keys_across_precisions(
     import precision_oracle as po
     import torch
 
-    from lightning_infdiff.denoisers.sparse_conv import depthwise_same_conv
+    from lightning_infdiff.denoisers.layers.sparse_conv import depthwise_same_conv
 
     x, w = torch.randn(4, 8), torch.randn(8, 2, requires_grad=True)
     canvas, kernel = torch.randn(1, 2, 6, 6), torch.randn(2, 1, 3, 3)

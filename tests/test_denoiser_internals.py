@@ -12,7 +12,7 @@ import torch
 
 from lightning_infdiff.coords import full_indices, index_to_coords, pixel_centres
 from lightning_infdiff.denoisers.fno import SpectralConv2d
-from lightning_infdiff.denoisers.layers_fourier import (
+from lightning_infdiff.denoisers.layers.fourier import (
     AxialAttention,
     FourierFeatures,
     gaussian_blur_masked,

@@ -116,7 +116,7 @@ def test_schedule_shift_follows_the_pixel_density():
 
 # ---------------------------------------------------------------- kernels, inner grid, positions
 def _conv(grid, field):
-    from lightning_infdiff.denoisers.sparse_conv import PointLattice, SparseDepthwiseConv2d
+    from lightning_infdiff.denoisers.layers.sparse_conv import PointLattice, SparseDepthwiseConv2d
 
     torch.manual_seed(0)
     conv = SparseDepthwiseConv2d(3, 5, 16)
@@ -141,7 +141,7 @@ def test_sparse_kernels_keep_their_support_in_domain_units():
 
 
 def test_inner_grid_and_knn_cover_the_window_at_the_training_cell_size():
-    from lightning_infdiff.denoisers.layers_knn import lattice_knn
+    from lightning_infdiff.denoisers.layers.knn import lattice_knn
     from lightning_infdiff.denoisers.sparse_operator import inner_grid_for
 
     inner = inner_grid_for(WIDE, 8, 2)

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(autouse=True)
 def _forget_cached_capabilities():
     """The sparse conv caches the CPU's answer: a faked one must not outlive its test."""
-    from lightning_infdiff.denoisers.sparse_conv import _native_cpu_bf16
+    from lightning_infdiff.denoisers.layers.sparse_conv import _native_cpu_bf16
 
     _native_cpu_bf16.cache_clear()
     yield

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_infdiff.denoisers.sparse_conv import (
+from lightning_infdiff.denoisers.layers.sparse_conv import (
     PointLattice,
     SparseDepthwiseConv2d,
     integer_scales,
@@ -267,8 +267,8 @@ def test_bf16_depthwise_conv_weight_gradient_is_the_rounded_exact_sum(channels, 
     terms). Its values and input gradient are the bf16 conv's. The grouped path runs only where
     the CPU has native bf16 (faked here as False: the fp32 gradient; True only where it is real,
     since oneDNN's emulated bf16 grouped conv misses the bound on an AVX2-only EPYC)."""
-    from lightning_infdiff.denoisers import sparse_conv
-    from lightning_infdiff.denoisers.sparse_conv import depthwise_same_conv
+    from lightning_infdiff.denoisers.layers import sparse_conv
+    from lightning_infdiff.denoisers.layers.sparse_conv import depthwise_same_conv
     from lightning_infdiff.precision import cpu_bf16_support
 
     if native and not cpu_bf16_support()[0]:
@@ -301,7 +301,7 @@ def test_bf16_depthwise_conv_weight_gradient_is_the_rounded_exact_sum(channels, 
 def test_bf16_dense_layer_matches_the_fp32_layer_and_large_kernels_stay_fp32(monkeypatch):
     """bf16 points on the dense backend: the sparse conv runs in bf16 and stays close to the
     fp32 layer in values and gradients; resized kernels above BF16_MAX_KERNEL keep the fp32 canvas."""
-    from lightning_infdiff.denoisers import sparse_conv
+    from lightning_infdiff.denoisers.layers import sparse_conv
 
     torch.manual_seed(0)
     idx = torch.stack([torch.randperm(16 * 16)[:160] for _ in range(2)])
@@ -339,7 +339,7 @@ def test_depthwise_same_conv_op_is_a_well_formed_differentiable_operator():
     """The dense backend's custom op: schema, fake (meta) kernel and autograd registration agree
     with the real kernel (``torch.library.opcheck``), its float64 gradients match finite
     differences, and the fake kernel keeps the canvas's channels-last layout."""
-    from lightning_infdiff.denoisers.sparse_conv import depthwise_same_conv
+    from lightning_infdiff.denoisers.layers.sparse_conv import depthwise_same_conv
 
     torch.manual_seed(0)
     op = torch.ops.lightning_infdiff.depthwise_same_conv.default
@@ -358,7 +358,7 @@ def test_depthwise_same_conv_op_is_a_well_formed_differentiable_operator():
 
 def test_compiled_dense_conv_gives_eager_gradients():
     """Under torch.compile (inductor) the custom op runs with the eager gradients."""
-    from lightning_infdiff.denoisers.sparse_conv import depthwise_same_conv
+    from lightning_infdiff.denoisers.layers.sparse_conv import depthwise_same_conv
 
     torch.manual_seed(0)
     x = torch.randn(2, 6, 6, 8).permute(0, 3, 1, 2).requires_grad_(True)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightning_infdiff.coords import index_to_coords, interpolate_at, pixel_centres
-from lightning_infdiff.denoisers.layers_knn import knn_interpolate, lattice_knn
+from lightning_infdiff.denoisers.layers.knn import knn_interpolate, lattice_knn
 
 
 @pytest.fixture(autouse=True)

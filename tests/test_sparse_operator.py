@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_infdiff.coords import index_to_coords, pixel_centres
-from lightning_infdiff.denoisers.layers import ModulatedLayerNorm, PointMLP
+from lightning_infdiff.denoisers.layers.common import ModulatedLayerNorm, PointMLP
 from lightning_infdiff.denoisers.sparse_operator import SparseNeuralOperator
 
 
@@ -95,9 +95,9 @@ def test_modulated_layer_norm_keeps_bf16_under_autocast_and_matches_the_closed_f
 def test_conditioning_path_is_fp32_under_autocast():
     """The noise embedding and the FiLM projections (one row per example) ignore bf16 autocast:
     bit-identical to running them without it, gradients included."""
-    from lightning_infdiff.denoisers.base import in_param_dtype
-    from lightning_infdiff.denoisers.layers import NoiseEmbedding
-    from lightning_infdiff.denoisers.layers_adm import ResBlock
+    from lightning_infdiff.denoisers.layers.adm import ResBlock
+    from lightning_infdiff.denoisers.layers.embeddings import NoiseEmbedding
+    from lightning_infdiff.denoisers.layers.precision import in_param_dtype
 
     torch.manual_seed(0)
     lin, x = nn.Linear(12, 8), torch.randn(4, 12)

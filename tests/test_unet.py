@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from lightning_infdiff.coords import index_to_coords
-from lightning_infdiff.denoisers.layers_adm import AttentionBlock, ResBlock
+from lightning_infdiff.denoisers.layers.adm import AttentionBlock, ResBlock
 from lightning_infdiff.denoisers.unet import ADMUNet
 from lightning_infdiff.denoisers.unet_denoiser import ADMUNetDenoiser
 
@@ -86,7 +86,7 @@ def _group_norm_pair():
     """A GroupNorm(4, 16) with random affine parameters and a LayoutGroupNorm holding the same."""
     import torch
 
-    from lightning_infdiff.denoisers.layers_adm import LayoutGroupNorm
+    from lightning_infdiff.denoisers.layers.adm import LayoutGroupNorm
 
     torch.manual_seed(0)
     ref = torch.nn.GroupNorm(4, 16)
@@ -131,7 +131,7 @@ def test_layout_group_norm_without_gradients_on_small_and_large_maps():
     give GroupNorm's values in the input's layout; with gradients the copy is always taken."""
     import torch
 
-    from lightning_infdiff.denoisers.layers_adm import LayoutGroupNorm
+    from lightning_infdiff.denoisers.layers.adm import LayoutGroupNorm
 
     ref, fast = _group_norm_pair()
     for side, copies in ((8, True), (32, False), (40, False)):

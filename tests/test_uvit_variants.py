@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from lightning_infdiff.coords import full_indices, index_to_coords
-from lightning_infdiff.denoisers.layers_dwt import HaarDWT, haar_forward, haar_inverse
-from lightning_infdiff.denoisers.layers_rope import AxialRoPE, apply_rope
+from lightning_infdiff.denoisers.layers.dwt import HaarDWT, haar_forward, haar_inverse
+from lightning_infdiff.denoisers.layers.rope import AxialRoPE, apply_rope
 from lightning_infdiff.denoisers.uvit import UViTDenoiser
 
 K = 3

@@ -22,7 +22,7 @@ Every model here samples on any ``H x W`` grid (square or not) through
    before blurring) with ``normalise_noise=False``.
 4. *Sparse convolution kernels* (sparse neural operator): defined at ``train_resolution`` and
    resampled to the sampling grid (same support in domain units), with the neighbour-count
-   normalisation keeping the response (:mod:`lightning_infdiff.denoisers.sparse_conv`).
+   normalisation keeping the response (:mod:`lightning_infdiff.denoisers.layers.sparse_conv`).
 
 **Stays fixed:** the network weights, the number of solver steps and their placement in ``t``,
 the classifier-free guidance scale, and coordinates in domain units (a larger square grid is a
@@ -92,7 +92,7 @@ def resolution_plan(
         }
         ks, tr = getattr(denoiser, "kernel_size", None), getattr(denoiser, "train_resolution", None)
         if ks is not None and tr is not None:
-            from ..denoisers.sparse_conv import resized_kernel_size
+            from ..denoisers.layers.sparse_conv import resized_kernel_size
 
             dy, dx = g.density
             row["kernel_size"] = (resized_kernel_size(ks, tr, dy), resized_kernel_size(ks, tr, dx))

@@ -31,11 +31,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..coords import coords_to_index
-from .base import autocast_dtype, in_param_dtype
 from .latent_prior import LatentPrior
-from .layers_adm import Downsample, ResBlock, group_norm
-from .layers_knn import knn_interpolate, lattice_knn
-from .sparse_conv import PointLattice
+from .layers.adm import Downsample, ResBlock, group_norm
+from .layers.knn import knn_interpolate, lattice_knn
+from .layers.precision import autocast_dtype, in_param_dtype
+from .layers.sparse_conv import PointLattice
 from .sparse_operator import SparseConvBlock, SparseNeuralOperator, inner_grid_for
 
 __all__ = ["SparseAutoencoder", "SparseEncoder"]
@@ -58,7 +58,7 @@ class SparseEncoder(nn.Module):
         channel_mult: width multipliers of the inner levels (2x downsampling between).
         num_res_blocks: residual blocks per inner level.
         emb_dim: width of the (learned, constant) embedding the blocks are modulated by.
-        sparse_backend: sparse convolution backend (see :mod:`.sparse_conv`).
+        sparse_backend: sparse convolution backend (see :mod:`.layers.sparse_conv`).
     """
 
     def __init__(

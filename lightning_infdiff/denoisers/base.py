@@ -15,7 +15,6 @@ denoiser reads its geometry from there; a plain tuple is the unit square) and
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
@@ -24,45 +23,7 @@ from torch import Tensor, nn
 
 from ..coords import check_grid, coords_to_index, gather, scatter
 
-__all__ = ["Denoiser", "GridDenoiser", "autocast_dtype", "logsnr_embedding", "in_param_dtype"]
-
-
-def logsnr_embedding(logsnr: Tensor, dim: int, max_period: float = 10_000.0, scale: float = 1.0) -> Tensor:
-    """Sinusoidal embedding of the noise level (Vaswani et al. 2017, as used by ADM).
-
-    The embedding is taken of ``scale * logsnr`` (logSNR lies roughly in [-20, 20]).
-
-    Returns:
-        ``(B, dim)`` float32 features.
-    """
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=logsnr.device) / max(half, 1))
-    args = scale * logsnr.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-    return emb
-
-
-def in_param_dtype(layer: nn.Module, x: Tensor) -> Tensor:
-    """``layer(x)`` in the dtype of ``layer``'s parameters, whatever autocast says.
-
-    For the conditioning path: the noise-embedding MLP and the FiLM projections act on one row
-    per example (``(B, E)``). Those matmuls are far too small for bf16 to pay: on CPU (2 cores,
-    batch 32, oneDNN) autocast made them about 2x slower than fp32, besides casting their
-    weights every step, and fp32 keeps the scale and shift of every block exact to fp32.
-    The same holds for projections from or to the data's few channels (a point model's lift
-    ``C_in -> C`` and output ``C -> C_out``): their weight gradients are matrix-vector
-    products, slower under bf16 autocast than in fp32 (``benchmarks/results/kernels.md``).
-    """
-    with torch.autocast(x.device.type, enabled=False):
-        return layer(x.to(next(layer.parameters()).dtype))
-
-
-def autocast_dtype(x: Tensor) -> torch.dtype:
-    """The dtype autocast runs matmuls in on ``x``'s device, or ``x.dtype`` when autocast is off."""
-    dev = x.device.type
-    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+__all__ = ["Denoiser", "GridDenoiser"]
 
 
 class Denoiser(nn.Module, ABC):

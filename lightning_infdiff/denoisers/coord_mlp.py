@@ -7,7 +7,7 @@ see at sampling time; here both variants blur the **noisy** input, the only hone
 
 Blurs on a point subset: the points are placed on the canvas of their grid and blurred with a
 normalised Gaussian (Nadaraya-Watson over the present points,
-:func:`~.layers_fourier.gaussian_blur_masked`), widths in fractions of the image side so that
+:func:`~.layers.fourier.gaussian_blur_masked`), widths in fractions of the image side so that
 the same physical blur is used at every resolution. Everything else is per point, so both
 models are permutation-equivariant and accept any subset of pixel centres.
 
@@ -27,9 +27,11 @@ import torch
 from torch import Tensor, nn
 
 from ..coords import as_grid, coords_to_index, gather, scatter
-from .base import Denoiser, in_param_dtype
-from .layers import ModulatedLayerNorm, NoiseEmbedding, PointMLP
-from .layers_fourier import FourierFeatures, gaussian_blur_masked, zero_module
+from .base import Denoiser
+from .layers.common import ModulatedLayerNorm, PointMLP, zero_module
+from .layers.embeddings import NoiseEmbedding
+from .layers.fourier import FourierFeatures, gaussian_blur_masked
+from .layers.precision import in_param_dtype
 
 __all__ = ["CoordMLPBaseline", "CoordMLPDenoiser"]
 
@@ -114,7 +116,7 @@ class CoordMLPDenoiser(Denoiser):
     ``raw = [γ(c), v, blur_σ(v) for σ, blur_σi - blur_σi+1]``; ``x = W raw``; ``x += MLP(FiLM-LN(x +
     W_l raw))`` per block (input skip, as in NeRF's skip layer, Mildenhall et al. 2020); output
     ``W_o GELU(LN(x))`` (zero-initialised). Noise level and class enter through FiLM of the
-    shared :class:`~.layers.NoiseEmbedding`.
+    shared :class:`~.layers.embeddings.NoiseEmbedding`.
 
     Args:
         in_channels: channels of the noisy field.

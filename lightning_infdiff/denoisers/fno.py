@@ -38,9 +38,10 @@ from torch import Tensor, nn
 
 from ..coords import as_grid, pixel_centres
 from .base import GridDenoiser
-from .layers import NoiseEmbedding
-from .layers_adm import group_norm
-from .layers_fourier import FiLM, FourierFeatures, zero_module
+from .layers.adm import group_norm
+from .layers.common import FiLM, zero_module
+from .layers.embeddings import NoiseEmbedding
+from .layers.fourier import FourierFeatures
 
 __all__ = ["SpectralConv2d", "FNOBlock", "FNODenoiser"]
 

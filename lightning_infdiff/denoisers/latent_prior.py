@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..schedules import CosineSchedule, alpha_sigma
-from .base import logsnr_embedding
+from .layers.embeddings import logsnr_embedding
 
 __all__ = ["LatentPrior", "ddim_vectors", "fit_latent_prior", "latent_noise"]
 

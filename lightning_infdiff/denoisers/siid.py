@@ -40,9 +40,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..coords import as_grid, coords_to_index, pixel_centres
-from .base import Denoiser, in_param_dtype
-from .layers import ModulatedLayerNorm, NoiseEmbedding, PointMLP
-from .layers_fourier import AxialAttention, FourierFeatures, zero_module
+from .base import Denoiser
+from .layers.common import ModulatedLayerNorm, PointMLP, zero_module
+from .layers.embeddings import NoiseEmbedding
+from .layers.fourier import AxialAttention, FourierFeatures
+from .layers.precision import in_param_dtype
 
 __all__ = ["SIIDDenoiser", "siid_coordinates"]
 

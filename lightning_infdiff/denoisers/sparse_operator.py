@@ -9,7 +9,7 @@ global context; the grid is read back at the points and sparse up blocks with sk
 
 A sparse block (appendix A) is ``x += conv(ModLN(x))``, ``x += MLP(ModLN(x))`` where ``conv``
 is the depthwise sparse convolution of eq. (16) normalised by sampled-neighbour counts
-(:mod:`.sparse_conv`). Every point-wise layer runs on the ``N`` points only. The projections
+(:mod:`.layers.sparse_conv`). Every point-wise layer runs on the ``N`` points only. The projections
 to and from the inner grid run on the grid side: a linear map commutes with the kNN and
 bilinear interpolations (their weights sum to one), so this equals projecting at the points.
 
@@ -32,10 +32,12 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 
 from ..coords import Grid, as_grid, coords_to_index, interpolate_at, pixel_centres
-from .base import Denoiser, autocast_dtype, in_param_dtype
-from .layers import ModulatedLayerNorm, NoiseEmbedding, PointMLP
-from .layers_knn import knn_interpolate, lattice_knn
-from .sparse_conv import SPARSE_BACKENDS, PointLattice, SparseDepthwiseConv2d
+from .base import Denoiser
+from .layers.common import ModulatedLayerNorm, PointMLP
+from .layers.embeddings import NoiseEmbedding
+from .layers.knn import knn_interpolate, lattice_knn
+from .layers.precision import autocast_dtype, in_param_dtype
+from .layers.sparse_conv import SPARSE_BACKENDS, PointLattice, SparseDepthwiseConv2d
 from .unet import ADMUNet
 
 __all__ = ["SparseConvBlock", "SparseNeuralOperator", "inner_grid_for"]
@@ -131,7 +133,7 @@ class SparseNeuralOperator(Denoiser):
         head_channels: channels per attention head.
         emb_dim: width of the logSNR/class embedding.
         sparse_backend: ``"auto"``, ``"dense"``, ``"pairs"`` or ``"torchsparse"``
-            (see :mod:`.sparse_conv`).
+            (see :mod:`.layers.sparse_conv`).
         zero_init_output: zero-initialise the output projection (prediction starts at 0).
         latent_dim: width ``D`` of a diffusion-autoencoder latent ``z`` passed as ``cond``
             (``(B, D)`` floats), ``0`` for none. It scales the features of every sparse block

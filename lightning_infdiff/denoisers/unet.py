@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .layers_adm import AttentionBlock, Downsample, ResBlock, Upsample, group_norm
+from .layers.adm import AttentionBlock, Downsample, ResBlock, Upsample, group_norm
 
 __all__ = ["ADMUNet"]
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import GridDenoiser
-from .layers import NoiseEmbedding
+from .layers.embeddings import NoiseEmbedding
 from .unet import ADMUNet
 
 __all__ = ["ADMUNetDenoiser"]

@@ -9,7 +9,7 @@ bring it back up with skip connections::
 
 Input transforms (section 3.3, both optional): a ``p x p`` stride-``p`` patching conv with a
 transposed conv at the output, or an orthonormal ``L``-level Haar DWT
-(:class:`~lightning_infdiff.denoisers.layers_dwt.HaarDWT`) at the input and its exact inverse
+(:class:`~lightning_infdiff.denoisers.layers.dwt.HaarDWT`) at the input and its exact inverse
 at the output (the paper uses the 5/3 wavelet; Haar keeps the transform local and orthonormal).
 
 Resolution independence: the number of downsamplings is fixed, so a 2x larger grid gives a 2x
@@ -18,7 +18,7 @@ larger token grid; positions come from the tokens' continuous pixel-centre coord
 ``pos_emb`` parameter is the one part we replace), either as Fourier features added to the
 tokens (``position="fourier"``, the default) or as axial rotary embeddings of the queries and
 keys in every attention layer (``position="rope"``,
-:class:`~lightning_infdiff.denoisers.layers_rope.AxialRoPE`), which make the attention scores
+:class:`~lightning_infdiff.denoisers.layers.rope.AxialRoPE`), which make the attention scores
 depend on coordinate offsets only. Grids that are not a
 multiple of the total stride are zero-padded at the bottom/right (the mask channel is 0 there,
 i.e. "no data") and the output is cropped back. Dropout is used only at levels whose side at
@@ -36,11 +36,12 @@ from torch import Tensor, nn
 
 from ..coords import as_grid
 from .base import GridDenoiser
-from .layers import NoiseEmbedding
-from .layers_adm import ResBlock, group_norm
-from .layers_dwt import HaarDWT
-from .layers_fourier import FourierFeatures, zero_module
-from .layers_rope import AxialRoPE, RoPETransformerBlock
+from .layers.adm import ResBlock, group_norm
+from .layers.common import zero_module
+from .layers.dwt import HaarDWT
+from .layers.embeddings import NoiseEmbedding
+from .layers.fourier import FourierFeatures
+from .layers.rope import AxialRoPE, RoPETransformerBlock
 
 __all__ = ["UViTDenoiser"]
 

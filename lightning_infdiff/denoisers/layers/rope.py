@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import attention
-from .layers_fourier import TransformerBlock
+from .fourier import TransformerBlock
 
 __all__ = ["AxialRoPE", "apply_rope", "RoPETransformerBlock"]
 
@@ -82,7 +82,7 @@ class AxialRoPE(nn.Module):
 
 
 class RoPETransformerBlock(TransformerBlock):
-    """:class:`~lightning_infdiff.denoisers.layers_fourier.TransformerBlock` with RoPE on q and k.
+    """:class:`~lightning_infdiff.denoisers.layers.fourier.TransformerBlock` with RoPE on q and k.
 
     The same parameters (and state-dict keys) as the parent; the queries and keys are
     LayerNorm-ed per head, then rotated by :func:`apply_rope`, then attended.

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..coords import as_grid, check_grid
+from ...coords import as_grid, check_grid
 
 __all__ = ["lattice_knn", "knn_interpolate"]
 

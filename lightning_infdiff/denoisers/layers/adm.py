@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import attention
-from .base import in_param_dtype
+from .common import zero_module
+from .precision import in_param_dtype
 
 __all__ = ["group_norm", "LayoutGroupNorm", "ResBlock", "AttentionBlock", "Downsample", "Upsample"]
 
@@ -76,12 +77,6 @@ def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
     return LayoutGroupNorm(groups, channels)
 
 
-def _zero(module: nn.Module) -> nn.Module:
-    for p in module.parameters():
-        nn.init.zeros_(p)
-    return module
-
-
 class ResBlock(nn.Module):
     """``x + conv(drop(SiLU(GN(conv(SiLU(GN(x))))·(1 + s) + b)))`` with ``(s, b)`` from ``emb``.
 
@@ -99,7 +94,7 @@ class ResBlock(nn.Module):
         self.emb = nn.Linear(emb_dim, 2 * out_channels)
         self.norm2 = group_norm(out_channels)
         self.drop = nn.Dropout(dropout)
-        self.conv2 = _zero(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        self.conv2 = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
@@ -132,7 +127,7 @@ class AttentionBlock(nn.Module):
             raise ValueError(f"{channels} channels do not split into {self.heads} heads")
         self.norm = group_norm(channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = _zero(nn.Conv2d(channels, channels, 1))
+        self.proj = zero_module(nn.Conv2d(channels, channels, 1))
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, C, H, W)`` -> ``(B, C, H, W)``."""

@@ -1,11 +1,11 @@
-"""Small layers shared by the FNO, U-ViT, coordinate-MLP and SIID denoisers.
+"""Coordinate features, axial and transformer attention blocks, and a masked blur, shared by
+the FNO, U-ViT, coordinate-MLP and SIID denoisers (FiLM and ``zero_module`` are in
+:mod:`~lightning_infdiff.denoisers.layers.common`).
 
 * :class:`FourierFeatures`: ``[sin(2π f·c), cos(2π f·c)]`` of continuous coordinates with
   fixed, geometrically increasing frequencies (Tancik et al. 2020; SIID's "increasing
   frequencies" positional system). Because the input is a coordinate in domain units, not a
   pixel index, the same features describe the same place at every grid.
-* :class:`FiLM`: per-sample feature-wise affine modulation ``h·(1 + s) + b`` from the
-  logSNR/class embedding (Perez et al. 2018; ADM's scale-shift norm), zero-initialised.
 * :class:`AxialAttention`: multi-head self-attention along rows, then along columns (Ho et al.
   2019), with an optional key mask (absent points) and a learnable Gaussian distance bias in
   domain units (SIID's "gaussian mask" that makes attention local at any pixel density).
@@ -23,15 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import attention
+from .common import FiLM, zero_module
 
-__all__ = ["FourierFeatures", "FiLM", "AxialAttention", "TransformerBlock", "gaussian_blur_masked", "zero_module"]
-
-
-def zero_module(module: nn.Module) -> nn.Module:
-    """Zero every parameter of ``module`` (zero-initialised output layers) and return it."""
-    for p in module.parameters():
-        nn.init.zeros_(p)
-    return module
+__all__ = ["FourierFeatures", "AxialAttention", "TransformerBlock", "gaussian_blur_masked"]
 
 
 class FourierFeatures(nn.Module):
@@ -67,32 +61,6 @@ class FourierFeatures(nn.Module):
         if self.include_input:
             feats.insert(0, c)
         return torch.cat(feats, dim=-1)
-
-
-class FiLM(nn.Module):
-    """``h · (1 + s) + b`` with ``(s, b) = Linear(SiLU(emb))`` per sample, zero-initialised.
-
-    Works on channels-first grids ``(B, C, H, W)`` (``channel_dim=1``) or on point/token
-    features ``(B, ..., C)`` (``channel_dim=-1``).
-
-    Args:
-        emb_dim: embedding width.
-        channels: modulated width.
-        channel_dim: ``1`` for ``(B, C, ...)`` tensors, ``-1`` for ``(B, ..., C)``.
-    """
-
-    def __init__(self, emb_dim: int, channels: int, channel_dim: int = -1) -> None:
-        super().__init__()
-        self.channel_dim = channel_dim
-        self.proj = zero_module(nn.Linear(emb_dim, 2 * channels))
-
-    def forward(self, h: Tensor, emb: Tensor) -> Tensor:
-        """Modulate ``h`` by the per-sample embedding ``emb (B, E)``."""
-        scale, shift = self.proj(F.silu(emb)).to(h.dtype).chunk(2, dim=-1)
-        shape = [h.shape[0]] + [1] * (h.dim() - 1)
-        cd = self.channel_dim % h.dim()
-        shape[cd] = h.shape[cd]
-        return torch.addcmul(shift.reshape(shape), h, 1.0 + scale.reshape(shape))
 
 
 class AxialAttention(nn.Module):

@@ -1,7 +1,12 @@
-"""Point-wise layers shared by the sparse neural operator (∞-Diff, section 4.3 and appendix A).
+"""Generic layers shared by the denoisers: zero-initialisation, FiLM and point-wise blocks.
 
-Everything here acts on ``(B, N, C)`` point features independently per point (so it is
-permutation-equivariant and costs ``O(N)``), conditioned on a per-example embedding ``(B, E)``.
+* :func:`zero_module`: zero every parameter of a module (zero-initialised output layers).
+* :class:`FiLM`: per-sample feature-wise affine modulation ``h·(1 + s) + b`` from the
+  logSNR/class embedding (Perez et al. 2018; ADM's scale-shift norm), zero-initialised.
+* :class:`ModulatedLayerNorm` and :class:`PointMLP`: the point-wise layers of the sparse
+  neural operator (∞-Diff, section 4.3 and appendix A), which act on ``(B, N, C)`` point
+  features independently per point (so they are permutation-equivariant and cost ``O(N)``),
+  conditioned on a per-example embedding ``(B, E)``.
 """
 
 from __future__ import annotations
@@ -10,44 +15,42 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import in_param_dtype, logsnr_embedding
+from .precision import in_param_dtype
 
-__all__ = ["NoiseEmbedding", "ModulatedLayerNorm", "PointMLP"]
+__all__ = ["FiLM", "ModulatedLayerNorm", "PointMLP", "zero_module"]
 
 
-class NoiseEmbedding(nn.Module):
-    """Embedding of the noise level (and optional class) shared by every block.
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero every parameter of ``module`` (zero-initialised output layers) and return it."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
 
-    ``emb = MLP(sinusoid(scale · logSNR)) + table[label]`` (ADM's time embedding, Nichol and
-    Dhariwal 2021, applied to logSNR instead of a schedule-specific step). With
-    ``num_classes > 0`` the table has ``num_classes + 1`` rows; row ``num_classes`` is the null
-    class of classifier-free guidance and is used when ``cond`` is ``None``.
+
+class FiLM(nn.Module):
+    """``h · (1 + s) + b`` with ``(s, b) = Linear(SiLU(emb))`` per sample, zero-initialised.
+
+    Works on channels-first grids ``(B, C, H, W)`` (``channel_dim=1``) or on point/token
+    features ``(B, ..., C)`` (``channel_dim=-1``).
 
     Args:
-        dim: output width ``E``.
-        num_classes: number of classes, ``0`` for unconditional.
-        fourier_dim: width of the sinusoidal features.
-        logsnr_scale: multiplies logSNR (range about [-20, 20]) before the sinusoids.
+        emb_dim: embedding width.
+        channels: modulated width.
+        channel_dim: ``1`` for ``(B, C, ...)`` tensors, ``-1`` for ``(B, ..., C)``.
     """
 
-    def __init__(self, dim: int, num_classes: int = 0, fourier_dim: int | None = None, logsnr_scale: float = 1.0) -> None:
+    def __init__(self, emb_dim: int, channels: int, channel_dim: int = -1) -> None:
         super().__init__()
-        self.fourier_dim = fourier_dim or dim
-        self.logsnr_scale = logsnr_scale
-        self.num_classes = num_classes
-        self.mlp = nn.Sequential(nn.Linear(self.fourier_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-        self.label = nn.Embedding(num_classes + 1, dim) if num_classes > 0 else None
+        self.channel_dim = channel_dim
+        self.proj = zero_module(nn.Linear(emb_dim, 2 * channels))
 
-    def forward(self, logsnr: Tensor, cond: Tensor | None = None) -> Tensor:
-        """``(B,)`` logSNR (+ ``(B,)`` int labels or ``None``) -> ``(B, E)``."""
-        emb = in_param_dtype(self.mlp, logsnr_embedding(logsnr, self.fourier_dim, scale=self.logsnr_scale))
-        if self.label is not None:
-            if cond is None:
-                cond = torch.full_like(logsnr, self.num_classes, dtype=torch.long)
-            emb = emb + self.label(cond.long())
-        elif cond is not None:
-            raise ValueError("a condition was given but the denoiser was built with num_classes=0")
-        return emb
+    def forward(self, h: Tensor, emb: Tensor) -> Tensor:
+        """Modulate ``h`` by the per-sample embedding ``emb (B, E)``."""
+        scale, shift = self.proj(F.silu(emb)).to(h.dtype).chunk(2, dim=-1)
+        shape = [h.shape[0]] + [1] * (h.dim() - 1)
+        cd = self.channel_dim % h.dim()
+        shape[cd] = h.shape[cd]
+        return torch.addcmul(shift.reshape(shape), h, 1.0 + scale.reshape(shape))
 
 
 class ModulatedLayerNorm(nn.Module):

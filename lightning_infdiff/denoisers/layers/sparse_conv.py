@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import register_flop_formula
 
-from ..coords import as_grid, check_grid
+from ...coords import as_grid, check_grid
 from .sno_kernel_map import KernelMap, kernel_map, pairs_depthwise_conv
 
 __all__ = [
@@ -291,7 +291,7 @@ _WGRAD_BLOCKS = (8, 4)
 
 @functools.cache
 def _native_cpu_bf16() -> bool:
-    from ..precision import cpu_bf16_support
+    from ...precision import cpu_bf16_support
 
     return bool(cpu_bf16_support()[0])
 
