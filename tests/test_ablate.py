@@ -45,7 +45,8 @@ def test_smoke_sweep_2x2_report_and_resume(tmp_path, monkeypatch, capsys):
     names = [r["name"] for r in manifest["runs"]]
     assert names == ["denoiser-fno__rate-1", "denoiser-fno__rate-4", "denoiser-coord_mlp__rate-1", "denoiser-coord_mlp__rate-4"]
     lines = [ln for ln in (out / "commands.sh").read_text().splitlines() if not ln.startswith("#")]
-    assert len(lines) == 4 and all(" fit --config " in ln and "--data.subsample_rate" not in ln for ln in lines)
+    assert len(lines) == 4 and all(" fit --config " in ln for ln in lines)
+    assert [f"--data.subsample_rate={n[-1]}" in ln for n, ln in zip(names, lines, strict=True)] == [True] * 4
     for name in names:
         run_dir = out / name
         assert json.loads((run_dir / "status.json").read_text())["status"] == "done"
