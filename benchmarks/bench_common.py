@@ -288,10 +288,18 @@ def child_main(child: Callable[[dict], dict]) -> bool:
 
 
 def quickstart_config() -> dict:
-    """``configs/quickstart.yaml`` merged over nothing (the keys the suite needs are all in it)."""
+    """The main job's configuration: ``configs/quickstart.yaml`` merged over ``configs/base.yaml``
+    (mappings merged key by key, as LightningCLI merges stacked configs of the same classes)."""
     import yaml
 
-    return yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    def merge(base: dict, over: dict) -> dict:
+        out = dict(base)
+        for key, value in over.items():
+            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        return out
+
+    configs = [yaml.safe_load((ROOT / "configs" / name).read_text()) for name in ("base.yaml", "quickstart.yaml")]
+    return merge(*configs)
 
 
 def default_denoiser(in_channels: int = 1):  # noqa: ANN201 - returns the configured nn.Module
