@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_common import machine_info
+from harness import machine
 
 from lightning_infdiff.checkpoint import load_module
 from lightning_infdiff.evaluate import load_datamodule
@@ -91,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     extractor = ClassifierFeatures("digits")
     samplers = args.samplers.split(",")
     grids = [(train * int(s), train * int(s)) for s in args.scales.split(",")]
-    machine = machine_info()
     lines = [
         "# Artifacts above the training resolution: where they come from, what the display does",
         "",
@@ -99,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"- Checkpoint: `{args.ckpt}`; process `{op!r}`; training grid {train}x{train}; "
         f"{args.steps} solver steps, guidance {module.guidance_scale}, labels cycling over the classes.",
-        f"- Machine: {machine['cpu_model']} ({', '.join(machine['cpu_flags']) or 'no avx512/amx'}), "
-        f"torch {machine['torch']}, {machine['date_utc']} UTC.",
+        f"- Machine: {machine()}.",
         "- Artifact ratio: share of the variance above s = min(H, W)/56 pixels (half an MNIST pixel), "
         "over the same share of real digits resampled bicubically from the training grid; 1 = as smooth "
         "as real digits. FD: offline Fréchet distance (digits-classifier features, images resized to 28x28).",

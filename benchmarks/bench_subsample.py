@@ -1,139 +1,115 @@
-"""Suite section 1: training-step time and peak memory vs coordinate subsampling, every denoiser.
+"""Training cost against coordinate subsampling: the analogue of ∞-Diff's appendix tables 4 and 5.
 
-The ∞-Diff appendix tables 4/5 analogue. One training step = forward + loss + backward + Adam
-step on ``N = H·W / rate`` random pixels per image (a fresh subset every step).
+The ∞-Diff-sized sparse neural operator (64 channels, 3+3 sparse blocks, kernel 7, inner grid
+``res/4``) takes one training step (forward, MSE on random targets, backward, Adam) on ``1/rate``
+of a ``res``² image's pixels. Each (resolution, rate) runs in a fresh process, so its peak memory
+is that process's resident high-water mark above the baseline after set-up. The table gives the
+speed-up and the memory reduction against rate 1 of the same resolution; the paper reports 2.65x
+and 3.27x at 8x on 256² images.
 
-* ``sparse_operator_infdiff``: ∞-Diff-sized sparse neural operator (64 channels, 3+3 blocks,
-  kernel 7) with inner grid ``res/4`` (16² at 64², 32² at 128²), measured by
-  ``bench_sparse.child`` unchanged (3 channels, random targets, MSE);
-* every small config of ``bench_denoisers.SMALL_CONFIGS`` (1 channel, 10 classes) through
-  ``GaussianProcess(v).loss`` with the sampled ``indices``.
-
-Canvas models, the denoisers whose class sets ``full_canvas_cost`` (the grid models FNO, UNO,
-U-ViT and U-Net, which scatter the points onto a canvas with a mask channel, and SIID, whose
-point-wise layers run on the canvas), do the same work at every rate: they are measured at
-rates 1, 4, 16 only, to show that (honestly) they gain nothing, which leaves the budget for
-every denoiser at 128². The operator models run first at each resolution. Each setting runs in
-a fresh process, forked from a server with torch and the package imported
-(``bench_common.run_forked``); peak memory is the ``ru_maxrss`` high-water mark above the
-post-set-up baseline.
+    python benchmarks/bench_subsample.py --out benchmarks/results/subsample.md
+    python benchmarks/bench_subsample.py --quick
 """
 
 from __future__ import annotations
 
+import json
+import os
 import resource
+import statistics
+import subprocess
+import sys
 import time
 
-from bench_common import Budget, child_main, run_forked, spread
+import harness
 
-CANVAS_RATES = (1, 4, 16)
-#: Imported once by the fork server the settings' processes are forked from (see ``run_forked``).
-PRELOAD = ("torch", "bench_sparse", "bench_denoisers", "lightning_infdiff.processes")
-RATES = (1, 2, 4, 8, 16)
+#: ∞-Diff's tables 4/5 at 8x subsampling: training speed-up and memory reduction against 1x.
+PAPER = {"speedup": 2.65, "memory": 3.27}
+
+
+def model_config(inner: int, quick: bool) -> dict:
+    if quick:
+        return dict(channels=8, depth=1, kernel_size=3, inner_resolution=inner, inner_channels=8, channel_mult=(1,),
+                    num_res_blocks=1, attention_resolutions=(), head_channels=8, emb_dim=16)
+    return dict(channels=64, depth=3, kernel_size=7, inner_resolution=inner, inner_channels=64,
+                channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(8,), head_channels=64,
+                emb_dim=128, dropout=0.1, dropout_resolution=8)
 
 
 def child(spec: dict) -> dict:
-    """One (denoiser, resolution, rate) setting in this fresh process."""
-    if spec["name"] == "sparse_operator_infdiff":
-        import bench_sparse
-
-        r = bench_sparse.child(dict(spec, quick=spec["quick"]))
-        return dict(spec, step=spread(r["times"]), peak_mb=r["peak_mb"], params=r["params"],
-                    n_points=r["n_points"], backend=r["backend"])
+    """One setting, in this fresh process: median step seconds and peak MB above set-up."""
     import torch
-    from bench_denoisers import build, n_params
 
-    from lightning_infdiff.processes import GaussianProcess
+    from lightning_infdiff.coords import index_to_coords
+    from lightning_infdiff.denoisers.sparse_operator import SparseNeuralOperator
 
     torch.manual_seed(0)
     res, rate, b = spec["res"], spec["rate"], spec["batch"]
-    model = build(spec["name"]).train()
+    model = SparseNeuralOperator(in_channels=3, train_resolution=res, **model_config(res // 4, spec["quick"])).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    process = GaussianProcess(parametrisation="v")
     n = res * res // rate
-    x0 = torch.rand(b, 1, res, res) * 2 - 1
-    cond = torch.arange(b) % 10
-    bf16 = spec["precision"] == "bf16"
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-    def step() -> None:
-        idx = None if rate == 1 else torch.stack([torch.randperm(res * res)[:n] for _ in range(b)])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = process.loss(model, x0, idx, cond=cond).mean()
+    times = []
+    for i in range(1 + spec["repeats"]):
+        idx = torch.stack([torch.randperm(res * res)[:n] for _ in range(b)])
+        values, coords, target = torch.randn(b, n, 3), index_to_coords(idx, (res, res)), torch.randn(b, n, 3)
+        t0 = time.perf_counter()
+        loss = torch.nn.functional.mse_loss(model(values, coords, torch.randn(b), (res, res)), target)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-
-    times = []
-    for i in range(spec["warmup"] + spec["repeats"]):
-        t0 = time.perf_counter()
-        step()
-        if i >= spec["warmup"]:
+        if i:  # the first step is warm-up
             times.append(time.perf_counter() - t0)
     peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
-    return dict(spec, step=spread(times), peak_mb=peak, params=n_params(model), n_points=n)
+    return {"step_s": statistics.median(times), "peak_mb": peak}
 
 
-def settings(quick: bool) -> list[dict]:
-    """Ordered settings: the ∞-Diff operator first (the issue's target), then the small configs."""
-    if quick:
-        base = dict(batch=1, repeats=2, warmup=1, precision="fp32", quick=True)
-        out = [dict(base, name="sparse_operator_infdiff", res=32, inner=8, rate=r) for r in (1, 8)]
-        return out + [dict(base, name="fno", res=16, rate=r) for r in (1, 4)]
-    from bench_denoisers import operators_first
+def measure(spec: dict, threads: int | None) -> dict:
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
+                          env=env, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
-    base = dict(repeats=3, warmup=1, precision="fp32", quick=False)
-    canvas = canvas_models()
+
+def with_ratios(rows: list[dict]) -> list[dict]:
+    """Adds ``speedup`` and ``memory`` (rate 1's step time and peak over this row's, same resolution)."""
     out = []
-    for res in (64, 128):  # every denoiser at 64² before any at 128², so a tight budget cuts 128² first
-        out += [dict(base, name="sparse_operator_infdiff", res=res, inner=res // 4, rate=r, batch=4) for r in RATES]
-        for name in operators_first():
-            rates = CANVAS_RATES if name in canvas else RATES
-            out += [dict(base, name=name, res=res, rate=r, batch=2) for r in rates]
+    for r in rows:
+        ref = next(q for q in rows if q["res"] == r["res"] and q["rate"] == 1)
+        out.append(dict(r, speedup=ref["step_s"] / r["step_s"], memory=ref["peak_mb"] / max(r["peak_mb"], 1e-3)))
     return out
 
 
-def canvas_models() -> list[str]:
-    """Small configs whose cost is the full grid's whatever the rate (``Denoiser.full_canvas_cost``)."""
-    from bench_denoisers import SMALL_CONFIGS, config_class
-
-    return [n for n in SMALL_CONFIGS if config_class(n).full_canvas_cost]
-
-
-def predict(done: list[dict], spec: dict) -> float:
-    """Seconds a setting should take, from the same denoiser's rate-1 runs (0 if unknown)."""
-    # measured rate-1 rows only: errors and budget skips carry no usable time
-    same = [r for r in done if r["name"] == spec["name"] and r["rate"] == 1 and "error" not in r and "wall_s" in r]
-    at_res = [r["wall_s"] for r in same if r["res"] == spec["res"]]
-    if at_res:
-        return at_res[0]
-    lower = [r for r in same if r["res"] < spec["res"]]
-    return lower[-1]["wall_s"] * (spec["res"] / lower[-1]["res"]) ** 2.6 if lower else 0.0
+def markdown(rows: list[dict], batch: int, repeats: int) -> str:
+    body = table(rows)
+    return (f"Batch {batch}, median of {repeats} steps after one warm-up, a fresh process per setting; ratios "
+            f"against rate 1 of the same resolution. ∞-Diff (tables 4/5, 256², 8x): {PAPER['speedup']}x faster, "
+            f"{PAPER['memory']}x less memory.\n\n{body}\n")
 
 
-def run(quick: bool, threads: int, budget_s: float) -> dict:
-    """Measure every setting that fits the budget; add speed-up and memory ratios vs rate 1."""
-    budget = Budget(budget_s)
-    rows: list[dict] = []
-    for spec in settings(quick):
-        spec = dict(spec, threads=threads)
-        guess = predict(rows, spec)
-        if not budget.allows(guess):
-            rows.append(dict(spec, skipped=f"predicted {guess:.0f} s > {budget.left():.0f} s left of the budget"))
-            continue
-        r = run_forked("bench_subsample", spec, threads, timeout=max(30.0, budget.left()), preload=PRELOAD)
-        rows.append(r)
-        print(f"  {spec['name']} {spec['res']}² rate {spec['rate']}: "
-              + (r.get("error", "")[-200:] or f"{1e3 * r['step']['median']:.0f} ms, {r['peak_mb']:.0f} MB"), flush=True)
-    for r in rows:
-        ref = next((q for q in rows if q["name"] == r["name"] and q["res"] == r["res"] and q["rate"] == 1), None)
-        if ref and "step" in ref and "step" in r:
-            r["speedup_vs_rate1"] = ref["step"]["median"] / r["step"]["median"]
-            r["mem_reduction_vs_rate1"] = ref["peak_mb"] / max(r["peak_mb"], 1e-3)
-    return {"rows": rows, "canvas_models": [] if quick else canvas_models(), "canvas_rates": list(CANVAS_RATES),
-            "method": "median over repeats of one Adam training step; peak = ru_maxrss above set-up baseline, "
-                      "fresh process per setting; ratios vs rate 1 of the same denoiser and resolution"}
+def table(rows: list[dict]) -> str:
+    return harness.table(["data", "rate", "points/img", "step ms", "speed-up", "peak MB", "memory reduction"],
+                         [(f"{r['res']}²", f"{r['rate']}×", r["res"] ** 2 // r["rate"], f"{1e3 * r['step_s']:.1f}",
+                           f"{r['speedup']:.2f}×", f"{r['peak_mb']:.0f}", f"{r['memory']:.2f}×") for r in rows])
+
+
+def run(quick: bool, threads: int | None = None) -> str:
+    batch, repeats = (1, 2) if quick else (8, 3)
+    rows = []
+    for res in (16,) if quick else (64, 128):
+        for rate in (1, 8) if quick else (1, 2, 4, 8):
+            spec = dict(res=res, rate=rate, batch=batch, repeats=repeats, quick=quick)
+            rows.append(dict(spec, **measure(spec, threads)))
+            print(f"  {res}² rate {rate}: {1e3 * rows[-1]['step_s']:.0f} ms, {rows[-1]['peak_mb']:.0f} MB", flush=True)
+    return markdown(with_ratios(rows), batch, repeats)
 
 
 if __name__ == "__main__":
-    child_main(child)
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+        print(json.dumps(child(json.loads(sys.argv[2]))))
+    else:
+        args = harness.parser(__doc__).parse_args()
+        harness.report("Training cost against coordinate subsampling", run(args.quick, args.threads), args.out)

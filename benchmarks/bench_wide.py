@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 import torch
-from bench_common import machine_info
+from harness import machine
 
 from lightning_infdiff.checkpoint import load_module
 from lightning_infdiff.images import save_grid
@@ -105,15 +105,13 @@ def main(argv: list[str] | None = None) -> int:
         png = args.out.with_name(f"{args.out.stem}_{name.split()[0]}.png")
         save_grid(x, png, nrow=10)
         pictures.append(f"![{name}]({png.name})")
-    m = machine_info()
     lines = [
         "# Wide canvases: a wider view, not a stretched square", "",
         f"Command: `python benchmarks/bench_wide.py {' '.join(argv or sys.argv[1:])}`", "",
         f"- Checkpoint `{args.ckpt}`, trained at {r}x{r}; {args.num} samples per canvas (seeds 0-{args.num - 1}, "
         f"labels cycling 0-9), DPM-Solver++ {args.steps} steps, guidance {module.guidance_scale}; the same seeds "
         f"on every canvas. Classifier held-out accuracy {held_out:.1%}.",
-        f"- Machine: {m['cpu_model']} ({', '.join(m['cpu_flags']) or 'no avx512/amx'}), torch {m['torch']}, "
-        f"{m['date_utc']} UTC.", "",
+        f"- Machine: {machine()}.", "",
         "| canvas | grid | classifier agrees (ink window) | mean confidence | ink width / height | ink per row (px) "
         "| background: mean distance from -1 | background: ink share |",
         "|---|---|---|---|---|---|---|---|", *rows, "",
