@@ -6,8 +6,9 @@ already mapped, and which are mapped afresh (a minor fault, and a zeroed 4 KiB p
 first touched), depends on what the process allocated before: a training or sampling loop can
 fault in fresh pages on every step. Fixing both thresholds (``mallopt(3)``; setting either turns
 the dynamic adjustment off) keeps freed buffers in the heap for reuse. ``infdiff`` and
-``make train`` call :func:`pin_malloc` at start (``benchmarks/results/precision_choice/``
-measures its effect on the main job); ``LIGHTNING_INFDIFF_MALLOC=system`` leaves glibc's defaults.
+``make train`` call :func:`pin_malloc` at start, and so does every benchmark
+(``benchmarks/harness.py``), so that a step's cost does not depend on the process's history;
+``LIGHTNING_INFDIFF_MALLOC=system`` leaves glibc's defaults.
 """
 
 from __future__ import annotations

@@ -157,8 +157,8 @@ class HeatKernelOperator(NoiseOperator):
     training band (``band``: DCT modes per unit length of the training grid, i.e. its side), the
     filter is multiplied by a raised cosine that falls from 1 at ``band_taper[0] * band`` to 0 at
     ``band_taper[1] * band`` along each axis. With (0.5, 1.0) the main job's samples are as smooth
-    as real digits at 1x, 2x and 4x (``benchmarks/results/artifacts.md``), where the plain filter
-    makes them 2.5x to 7.8x rougher.
+    as real digits at 1x, 2x and 4x, where the plain filter makes them several times rougher
+    (``benchmarks/bench_artifacts.py``, ``benchmarks/results/artifacts.md``).
 
     Args:
         width: blur standard deviation as a fraction of the shorter image side (>= 0; 0 = identity).

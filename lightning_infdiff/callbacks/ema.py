@@ -58,9 +58,8 @@ class EMA(WeightAveraging):
     def _average_many(self, avgs: list[Tensor], currents: list[Tensor], num_averaged: Tensor | int) -> None:
         """The update of :meth:`_average` in place for a group of tensors of one device and dtype
         (``AveragedModel`` groups them): floating tensors in one fused ``_foreach_lerp_``
-        (``lerp(a, c, w) = a + w·(c - a)``): a per-tensor update (three small ops for each of the
-        quickstart model's 217 tensors) was a visible share of a training step
-        (``benchmarks/results/optim_bf16_step.md``)."""
+        (``lerp(a, c, w) = a + w·(c - a)``), because a per-tensor update costs three small ops for
+        each of the model's tensors every step."""
         if avgs and avgs[0].is_floating_point():
             torch._foreach_lerp_(avgs, currents, 1.0 - self._beta(num_averaged))
             return

