@@ -28,10 +28,9 @@ from torch import Tensor, nn
 
 from ..coords import as_grid, coords_to_index, gather, scatter
 from .base import Denoiser
-from .layers.common import ModulatedLayerNorm, PointMLP, zero_module
+from .layers.common import ModulatedLayerNorm, PointMLP, head, output_head, zero_module
 from .layers.embeddings import NoiseEmbedding
 from .layers.fourier import FourierFeatures, gaussian_blur_masked
-from .layers.precision import in_param_dtype
 
 __all__ = ["CoordMLPBaseline", "CoordMLPDenoiser"]
 
@@ -152,10 +151,7 @@ class CoordMLPDenoiser(Denoiser):
         self.embed = NoiseEmbedding(emb_dim, num_classes)
         self.inp = nn.Linear(d_raw, hidden)
         self.blocks = nn.ModuleList(_ResBlock(hidden, d_raw, emb_dim, mlp_ratio) for _ in range(depth))
-        self.out_norm = nn.LayerNorm(hidden)
-        self.out = nn.Linear(hidden, self.out_channels)
-        if zero_init_output:
-            zero_module(self.out)
+        self.out_norm, self.out = output_head(nn.LayerNorm(hidden), nn.Linear(hidden, self.out_channels), zero_init_output)
 
     def forward(
         self, values: Tensor, coords: Tensor, logsnr: Tensor, grid: tuple[int, int], cond: Tensor | None = None
@@ -172,5 +168,4 @@ class CoordMLPDenoiser(Denoiser):
         x = self.inp(raw)
         for blk in self.blocks:
             x = blk(x, raw, emb)
-        # the output projection to the data's channels in fp32 (see in_param_dtype)
-        return in_param_dtype(self.out, torch.nn.functional.gelu(self.out_norm(x)))
+        return head(self.out_norm, self.out, x, fp32=True)  # to the data's channels in fp32

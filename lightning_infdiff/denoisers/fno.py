@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from ..coords import as_grid, pixel_centres
 from .base import GridDenoiser
 from .layers.adm import group_norm
-from .layers.common import FiLM, zero_module
+from .layers.common import FiLM, head, output_head, zero_module
 from .layers.embeddings import NoiseEmbedding
 from .layers.fourier import FourierFeatures
 
@@ -259,10 +259,8 @@ class FNODenoiser(GridDenoiser):
             blocks = [FNOBlock(widths[i + 1] + widths[i] if j == 0 else widths[i], widths[i], emb_dim, lmodes[i], mlp_ratio)
                       for j in range(depth)]
             self.up.append(nn.ModuleList(blocks))
-        self.out_norm = group_norm(widths[0])
-        self.out = nn.Conv2d(widths[0], self.out_channels, 1)
-        if zero_init_output:
-            zero_module(self.out)
+        self.out_norm, self.out = output_head(group_norm(widths[0]), nn.Conv2d(widths[0], self.out_channels, 1),
+                                              zero_init_output)
 
     def forward_grid(
         self, canvas: Tensor, logsnr: Tensor, cond: Tensor | None = None, grid: tuple[int, int] | None = None
@@ -296,4 +294,4 @@ class FNODenoiser(GridDenoiser):
             for blk in blocks:
                 x = blk(x, emb, None, scale)
         x = x[..., py: py + h, px: px + w]
-        return self.out(F.gelu(self.out_norm(x)))
+        return head(self.out_norm, self.out, x)

@@ -36,15 +36,13 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..coords import as_grid, coords_to_index, pixel_centres
 from .base import Denoiser
-from .layers.common import ModulatedLayerNorm, PointMLP, zero_module
+from .layers.common import ModulatedLayerNorm, PointMLP, head, output_head, zero_module
 from .layers.embeddings import NoiseEmbedding
 from .layers.fourier import AxialAttention, FourierFeatures
-from .layers.precision import in_param_dtype
 
 __all__ = ["SIIDDenoiser", "siid_coordinates"]
 
@@ -123,10 +121,8 @@ class SIIDDenoiser(Denoiser):
         self.embed = NoiseEmbedding(emb_dim, num_classes)
         self.inp = nn.Linear(in_channels + 1 + 2 * self.fourier.out_dim, channels)
         self.blocks = nn.ModuleList(_Block(channels, emb_dim, heads, mlp_ratio, dropout) for _ in range(depth))
-        self.out_norm = nn.LayerNorm(channels)
-        self.out = nn.Linear(channels, self.out_channels)
-        if zero_init_output:
-            zero_module(self.out)
+        self.out_norm, self.out = output_head(nn.LayerNorm(channels), nn.Linear(channels, self.out_channels),
+                                              zero_init_output)
 
     def forward(
         self, values: Tensor, coords: Tensor, logsnr: Tensor, grid: tuple[int, int], cond: Tensor | None = None
@@ -152,6 +148,5 @@ class SIIDDenoiser(Denoiser):
         mask = None if full else present.view(b, h, w)
         for blk in self.blocks:
             x = blk(x, emb, ys, xs, mask)
-        # the output projection to the data's channels in fp32 (see in_param_dtype)
-        out = in_param_dtype(self.out, F.gelu(self.out_norm(x.reshape(b, h * w, -1))))
+        out = head(self.out_norm, self.out, x.reshape(b, h * w, -1), fp32=True)  # to the data's channels in fp32
         return torch.gather(out, 1, idx[..., None].expand(b, n, out.shape[-1]))

@@ -27,13 +27,12 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.profiler import record_function
 
 from ..coords import Grid, as_grid, coords_to_index, interpolate_at, pixel_centres
 from .base import Denoiser
-from .layers.common import ModulatedLayerNorm, PointMLP
+from .layers.common import ModulatedLayerNorm, PointMLP, head, output_head
 from .layers.embeddings import NoiseEmbedding
 from .layers.knn import knn_interpolate, lattice_knn
 from .layers.precision import autocast_dtype, in_param_dtype
@@ -203,11 +202,8 @@ class SparseNeuralOperator(Denoiser):
         self.from_grid = nn.Conv2d(inner_channels, channels, 1)
         self.up = nn.ModuleList([SparseConvBlock(*block_args, skip=True, latent_dim=latent_dim) for _ in range(depth)])
         self.latent_emb = nn.Linear(latent_dim, emb_dim) if latent_dim else None
-        self.out_norm = nn.LayerNorm(channels)
-        self.out = nn.Linear(channels, self.out_channels)
-        if zero_init_output:
-            nn.init.zeros_(self.out.weight)
-            nn.init.zeros_(self.out.bias)
+        self.out_norm, self.out = output_head(nn.LayerNorm(channels), nn.Linear(channels, self.out_channels),
+                                              zero_init_output)
 
     def lattice(self, indices: Tensor, grid: tuple[int, int]) -> PointLattice:
         """Neighbour structure of the points for the sparse convolutions at ``grid``."""
@@ -262,4 +258,4 @@ class SparseNeuralOperator(Denoiser):
         with record_function("sno/up"):
             for blk in self.up:
                 x = blk(x, emb, lattice, skip=skips.pop(), latent=latent)
-            return in_param_dtype(self.out, F.gelu(self.out_norm(x)))
+            return head(self.out_norm, self.out, x, fp32=True)

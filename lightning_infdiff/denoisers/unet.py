@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .layers.adm import AttentionBlock, Downsample, ResBlock, Upsample, group_norm
+from .layers.common import head, output_head
 
 __all__ = ["ADMUNet"]
 
@@ -87,11 +88,7 @@ class ADMUNet(nn.Module):
                     mods.append(Upsample(ch))
                 self.up.append(mods)
             res *= 2
-        self.out_norm = group_norm(ch)
-        self.out_conv = nn.Conv2d(ch, out_channels, 3, padding=1)
-        if zero_out:
-            nn.init.zeros_(self.out_conv.weight)
-            nn.init.zeros_(self.out_conv.bias)
+        self.out_norm, self.out_conv = output_head(group_norm(ch), nn.Conv2d(ch, out_channels, 3, padding=1), zero_out)
 
     @staticmethod
     def _run(mods: nn.ModuleList, h: Tensor, emb: Tensor) -> Tensor:
@@ -112,4 +109,4 @@ class ADMUNet(nn.Module):
         h = self._run(self.mid, h, emb)
         for mods in self.up:
             h = self._run(mods, torch.cat([h, hs.pop()], dim=1), emb)
-        return self.out_conv(torch.nn.functional.silu(self.out_norm(h)))
+        return head(self.out_norm, self.out_conv, h, torch.nn.functional.silu)

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from ..coords import as_grid
 from .base import GridDenoiser
 from .layers.adm import ResBlock, group_norm
-from .layers.common import zero_module
+from .layers.common import head, output_head
 from .layers.dwt import HaarDWT
 from .layers.embeddings import NoiseEmbedding
 from .layers.fourier import FourierFeatures
@@ -176,15 +176,13 @@ class UViTDenoiser(GridDenoiser):
             self.up_samples.append(_Up(ch, wdt))
             self.up_blocks.append(nn.ModuleList(ResBlock(2 * wdt, wdt, emb_dim, drop) for _ in range(num_res_blocks)))
             ch = wdt
-        self.out_norm = group_norm(ch)
         if self.dwt is not None:
-            self.out = nn.Conv2d(ch, self.dwt.out_channels(self.out_channels), 3, padding=1)
+            out = nn.Conv2d(ch, self.dwt.out_channels(self.out_channels), 3, padding=1)
         elif patch_size > 1:
-            self.out = nn.ConvTranspose2d(ch, self.out_channels, patch_size, stride=patch_size)
+            out = nn.ConvTranspose2d(ch, self.out_channels, patch_size, stride=patch_size)
         else:
-            self.out = nn.Conv2d(ch, self.out_channels, 3, padding=1)
-        if zero_init_output:
-            zero_module(self.out)
+            out = nn.Conv2d(ch, self.out_channels, 3, padding=1)
+        self.out_norm, self.out = output_head(group_norm(ch), out, zero_init_output)
 
     def token_coords(self, size: tuple[int, int], grid: tuple[int, int], device: torch.device) -> Tensor:
         """Continuous ``(y, x)`` centres of the token cells in domain units (``grid``'s geometry, see
@@ -235,7 +233,7 @@ class UViTDenoiser(GridDenoiser):
             x = up(x, tuple(skips[-1].shape[-2:]))
             for blk in blocks:
                 x = blk(torch.cat([x, skips.pop().to(x.dtype)], dim=1), emb)
-        x = self.out(F.silu(self.out_norm(x)))
+        x = head(self.out_norm, self.out, x, F.silu)
         if self.dwt is not None:
             with torch.autocast(x.device.type, enabled=False):
                 x = self.dwt.inverse(x.float())

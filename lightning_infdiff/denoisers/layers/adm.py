@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import attention
-from .common import zero_module
-from .precision import in_param_dtype
+from .common import film, film_scale_shift, zero_module
 
 __all__ = ["group_norm", "LayoutGroupNorm", "ResBlock", "AttentionBlock", "Downsample", "Upsample"]
 
@@ -100,8 +99,8 @@ class ResBlock(nn.Module):
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         """``x (B, C_in, H, W)``, ``emb (B, E)`` -> ``(B, C_out, H, W)``."""
         h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = in_param_dtype(self.emb, F.silu(emb))[:, :, None, None].chunk(2, dim=1)
-        h = self.conv2(self.drop(F.silu(self.modulate(self.norm2(h), scale, shift))))
+        scale, shift = film_scale_shift(self.emb, emb)
+        h = self.conv2(self.drop(F.silu(self.modulate(self.norm2(h), scale[:, :, None, None], shift[:, :, None, None]))))
         return self.skip(x) + h
 
     @staticmethod
@@ -109,7 +108,7 @@ class ResBlock(nn.Module):
         """FiLM ``h·(1 + s) + b`` with the conditioning path's fp32 ``(s, b)`` (``(B, C, 1, 1)``),
         so under autocast a bf16 ``h`` gives an fp32 result (``benchmarks/bench_bf16_probes.py``'s
         ``bf16_film`` probe measures keeping it bf16: no gain)."""
-        return h * (1 + scale) + shift
+        return film(h, scale, shift, channel_dim=1, promote=True)
 
 
 class AttentionBlock(nn.Module):
