@@ -267,13 +267,12 @@ def test_bf16_depthwise_conv_weight_gradient_is_the_rounded_exact_sum(channels, 
     terms). Its values and input gradient are the bf16 conv's. The grouped path runs only where
     the CPU has native bf16 (faked here as False: the fp32 gradient; True only where it is real,
     since oneDNN's emulated bf16 grouped conv misses the bound on an AVX2-only EPYC)."""
-    from lightning_infdiff.denoisers.layers import sparse_conv
-    from lightning_infdiff.denoisers.layers.sparse_conv import depthwise_same_conv
+    from lightning_infdiff.denoisers.layers.sparse_conv import depthwise_same_conv, op
     from lightning_infdiff.precision import cpu_bf16_support
 
     if native and not cpu_bf16_support()[0]:
         pytest.skip("this CPU has no native bf16: the grouped bf16 weight gradient is not used here")
-    monkeypatch.setattr(sparse_conv, "_native_cpu_bf16", lambda: native)
+    monkeypatch.setattr(op, "_native_cpu_bf16", lambda: native)
 
     torch.manual_seed(0)
     b, hw, pad = 3, 16, kernel // 2
@@ -301,7 +300,7 @@ def test_bf16_depthwise_conv_weight_gradient_is_the_rounded_exact_sum(channels, 
 def test_bf16_dense_layer_matches_the_fp32_layer_and_large_kernels_stay_fp32(monkeypatch):
     """bf16 points on the dense backend: the sparse conv runs in bf16 and stays close to the
     fp32 layer in values and gradients; resized kernels above BF16_MAX_KERNEL keep the fp32 canvas."""
-    from lightning_infdiff.denoisers.layers import sparse_conv
+    from lightning_infdiff.denoisers.layers.sparse_conv import module
 
     torch.manual_seed(0)
     idx = torch.stack([torch.randperm(16 * 16)[:160] for _ in range(2)])
@@ -322,10 +321,10 @@ def test_bf16_dense_layer_matches_the_fp32_layer_and_large_kernels_stay_fp32(mon
         assert torch.equal(layer(x16.detach(), lat), out16.detach())
 
     calls = []
-    orig = sparse_conv.depthwise_same_conv
-    monkeypatch.setattr(sparse_conv, "depthwise_same_conv", lambda *a: calls.append(a[0].dtype) or orig(*a))
+    orig = module.depthwise_same_conv
+    monkeypatch.setattr(module, "depthwise_same_conv", lambda *a: calls.append(a[0].dtype) or orig(*a))
     big = PointLattice.build(torch.arange(40 * 40).unsqueeze(0), (40, 40), 5, 16, "dense")  # 2.5x: 13x13
-    assert max(big.kernel_size) > sparse_conv.BF16_MAX_KERNEL
+    assert max(big.kernel_size) > module.BF16_MAX_KERNEL
     assert layer(torch.randn(1, 1600, 6).bfloat16(), big).dtype == torch.bfloat16
     assert calls == [torch.float32]  # the 13x13 canvas is fp32
     layer(x16.detach(), lat)

@@ -6,7 +6,7 @@
   transformer blocks; :mod:`.rope`: axial rotary embeddings; :mod:`.dwt`: Haar wavelet;
   :mod:`.attention`: the attention kernel choice.
 * Point-set kernels: :mod:`.sparse_conv` (sparse depthwise convolution on the pixel lattice)
-  with :mod:`.sno_kernel_map` (its kernel map), and :mod:`.knn` (lattice nearest neighbours).
+  (by concept: kernel resizing, lattice and kernel map, custom op, module), and :mod:`.knn` (lattice nearest neighbours).
 
 Nothing is re-exported here: import from the module that defines a name.
 """
