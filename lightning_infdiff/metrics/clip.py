@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .features import FeatureExtractor, check_uint8
+from .extractor import FeatureExtractor, check_uint8
 
 __all__ = ["CLIPFeatures", "clip_preprocess", "resolve_clip_weights", "CLIP_MEAN", "CLIP_STD", "OFFLINE_HELP"]
 

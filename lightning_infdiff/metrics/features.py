@@ -1,9 +1,9 @@
-"""Feature extractors for Fréchet distances: a shared interface and the offline classifier.
+"""Feature extractors for Fréchet distances: the offline classifier and :func:`build_extractor`.
 
-Every extractor maps uint8 images ``(B, C, H, W)`` (``C`` = 1 or 3, any ``H, W``) to features
-``(B, D)`` in fp32 and carries the facts the reference-statistics cache is keyed on: a
-``name``, the ``metric`` prefix its logs use (``fid_offline``, ``fid_clip``, ...) and a hash of
-its weights.
+The interface (:class:`~.extractor.FeatureExtractor`: uint8 ``(B, C, H, W)`` -> fp32
+``(B, D)``, with a ``name``, a ``metric`` log prefix and a weights hash) and its helpers live in
+:mod:`.extractor` and are re-exported here; :func:`build_extractor` picks an extractor by
+metric name, importing CLIP and Inception lazily.
 
 :class:`ClassifierFeatures` is the offline metric used in tests and CPU runs: the 128-d
 penultimate features of :class:`~lightning_infdiff.metrics.classifier.SmallClassifier`, trained
@@ -15,69 +15,15 @@ plumbing-grade FID, not comparable with published Inception or CLIP numbers.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..images import to_uint8
 from .classifier import SmallClassifier, load_classifier
+from .extractor import FeatureExtractor, check_uint8, quantise, weights_hash
 
 __all__ = ["FeatureExtractor", "ClassifierFeatures", "build_extractor", "weights_hash", "quantise", "check_uint8"]
-
-
-def weights_hash(module: nn.Module) -> str:
-    """SHA-256 (first 16 hex digits) of a module's state dict: names, shapes, dtypes and bytes."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
-
-
-def quantise(x: Tensor) -> Tensor:
-    """Images ``(B, C, H, W)`` in ``[-1, 1]`` -> uint8 ``(B, C, H, W)`` (round to nearest, as saved PNGs)."""
-    return to_uint8(x).permute(0, 3, 1, 2).contiguous()
-
-
-def check_uint8(images: Tensor, who: str) -> None:
-    """Raise a clear error unless ``images`` is uint8 ``(B, C, H, W)`` with ``C`` in (1, 3)."""
-    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(
-            f"{who} expects uint8 images (B, C, H, W) with C in (1, 3), got {images.dtype} "
-            f"{tuple(images.shape)}: quantise samples in [-1, 1] with lightning_infdiff.metrics.quantise"
-        )
-
-
-class FeatureExtractor(nn.Module):
-    """Base of the extractors: uint8 ``(B, C, H, W)`` -> fp32 ``(B, num_features)``, always in eval mode.
-
-    Attributes:
-        name: identifies the network and its weights source (part of the cache key).
-        metric: log prefix, e.g. ``fid_offline`` -> ``fid_offline/32x32``.
-        num_features: feature dimension (read by torchmetrics instead of a dummy forward).
-    """
-
-    name: str = "features"
-    metric: str = "fid"
-    num_features: int = 0
-    _hash: str | None = None
-
-    def weights_hash(self) -> str:
-        """Hash of the weights (computed once)."""
-        if self._hash is None:
-            self._hash = weights_hash(self)
-        return self._hash
-
-    def train(self, mode: bool = True) -> FeatureExtractor:
-        """Stay in eval mode: extractors are frozen."""
-        return super().train(False)
-
-    def cache_identity(self) -> dict[str, str]:
-        """The extractor's part of a reference-statistics cache key."""
-        return {"name": self.name, "weights": self.weights_hash()}
 
 
 class ClassifierFeatures(FeatureExtractor):

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .features import FeatureExtractor, check_uint8
+from .extractor import FeatureExtractor, check_uint8
 
 __all__ = ["InceptionFeatures", "INCEPTION_FILE", "find_inception_weights"]
 

@@ -38,7 +38,7 @@ from ..data.datamodule import FieldDataModule
 from ..data.seeding import STREAM_VAL, derive_seed
 from ..data.sources import ImageSource, split_indices
 from .classifier import cache_dir
-from .features import FeatureExtractor
+from .extractor import FeatureExtractor
 from .frechet import FeatureStats
 
 __all__ = ["reference_stats", "reference_key", "real_images", "render_real", "source_identity", "split_of", "Split"]
