@@ -30,7 +30,7 @@ diffusion batch with one noise level per example). FFTs run in fp32 with autocas
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -109,14 +109,30 @@ class SpectralConv2d(nn.Module):
         ``mode_scale``: training modes per FFT mode along each axis (1 on the unit square; see
         the module docstring's "wider windows").
         """
-        b, _, h, w = x.shape
+        h, w = x.shape[-2:]
         ho, wo = out_size or (h, w)
-        if tuple(mode_scale) != (1.0, 1.0):
-            return self._forward_scaled(x, (ho, wo), mode_scale)
-        # Nyquist modes are ambiguous (they alias +-N/2), so only |k| < N/2 on both grids is kept.
-        my = min(self.modes, (h + 1) // 2, (ho + 1) // 2)  # k_y = 0 .. my-1
-        myn = min(self.modes, (h - 1) // 2, (ho - 1) // 2)  # k_y = -1 .. -myn
-        mx = min(self.modes, (w + 1) // 2, (wo + 1) // 2)  # k_x = 0 .. mx-1
+        if tuple(mode_scale) == (1.0, 1.0):
+            # Nyquist modes are ambiguous (they alias +-N/2), so only |k| < N/2 on both grids is kept.
+            my = min(self.modes, (h + 1) // 2, (ho + 1) // 2)  # k_y = 0 .. my-1
+            myn = min(self.modes, (h - 1) // 2, (ho - 1) // 2)  # k_y = -1 .. -myn
+            mx = min(self.modes, (w + 1) // 2, (wo + 1) // 2)  # k_x = 0 .. mx-1
+            return self._spectral(x, (ho, wo), (my, myn, mx), lambda ky, kx: torch.cat(
+                [self.weight_pos[:, :, :my, :mx], self.weight_neg[:, :, :myn, :mx]], dim=2).float())
+        sy, sx = (float(v) for v in mode_scale)
+        m = self.modes
+        # FFT modes whose training mode lies among the trained ones, and below both grids' Nyquist
+        my = min(math.ceil((m - 1) / sy + 1e-9), (h + 1) // 2, (ho + 1) // 2)
+        myn = min(math.floor(m / sy + 1e-9), (h - 1) // 2, (ho - 1) // 2)
+        mx = min(math.ceil((m - 1) / sx + 1e-9), (w + 1) // 2, (wo + 1) // 2)
+        return self._spectral(x, (ho, wo), (my, myn, mx), lambda ky, kx: self._weights_at(ky.float() * sy, kx.float() * sx))
+
+    def _spectral(self, x: Tensor, out_size: tuple[int, int], modes: tuple[int, int, int],
+                  weights: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+        """``G⁻¹(R · G x)`` on ``out_size`` over FFT modes ``k_y = 0 .. my-1, -1 .. -myn`` and
+        ``k_x = 0 .. mx-1`` (``modes = (my, myn, mx)``), ``R = weights(k_y, k_x)``, in fp32."""
+        b, _, h, w = x.shape
+        ho, wo = out_size
+        my, myn, mx = modes
         with torch.autocast(device_type=x.device.type, enabled=False):
             xf = torch.fft.rfft2(x.float(), norm="forward")  # (B, C, H, W//2+1)
             ky = torch.cat([torch.arange(my, device=x.device), -(torch.arange(myn, device=x.device) + 1)])
@@ -124,30 +140,7 @@ class SpectralConv2d(nn.Module):
             spec = xf[:, :, ky % h][..., :mx]
             shift_in = (self._phase(h, ky)[:, None] * self._phase(w, kx)[None, :]).conj()
             shift_out = self._phase(ho, ky)[:, None] * self._phase(wo, kx)[None, :]
-            wgt = torch.cat([self.weight_pos[:, :, :my, :mx], self.weight_neg[:, :, :myn, :mx]], dim=2).float()
-            out_modes = self._mix(spec * shift_in, wgt) * shift_out
-            out = xf.new_zeros(b, wgt.shape[1], ho, wo // 2 + 1)
-            out[:, :, ky % ho, :mx] = out_modes
-            return torch.fft.irfft2(out, s=(ho, wo), norm="forward")
-
-    def _forward_scaled(self, x: Tensor, out_size: tuple[int, int], mode_scale: tuple[float, float]) -> Tensor:
-        """:meth:`forward` on a window whose FFT modes are ``mode_scale`` training modes each."""
-        b, _, h, w = x.shape
-        ho, wo = out_size
-        sy, sx = (float(v) for v in mode_scale)
-        m = self.modes
-        # FFT modes whose training mode lies among the trained ones, and below both grids' Nyquist
-        my = min(math.ceil((m - 1) / sy + 1e-9), (h + 1) // 2, (ho + 1) // 2)
-        myn = min(math.floor(m / sy + 1e-9), (h - 1) // 2, (ho - 1) // 2)
-        mx = min(math.ceil((m - 1) / sx + 1e-9), (w + 1) // 2, (wo + 1) // 2)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            xf = torch.fft.rfft2(x.float(), norm="forward")
-            ky = torch.cat([torch.arange(my, device=x.device), -(torch.arange(myn, device=x.device) + 1)])
-            kx = torch.arange(mx, device=x.device)
-            spec = xf[:, :, ky % h][..., :mx]
-            shift_in = (self._phase(h, ky)[:, None] * self._phase(w, kx)[None, :]).conj()
-            shift_out = self._phase(ho, ky)[:, None] * self._phase(wo, kx)[None, :]
-            wgt = self._weights_at(ky.float() * sy, kx.float() * sx)
+            wgt = weights(ky, kx)
             out_modes = self._mix(spec * shift_in, wgt) * shift_out
             out = xf.new_zeros(b, wgt.shape[1], ho, wo // 2 + 1)
             out[:, :, ky % ho, :mx] = out_modes
