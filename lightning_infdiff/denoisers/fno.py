@@ -111,13 +111,19 @@ class SpectralConv2d(nn.Module):
         """
         h, w = x.shape[-2:]
         ho, wo = out_size or (h, w)
-        if tuple(mode_scale) == (1.0, 1.0):
-            # Nyquist modes are ambiguous (they alias +-N/2), so only |k| < N/2 on both grids is kept.
-            my = min(self.modes, (h + 1) // 2, (ho + 1) // 2)  # k_y = 0 .. my-1
-            myn = min(self.modes, (h - 1) // 2, (ho - 1) // 2)  # k_y = -1 .. -myn
-            mx = min(self.modes, (w + 1) // 2, (wo + 1) // 2)  # k_x = 0 .. mx-1
-            return self._spectral(x, (ho, wo), (my, myn, mx), lambda ky, kx: torch.cat(
-                [self.weight_pos[:, :, :my, :mx], self.weight_neg[:, :, :myn, :mx]], dim=2).float())
+        if tuple(mode_scale) != (1.0, 1.0):
+            return self._forward_scaled(x, (ho, wo), mode_scale)
+        # Nyquist modes are ambiguous (they alias +-N/2), so only |k| < N/2 on both grids is kept.
+        my = min(self.modes, (h + 1) // 2, (ho + 1) // 2)  # k_y = 0 .. my-1
+        myn = min(self.modes, (h - 1) // 2, (ho - 1) // 2)  # k_y = -1 .. -myn
+        mx = min(self.modes, (w + 1) // 2, (wo + 1) // 2)  # k_x = 0 .. mx-1
+        return self._spectral(x, (ho, wo), (my, myn, mx), lambda ky, kx: torch.cat(
+            [self.weight_pos[:, :, :my, :mx], self.weight_neg[:, :, :myn, :mx]], dim=2).float())
+
+    def _forward_scaled(self, x: Tensor, out_size: tuple[int, int], mode_scale: tuple[float, float]) -> Tensor:
+        """:meth:`forward` on a window whose FFT modes are ``mode_scale`` training modes each."""
+        h, w = x.shape[-2:]
+        ho, wo = out_size
         sy, sx = (float(v) for v in mode_scale)
         m = self.modes
         # FFT modes whose training mode lies among the trained ones, and below both grids' Nyquist
