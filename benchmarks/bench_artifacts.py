@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `python benchmarks/bench_artifacts.py {' '.join(argv or sys.argv[1:])}`",
         "",
         f"- Checkpoint: `{args.ckpt}`; process `{op!r}`; training grid {train}x{train}; "
-        f"{args.steps} solver steps, guidance {module.guidance_scale}, labels cycling over the classes.",
+        f"{args.steps} solver steps, guidance {module.sampling.guidance_scale}, labels cycling over the classes.",
         f"- Machine: {machine()}.",
         "- Artifact ratio: share of the variance above s = min(H, W)/56 pixels (half an MNIST pixel), "
         "over the same share of real digits resampled bicubically from the training grid; 1 = as smooth "

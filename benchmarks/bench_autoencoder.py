@@ -63,12 +63,12 @@ def main() -> None:
     res = 32
     t0 = time.perf_counter()
     train, test = digit_splits(4000, args.num, res)
-    latents = torch.cat([module.encode_images(train[i : i + 500]) for i in range(0, len(train), 500)])
+    latents = torch.cat([module.denoiser.encode_images(train[i : i + 500]) for i in range(0, len(train), 500)])
     losses = fit_latent_prior(module.denoiser.prior, latents, steps=args.prior_steps)
     t_prior = time.perf_counter() - t0
 
     classifier, held_out_acc = load_classifier("digits")
-    z = module.encode_images(test)
+    z = module.denoiser.encode_images(test)
     seeds = list(range(args.num))
     out: dict = {"checkpoint": args.ckpt, "prior_refit_seconds": round(t_prior, 1),
                  "prior_loss_first_last": [round(sum(losses[:100]) / 100, 4), round(sum(losses[-100:]) / 100, 4)],

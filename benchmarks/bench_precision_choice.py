@@ -28,9 +28,11 @@ from pathlib import Path
 import harness
 import torch
 
+from lightning_infdiff.quickstart import MAIN_JOB
+
 VARIANTS = ("default", "32-true", "bf16-mixed")
 QUICK_FIT = ["--config", "configs/data/blobs.yaml", "--data.resolution=8", "--model.denoiser.init_args.num_classes=0",
-             "--model.guidance_scale=1.0", "--model.denoiser.init_args.train_resolution=8",
+             "--model.sampling.guidance_scale=1.0", "--model.denoiser.init_args.train_resolution=8",
              "--model.denoiser.init_args.inner_resolution=4", "--model.denoiser.init_args.channels=8",
              "--model.denoiser.init_args.inner_channels=8", "--model.denoiser.init_args.channel_mult=[1]",
              "--model.denoiser.init_args.attention_resolutions=[]", "--model.denoiser.init_args.head_channels=8",
@@ -54,8 +56,8 @@ def fit_medians(quick: bool, steps: int, repeats: int) -> dict[str, float]:
         for r in range(repeats):
             for v in VARIANTS:
                 root = Path(tmp) / f"{v}_{r}"
-                cmd = [sys.executable, "-m", "lightning_infdiff", "fit", "--config", "configs/base.yaml",
-                       "--config", "configs/quickstart.yaml", f"--trainer.max_steps={steps}",
+                configs = [a for path in MAIN_JOB for a in ("--config", str(path))]
+                cmd = [sys.executable, "-m", "lightning_infdiff", "fit", *configs, f"--trainer.max_steps={steps}",
                        "--trainer.max_time=null", "--trainer.limit_val_batches=0",
                        "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={root}",
                        f"--trainer.default_root_dir={root}", "--data.num_workers=0",

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         "# Wide canvases: a wider view, not a stretched square", "",
         f"Command: `python benchmarks/bench_wide.py {' '.join(argv or sys.argv[1:])}`", "",
         f"- Checkpoint `{args.ckpt}`, trained at {r}x{r}; {args.num} samples per canvas (seeds 0-{args.num - 1}, "
-        f"labels cycling 0-9), DPM-Solver++ {args.steps} steps, guidance {module.guidance_scale}; the same seeds "
+        f"labels cycling 0-9), DPM-Solver++ {args.steps} steps, guidance {module.sampling.guidance_scale}; the same seeds "
         f"on every canvas. Classifier held-out accuracy {held_out:.1%}.",
         f"- Machine: {machine()}.", "",
         "| canvas | grid | classifier agrees (ink window) | mean confidence | ink width / height | ink per row (px) "

@@ -133,9 +133,11 @@ def setup(args: argparse.Namespace) -> None:
 
 
 def main_config() -> dict:
-    """The main job's configuration: ``configs/quickstart.yaml`` merged key by key over
-    ``configs/base.yaml``, as LightningCLI merges stacked configs."""
+    """The main job's configuration: its configs (``lightning_infdiff.quickstart.MAIN_JOB``)
+    merged key by key, as LightningCLI merges stacked configs."""
     import yaml
+
+    from lightning_infdiff.quickstart import MAIN_JOB
 
     def merge(base: dict, over: dict) -> dict:
         out = dict(base)
@@ -143,7 +145,10 @@ def main_config() -> dict:
             out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
         return out
 
-    return merge(*(yaml.safe_load((ROOT / "configs" / n).read_text()) for n in ("base.yaml", "quickstart.yaml")))
+    out: dict = {}
+    for path in MAIN_JOB:
+        out = merge(out, yaml.safe_load(path.read_text()))
+    return out
 
 
 def instantiate(cfg: dict, *args: object, **kwargs: object) -> object:
@@ -164,11 +169,11 @@ def main_denoiser(quick: bool = False):  # noqa: ANN201 - an nn.Module
 
 
 def main_process():  # noqa: ANN201 - a GaussianProcess
-    """The main job's process (heat-kernel mollifier, its parametrisation)."""
+    """The main job's process (heat-kernel mollifier; the process's defaults otherwise)."""
     from lightning_infdiff.processes import GaussianProcess
 
     cfg = main_config()["model"]["process"]["init_args"]
-    return GaussianProcess(operator=instantiate(cfg["operator"]), parametrisation=cfg["parametrisation"])
+    return GaussianProcess(operator=instantiate(cfg["operator"]), parametrisation=cfg.get("parametrisation", "v"))
 
 
 def train_step(model, res: int, batch: int, rate: int, bf16: bool = False, seed: int = 0):  # noqa: ANN001, ANN201

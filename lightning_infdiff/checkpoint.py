@@ -19,7 +19,13 @@ from .callbacks.atomic_checkpoint import atomic_write_bytes, load_error
 from .errors import UsageError
 from .lit.module import DiffusionModule
 
-__all__ = ["load_checkpoint", "load_module", "export_safetensors", "load_safetensors", "module_config"]
+__all__ = [
+    "load_checkpoint", "load_module", "export_safetensors", "load_safetensors", "module_config", "upgrade_config",
+]
+
+#: model arguments that became callback settings (``samples:``) and are not part of the model any more
+_MOVED_TO_CALLBACKS = ("sample_every_n_val", "num_samples", "sample_grids", "sample_seed")
+_AUTOENCODER = "lightning_infdiff.denoisers.SparseAutoencoder"
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -42,8 +48,39 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
+def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A model configuration written before the module only wired, in today's terms.
+
+    ``lr_schedule`` / ``warmup_steps`` / ``min_lr_ratio`` become ``lr_scheduler`` (WarmupCosine or
+    WarmupConstant), ``sampler`` / ``sample_steps`` / ``guidance_scale`` become ``sampling``, the
+    autoencoder's ``latent_prior_weight`` its ``prior_weight``; the sample-sheet settings, now the
+    ``SampleGrids`` callback's, are dropped. A current configuration is returned unchanged.
+    """
+    hp = dict(config)
+    if any(k in hp for k in ("lr_schedule", "warmup_steps", "min_lr_ratio")):
+        warmup = int(hp.pop("warmup_steps", 200))
+        if hp.pop("lr_schedule", "cosine") == "constant":
+            hp["lr_scheduler"] = {"class_path": "lightning_infdiff.lit.WarmupConstant",
+                                  "init_args": {"warmup_steps": warmup}}
+            hp.pop("min_lr_ratio", None)
+        else:
+            hp["lr_scheduler"] = {"class_path": "lightning_infdiff.lit.WarmupCosine",
+                                  "init_args": {"warmup_steps": warmup, "min_ratio": float(hp.pop("min_lr_ratio", 0.1))}}
+    old_sampling = {"sampler": "sampler", "sample_steps": "steps", "guidance_scale": "guidance_scale"}
+    if any(k in hp for k in old_sampling):
+        hp["sampling"] = {new: hp.pop(old) for old, new in old_sampling.items() if old in hp}
+    weight = hp.pop("latent_prior_weight", None)
+    denoiser = hp.get("denoiser")
+    if weight is not None and isinstance(denoiser, dict) and denoiser.get("class_path") == _AUTOENCODER:
+        hp["denoiser"] = {**denoiser, "init_args": {**denoiser.get("init_args", {}), "prior_weight": float(weight)}}
+    for key in _MOVED_TO_CALLBACKS:
+        hp.pop(key, None)
+    return hp
+
+
 def module_config(ckpt: dict[str, Any], path: str | Path = "<checkpoint>") -> dict[str, Any]:
-    """The model configuration stored by LightningCLI (``hyper_parameters`` without the instantiator)."""
+    """The model configuration stored by LightningCLI (``hyper_parameters`` without the
+    instantiator), upgraded to today's arguments (:func:`upgrade_config`)."""
     hp = dict(ckpt.get("hyper_parameters") or {})
     if "_instantiator" not in hp or "denoiser" not in hp:
         raise ValueError(
@@ -51,7 +88,7 @@ def module_config(ckpt: dict[str, Any], path: str | Path = "<checkpoint>") -> di
             "DiffusionModule yourself and load its 'state_dict'"
         )
     hp.pop("_instantiator")
-    return hp
+    return upgrade_config(hp)
 
 
 def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> DiffusionModule:

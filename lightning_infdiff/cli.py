@@ -26,11 +26,12 @@ from jsonargparse import ArgumentParser
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
+from .callbacks.samples import SampleGrids
 from .data.datamodule import FieldDataModule
 from .errors import UsageError, yaml_error
 from .lit.module import DiffusionModule
 from .malloc import pin_malloc
-from .precision import PrecisionChoice, inference_precision, resolve_precision
+from .precision import PrecisionChoice, inference_precision, refuse_all_half, resolve_precision
 
 __all__ = ["InfDiffCLI", "check_conditioning", "main", "sample_command", "export_command", "parse_grid"]
 
@@ -69,6 +70,7 @@ class InfDiffCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.channels", "model.denoiser.init_args.in_channels", apply_on="instantiate")
+        parser.add_lightning_class_args(SampleGrids, "samples")
         parser.add_argument(
             "--resume_model", type=Literal["refuse", "checkpoint"], default="refuse",
             help="with --ckpt_path, when the checkpoint's model differs from the configured one: refuse "
@@ -92,12 +94,7 @@ class InfDiffCLI(LightningCLI):
             choice = resolve_precision(trainer.get("accelerator") or "auto", trainer.get("strategy") or "auto")
             trainer["precision"] = choice.precision
         else:
-            if str(trainer["precision"]) in ("bf16-true", "16-true"):
-                raise UsageError(
-                    f"trainer.precision={trainer['precision']!r} is not supported: it casts the whole model to half "
-                    "precision, but the diffusion maths must stay in float32; use 'bf16-mixed' (or '16-mixed', with "
-                    "loss scaling on GPU), or leave it unset to choose by the hardware"
-                )
+            refuse_all_half(trainer["precision"])
             choice = PrecisionChoice(str(trainer["precision"]), "set by trainer.precision")
         self.precision_choice = choice
         rank_zero_info(str(choice))
@@ -127,7 +124,7 @@ class InfDiffCLI(LightningCLI):
             self._warned_weights_only = _check_weights_only(self.config[sub], sub)
         configured = _flat(self.config[sub]["model"].as_dict()) if sub and self.config[sub].get("model") else None
         try:
-            super()._parse_ckpt_path()
+            self._read_checkpoint_model()
         except (SystemExit, KeyboardInterrupt):
             raise
         except Exception as err:  # noqa: BLE001 - torch raises many types for broken files
@@ -155,6 +152,20 @@ class InfDiffCLI(LightningCLI):
             f"--ckpt_path {ckpt} holds another model than the configs describe ({shown}{more}); "
             "change the configs to match, or pass --resume_model checkpoint to use the checkpoint's model"
         )
+
+    def _read_checkpoint_model(self) -> None:
+        """LightningCLI's reading of the checkpoint's model configuration, upgraded to today's arguments
+        (:func:`~lightning_infdiff.checkpoint.upgrade_config`) so that older runs resume."""
+        from .checkpoint import upgrade_config
+
+        sub = self.config.get("subcommand")
+        ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        hparams = dict(torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if hparams:
+            self.config = self.parser.parse_object({sub: {"model": upgrade_config(hparams)}}, self.config)
 
     def _run_subcommand(self, subcommand: str) -> None:
         """Run ``subcommand``; a ``fit`` that fails before its first step leaves no log folder behind."""

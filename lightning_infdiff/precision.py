@@ -38,6 +38,8 @@ from typing import Any
 
 import torch
 
+from .errors import UsageError
+
 __all__ = [
     "PrecisionChoice",
     "cpu_bf16_support",
@@ -186,6 +188,17 @@ def _device_kind(accelerator: object) -> str:
             return "mps"
         return "cpu" if name == "auto" else "gpu"
     return name
+
+
+def refuse_all_half(precision: object) -> None:
+    """Refuse ``bf16-true`` / ``16-true``: they cast the whole module, but the process maths
+    (schedules, DCT, samplers) must stay in float32."""
+    if str(precision) in ("bf16-true", "16-true"):
+        raise UsageError(
+            f"trainer.precision={str(precision)!r} is not supported: it casts the whole model to half precision, "
+            "but the diffusion maths must stay in float32; use 'bf16-mixed' (or '16-mixed', with loss scaling on "
+            "GPU), or leave it unset to choose by the hardware"
+        )
 
 
 def resolve_precision(accelerator: object = "auto", strategy: object = "auto") -> PrecisionChoice:

@@ -1,7 +1,7 @@
 """The README's main job: train the default model on the bundled digits, then sample everywhere.
 
-``python -m lightning_infdiff.quickstart`` (``make train``) runs
-``infdiff fit --config configs/base.yaml --config configs/quickstart.yaml``, then draws
+``python -m lightning_infdiff.quickstart`` (``make train``) runs ``infdiff fit`` on the configs
+of :data:`MAIN_JOB` (base, data, denoiser, process, then the job's own keys), then draws
 class-conditional samples (digits 0-9, two rows) at the training resolution, 2x, 4x and a
 non-square grid, checks them with a small classifier trained on the bundled digits, and prints
 where everything is. Extra arguments are passed to ``infdiff fit`` (e.g. ``--trainer.max_steps 200``).
@@ -24,9 +24,13 @@ from .lit.module import DiffusionModule
 from .malloc import pin_malloc
 from .precision import inference_autocast
 
-__all__ = ["main", "evaluate_digits"]
+__all__ = ["MAIN_JOB", "main", "evaluate_digits"]
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+#: the main job's configs, in the order LightningCLI stacks them
+MAIN_JOB = [CONFIGS / name for name in (
+    "base.yaml", "data/digits.yaml", "denoisers/sparse_operator.yaml", "process/mollified.yaml", "quickstart.yaml",
+)]
 
 
 def evaluate_digits(module: DiffusionModule, grids: list[tuple[int, int]], out: Path, per_class: int = 2,
@@ -73,8 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     cli = InfDiffCLI(
         DiffusionModule, FieldDataModule,
-        args=["fit", "--config", str(CONFIGS / "base.yaml"), "--config", str(CONFIGS / "quickstart.yaml"),
-              *THROUGHPUT_ARGS, *extra],
+        args=["fit", *(a for path in MAIN_JOB for a in ("--config", str(path))), *THROUGHPUT_ARGS, *extra],
         save_config_kwargs={"overwrite": True},
     )
     t_train = time.perf_counter() - t0

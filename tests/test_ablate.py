@@ -99,23 +99,23 @@ def _failing_sweep(tmp_path: Path) -> Path:
     path = tmp_path / "fail.yml"
     path.write_text(yaml.safe_dump({
         "base": [str(ROOT / "configs/base.yaml")],
-        "axes": {"warmup": {"bad": ["--model.warmup_steps=-1"], "ok": ["--model.warmup_steps=0"]}},
+        "axes": {"warmup": {"bad": ["--model.val_logsnr_bins=-1"], "ok": ["--model.val_logsnr_bins=0"]}},
     }))
     return path
 
 
 def test_failed_run_is_recorded_reported_and_retried(tmp_path, monkeypatch, capsys):
     """A launcher that fails like a crashing run (return code 3, a traceback on stderr)."""
-    crash = "import sys; sys.stderr.write('Traceback\\nValueError: invalid model.warmup_steps=-1\\n'); sys.exit(3)"
+    crash = "import sys; sys.stderr.write('Traceback\\nValueError: invalid model.val_logsnr_bins=-1\\n'); sys.exit(3)"
     launcher = f"{sys.executable} -c \"{crash}\""
     out = tmp_path / "out"
     argv = [str(_failing_sweep(tmp_path)), "--out", str(out), "--launcher", launcher, "--only", "warmup-bad"]
     assert ablate.main(argv) == 1
     status = json.loads((out / "warmup-bad" / "status.json").read_text())
     assert status["status"] == "failed" and status["returncode"] == 3 and status["attempt"] == 1
-    assert status["stderr_tail"][-1] == "ValueError: invalid model.warmup_steps=-1"
+    assert status["stderr_tail"][-1] == "ValueError: invalid model.val_logsnr_bins=-1"
     text = capsys.readouterr().out
-    assert "FAILED warmup-bad: return code 3" in text and "invalid model.warmup_steps=-1" in text
+    assert "FAILED warmup-bad: return code 3" in text and "invalid model.val_logsnr_bins=-1" in text
     assert not (out / "warmup-ok").exists()
 
     res = report.write_report(out)  # a failed run and a run never started: rows with empty cells
@@ -250,7 +250,7 @@ def test_sweep_evaluates_each_finished_run_once_and_pins_jobs_to_their_own_cores
     monkeypatch.setenv("FAKE_LOG", str(log))
     sweep = tmp_path / "s.yml"
     spec = {"base": [str(ROOT / "configs/base.yaml")], "evaluate": {"resolutions": [32, 64], "num_samples": 8, "floor": True},
-            "axes": {"warmup": {"a": ["--model.warmup_steps=0"], "b": ["--model.warmup_steps=1"]}}}
+            "axes": {"warmup": {"a": ["--model.val_logsnr_bins=0"], "b": ["--model.val_logsnr_bins=1"]}}}
     sweep.write_text(yaml.safe_dump(spec))
     out = tmp_path / "out"
     jobs = ["--jobs", "2", "--threads", "1"] if len(os.sched_getaffinity(0)) >= 2 else []

@@ -37,7 +37,7 @@ def ckpt(tmp_path_factory) -> str:
             "process": {"class_path": "lightning_infdiff.processes.GaussianProcess",
                         "init_args": {"operator": {"class_path": "lightning_infdiff.operators.HeatKernelOperator",
                                                    "init_args": {"width": 0.0625}}}},
-            "warmup_steps": 1, "sample_every_n_val": 0,
+            "lr_scheduler": {"class_path": "lightning_infdiff.lit.WarmupConstant", "init_args": {"warmup_steps": 1}},
         },
         "data": {
             "source": {"class_path": "lightning_infdiff.data.GaussianBlobs", "init_args": {"length": 16, "channels": 1}},

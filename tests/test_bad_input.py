@@ -47,7 +47,7 @@ def config(folder: Path, **top) -> Path:
                     "callbacks": [{"class_path": "lightning_infdiff.callbacks.AtomicModelCheckpoint",
                                    "init_args": {"dirpath": str(folder / "ckpt"), "save_last": True,
                                                  "save_top_k": 0, "every_n_train_steps": 1}}]},
-        "model": {"denoiser": copy.deepcopy(DENOISER), "sample_every_n_val": 0, "warmup_steps": 1, "lr_schedule": "constant"},
+        "model": {"denoiser": copy.deepcopy(DENOISER), "lr_scheduler": {"class_path": "lightning_infdiff.lit.WarmupConstant", "init_args": {"warmup_steps": 1}}},
         "data": {"source": {"class_path": "lightning_infdiff.data.GaussianBlobs",
                             "init_args": {"length": 16, "channels": 1}},
                  "resolution": 16, "batch_size": 4, "subsample_rate": 2, "num_workers": 0, "val_size": 4},
@@ -140,7 +140,7 @@ def test_unknown_key_in_a_yaml_file(tmp_path, capsys):
 @pytest.mark.parametrize(
     "args,key",
     [(["--data.batch_size", "abc"], "data.batch_size"), (["--trainer.max_steps", "many"], "max_steps"),
-     (["--model.lr_schedule", "linear"], "lr_schedule"), (["--data.resolution", "[32, 32]"], "resolution")],
+     (["--model.sampling.sampler", "linear"], "sampler"), (["--data.resolution", "[32, 32]"], "resolution")],
 )
 def test_wrong_types_name_the_key(tmp_path, capsys, args, key):
     with pytest.raises(SystemExit):
@@ -209,12 +209,12 @@ def test_another_architecture_is_refused(tmp_path, ckpt):
 def test_resuming_another_model_is_refused_with_the_keys_that_differ(tmp_path, ckpt, capsys):
     """LightningCLI would build the checkpoint's model in place of the configured one, silently."""
     folder = tmp_path / "other"
-    other = config(folder, **{"model.denoiser.init_args.num_classes": 10, "model.warmup_steps": 3})
+    other = config(folder, **{"model.denoiser.init_args.num_classes": 10, "model.val_seed": 3})
     err = cli_error(capsys, ["fit", "--config", str(other), "--ckpt_path", str(ckpt)])
     err = err.strip().splitlines()[-1]  # (pytest's own argv can make Lightning warn before it)
     assert err.startswith("infdiff fit: error: --ckpt_path ") and "Traceback" not in err
     assert "model.denoiser.init_args.num_classes: configured 10, checkpoint 0" in err
-    assert "model.warmup_steps: configured 3, checkpoint 1" in err and "--resume_model checkpoint" in err
+    assert "model.val_seed: configured 3, checkpoint 1234" in err and "--resume_model checkpoint" in err
     assert not (folder / "ckpt").exists()  # nothing was trained
 
     # told to, it continues the checkpoint's model and says so

@@ -1,4 +1,4 @@
-"""Every YAML in configs/ instantiates (alone on top of base.yaml and in documented combinations)."""
+"""Every YAML in configs/ instantiates (on top of the default stack and in documented combinations)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from lightning_infdiff.schedules import ShiftedSchedule
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 OVERLAYS = sorted(p for p in CONFIGS.rglob("*.yaml") if p.name != "base.yaml")
+#: base.yaml holds the trainer, callbacks and optimiser; a run adds data and a denoiser
+STACK = (CONFIGS / "base.yaml", CONFIGS / "data/digits.yaml", CONFIGS / "denoisers/sparse_operator.yaml")
 
 
 def instantiate(*configs: Path, extra: tuple[str, ...] = ()) -> InfDiffCLI:
@@ -34,7 +36,7 @@ def folder_args(tmp_path: Path, overlay: Path) -> tuple[str, ...]:
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_overlay_instantiates(overlay, tmp_path):
-    cli = instantiate(CONFIGS / "base.yaml", overlay, extra=folder_args(tmp_path, overlay))
+    cli = instantiate(*STACK, overlay, extra=folder_args(tmp_path, overlay))
     assert isinstance(cli.model, DiffusionModule)
     assert cli.model.denoiser.in_channels == cli.datamodule.channels
 
@@ -52,7 +54,7 @@ def test_overlays_compose():
 
 def test_folder_overlay_needs_a_root():
     with pytest.raises((SystemExit, ValueError, FileNotFoundError)):
-        instantiate(CONFIGS / "base.yaml", CONFIGS / "data/folder.yaml")
+        instantiate(*STACK, CONFIGS / "data/folder.yaml")
 
 
 DENOISERS = sorted((CONFIGS / "denoisers").glob("*.yaml"))
@@ -64,13 +66,39 @@ def test_each_denoiser_config_fast_dev_run(overlay, tmp_path):
     cli = InfDiffCLI(
         DiffusionModule, FieldDataModule,
         args=["fit", "--config", str(CONFIGS / "base.yaml"), "--config", str(CONFIGS / "data/blobs.yaml"),
+              "--config", str(CONFIGS / "denoisers/sparse_operator.yaml"),  # the autoencoder composes after it
               "--config", str(overlay), "--trainer.fast_dev_run", "true", "--trainer.precision", "32-true",
+              "--trainer.default_root_dir", str(tmp_path),
               "--trainer.enable_progress_bar", "false", "--data.batch_size", "4", "--data.val_size", "4",
               "--data.num_workers", "0", "--data.source.init_args.length", "16",
-              "--model.num_samples", "1", "--model.sample_steps", "1",
-              "--model.sample_grids", "[[32, 32], [24, 40]]"],
+              "--samples.num_samples", "1", "--model.sampling.steps", "1",
+              "--samples.grids", "[[32, 32], [24, 40]]"],
     )
     assert cli.trainer.state.finished and cli.trainer.global_step == 1
+
+
+def test_base_holds_only_trainer_callbacks_and_optimiser():
+    """Configs without copies: the model and the data come from overlays, each block in one file."""
+    import yaml
+
+    base = yaml.safe_load((CONFIGS / "base.yaml").read_text())
+    assert set(base["model"]) == {"optimizer", "lr_scheduler"} and set(base["data"]) == {"num_workers"}
+    blocks: dict[str, Path] = {}
+    for path in CONFIGS.rglob("*.yaml"):
+        denoiser = ((yaml.safe_load(path.read_text()) or {}).get("model") or {}).get("denoiser") or {}
+        args = denoiser.get("init_args") or {}
+        if len(args) >= 8:  # a full denoiser block: no other file may hold the same one
+            key = repr(sorted(args.items()))
+            assert key not in blocks, f"{path} copies the denoiser block of {blocks[key]}"
+            blocks[key] = path
+
+
+def test_main_job_stack_resolves():
+    from lightning_infdiff.quickstart import MAIN_JOB
+
+    cli = instantiate(*MAIN_JOB)
+    assert type(cli.model.denoiser).__name__ == "SparseNeuralOperator" and cli.model.denoiser.num_classes == 10
+    assert type(cli.model.process.operator).__name__ == "HeatKernelOperator" and cli.datamodule.sampler.rate == 2
 
 
 def test_no_project_file_is_ignored_by_git():

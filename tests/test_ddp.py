@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import zlib
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -31,7 +32,7 @@ from lightning_infdiff.callbacks import (
     StepSeed,
 )
 from lightning_infdiff.denoisers import SparseNeuralOperator
-from lightning_infdiff.lit import DiffusionModule
+from lightning_infdiff.lit import DiffusionModule, Sampling, WarmupConstant
 from lightning_infdiff.processes import GaussianProcess
 
 STEPS = 3
@@ -58,8 +59,8 @@ class PerSampleNoise(DiffusionModule):
 def make_module() -> PerSampleNoise:
     torch.manual_seed(0)
     den = SparseNeuralOperator(1, **{**TINY, "dropout": 0.0})
-    return PerSampleNoise(den, GaussianProcess(), num_samples=1, sample_steps=1, warmup_steps=1,
-                          val_logsnr_bins=2, sample_every_n_val=0, lr_schedule="constant")
+    return PerSampleNoise(den, GaussianProcess(), lr_scheduler=partial(WarmupConstant, warmup_steps=1),
+                          sampling=Sampling(steps=1), val_logsnr_bins=2)
 
 
 class CountingIO(AtomicCheckpointIO):

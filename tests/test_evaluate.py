@@ -29,7 +29,7 @@ def offline_cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalrun")
-    cli = run_fit(tiny_config(root, **{"trainer.max_steps": 2, "model.sample_every_n_val": 0}))
+    cli = run_fit(tiny_config(root, **{"trainer.max_steps": 2, "samples.every_n_val": 0}))
     return cli.trainer.checkpoint_callback.last_model_path
 
 
@@ -125,7 +125,7 @@ def test_fid_overlay_composes_without_training_the_classifier(monkeypatch, tmp_p
     monkeypatch.setattr(clf, "train_classifier", lambda name: pytest.fail("trained at config time"))
     configs = Path(__file__).resolve().parents[1] / "configs"
     args = []
-    for c in ("base.yaml", "data/digits.yaml", "callbacks/fid_offline.yaml"):
+    for c in ("base.yaml", "data/digits.yaml", "denoisers/sparse_operator.yaml", "callbacks/fid_offline.yaml"):
         args += ["--config", str(configs / c)]
     cli = InfDiffCLI(DiffusionModule, FieldDataModule, run=False, args=[*args, "--trainer.logger", "false"])
     fids = [c for c in cli.trainer.callbacks if isinstance(c, FIDCallback)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -26,7 +27,7 @@ from lightning_infdiff.checkpoint import load_checkpoint
 from lightning_infdiff.data import FieldDataModule, GaussianBlobs
 from lightning_infdiff.data.sources import ImageSource
 from lightning_infdiff.denoisers import SparseNeuralOperator
-from lightning_infdiff.lit import DiffusionModule
+from lightning_infdiff.lit import DiffusionModule, Sampling, WarmupConstant
 from lightning_infdiff.processes import GaussianProcess
 
 TINY = dict(train_resolution=16, channels=8, depth=1, kernel_size=3, inner_resolution=8, inner_channels=8,
@@ -35,8 +36,7 @@ TINY = dict(train_resolution=16, channels=8, depth=1, kernel_size=3, inner_resol
 
 def tiny_module(seed: int = 0, **kw) -> DiffusionModule:
     torch.manual_seed(seed)
-    args = dict(num_samples=1, sample_steps=1, warmup_steps=1, val_logsnr_bins=2, sample_every_n_val=0,
-                lr_schedule="constant")
+    args = dict(lr_scheduler=partial(WarmupConstant, warmup_steps=1), sampling=Sampling(steps=1), val_logsnr_bins=2)
     args.update(kw)
     return DiffusionModule(SparseNeuralOperator(1, **TINY), GaussianProcess(), **args)
 

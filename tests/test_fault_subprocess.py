@@ -79,7 +79,8 @@ def config(tmp_path: Path, name: str) -> Path:
                               "num_res_blocks": 1, "attention_resolutions": [], "emb_dim": 32,
                               "head_channels": 8, "dropout": 0.1, "dropout_resolution": 8},
             },
-            "sample_every_n_val": 0, "warmup_steps": 2, "val_logsnr_bins": 2, "lr_schedule": "cosine",
+            "val_logsnr_bins": 2,
+            "lr_scheduler": {"class_path": "lightning_infdiff.lit.WarmupCosine", "init_args": {"warmup_steps": 2}},
         },
         "data": {
             "source": {"class_path": "lightning_infdiff.data.GaussianBlobs", "init_args": {"length": 36, "channels": 1}},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -9,13 +10,13 @@ import pytest
 import torch
 import yaml
 
-from lightning_infdiff.callbacks import EMA, decay_from_half_life
+from lightning_infdiff.callbacks import EMA, SampleGrids, decay_from_half_life
 from lightning_infdiff.checkpoint import load_checkpoint, load_module, load_safetensors
 from lightning_infdiff.cli import InfDiffCLI, main, parse_grid
 from lightning_infdiff.data import FieldDataModule, GaussianBlobs
 from lightning_infdiff.data.datamodule import FieldDataModule as DM
 from lightning_infdiff.denoisers import SparseNeuralOperator
-from lightning_infdiff.lit import DiffusionModule, warmup_cosine
+from lightning_infdiff.lit import DiffusionModule, Sampling, WarmupConstant, WarmupCosine
 from lightning_infdiff.processes import GaussianProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,13 +43,15 @@ def tiny_config(tmp_path: Path, **overrides) -> Path:
                 {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                  "init_args": {"save_last": True, "monitor": "val/loss", "mode": "min"}},
                 {"class_path": "lightning_infdiff.callbacks.EMA", "init_args": {"half_life_images": 50}},
+                {"class_path": "lightning_infdiff.callbacks.NoiseLevelCurve"},
             ],
         },
         "model": {
             "denoiser": TINY_DENOISER,
-            "num_samples": 2, "sample_steps": 2, "warmup_steps": 1, "val_logsnr_bins": 2,
-            "sample_grids": [[16, 16], [12, 20]],
+            "sampling": {"steps": 2}, "val_logsnr_bins": 2,
+            "lr_scheduler": {"class_path": "lightning_infdiff.lit.WarmupCosine", "init_args": {"warmup_steps": 1}},
         },
+        "samples": {"num_samples": 2, "grids": [[16, 16], [12, 20]]},
         "data": {
             "source": {"class_path": "lightning_infdiff.data.GaussianBlobs", "init_args": {"length": 48, "channels": 1}},
             "resolution": 16, "batch_size": 4, "subsample_rate": 2, "num_workers": 0, "val_size": 8,
@@ -70,7 +73,7 @@ def run_fit(cfg: Path, *extra: str) -> InfDiffCLI:
 
 
 def test_fast_dev_run(tmp_path):
-    cli = run_fit(tiny_config(tmp_path), "--trainer.fast_dev_run", "true")
+    cli = run_fit(tiny_config(tmp_path), "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path))
     assert cli.trainer.state.finished
 
 
@@ -127,8 +130,8 @@ def test_resume_continues_global_step(tmp_path):
 def test_ema_weights_are_used_in_validation_sampling():
     torch.manual_seed(0)
     den = SparseNeuralOperator(1, **{k: v for k, v in TINY_DENOISER["init_args"].items()})
-    module = DiffusionModule(den, GaussianProcess(), num_samples=1, sample_steps=1, warmup_steps=1,
-                             val_logsnr_bins=1, sample_grids=[[8, 8]], lr_schedule="constant")
+    module = DiffusionModule(den, GaussianProcess(), lr_scheduler=partial(WarmupConstant, warmup_steps=1),
+                             sampling=Sampling(steps=1), val_logsnr_bins=1)
     dm = DM(GaussianBlobs(32, 1), resolution=16, batch_size=4, num_workers=0, val_size=4)
     ema = EMA(half_life_images=8)
     record = {}
@@ -140,16 +143,15 @@ def test_ema_weights_are_used_in_validation_sampling():
             record["raw"] = pl_module.state_dict()[key].clone()
 
     seen = []
-    original = module.log_samples
 
-    def spy(grid):
-        seen.append(module.state_dict()[key].clone())
-        return original(grid)
+    class Spy(SampleGrids):
+        def draw(self, trainer, pl_module, grid):
+            seen.append(pl_module.state_dict()[key].clone())
+            return super().draw(trainer, pl_module, grid)
 
-    module.log_samples = spy
     trainer = L.Trainer(accelerator="cpu", max_steps=3, val_check_interval=3, check_val_every_n_epoch=None,
-                        num_sanity_val_steps=0, callbacks=[ema, Probe()], logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+                        num_sanity_val_steps=0, callbacks=[ema, Probe(), Spy(num_samples=1, grids=[[8, 8]])],
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, datamodule=dm)
     assert len(seen) == 1
     assert torch.equal(seen[0], record["avg"]) and not torch.equal(seen[0], record["raw"])
@@ -192,17 +194,36 @@ def test_ema_update_matches_its_recurrence():
     assert ema._beta(1) == pytest.approx(2 / 11) and ema._beta(10**6) == 0.95
 
 
-def test_warmup_cosine():
-    assert warmup_cosine(0, 10, 100, 0.1) == pytest.approx(0.1)
-    assert warmup_cosine(9, 10, 100, 0.1) == pytest.approx(1.0)
-    assert warmup_cosine(10, 10, 100, 0.1) == pytest.approx(1.0)
-    assert warmup_cosine(100, 10, 100, 0.1) == pytest.approx(0.1)
-    assert warmup_cosine(55, 10, 100, 0.1) == pytest.approx(0.55)
+def test_warmup_cosine_and_constant_schedules():
+    """f(s) = (s+1)/S_w in warm-up, then r + (1-r)(1+cos(pi p))/2; the constant one stays at the peak."""
+    def factors(sched, n):
+        out = []
+        for _ in range(n):
+            out.append(sched.get_last_lr()[0] / 0.5)
+            sched.optimizer.step()
+            sched.step()
+        return out
+
+    opt = lambda: torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)  # noqa: E731
+    f = factors(WarmupCosine(opt(), warmup_steps=10, min_ratio=0.1, total_steps=100), 101)
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and f[10] == pytest.approx(1.0)
+    assert f[55] == pytest.approx(0.55) and f[100] == pytest.approx(0.1)
+    g = factors(WarmupConstant(opt(), warmup_steps=4), 50)
+    assert g[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0]) and g[4:] == pytest.approx([1.0] * 46)
+    with pytest.raises(ValueError, match="min_ratio"):
+        WarmupCosine(opt(), min_ratio=2.0)
+
+
+def test_module_tells_the_cosine_schedule_the_run_length(tmp_path):
+    cli = InfDiffCLI(DiffusionModule, FieldDataModule, run=False, args=["--config", str(tiny_config(tmp_path))])
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    sched = cli.trainer.lr_scheduler_configs[0].scheduler
+    assert isinstance(sched, WarmupCosine) and sched.total_steps == 4 and sched.last_epoch == 4
 
 
 def test_classifier_free_guidance_end_to_end(tmp_path):
     den = {"class_path": TINY_DENOISER["class_path"], "init_args": {**TINY_DENOISER["init_args"], "num_classes": 4}}
-    cfg = tiny_config(tmp_path, **{"model.denoiser": den, "model.guidance_scale": 2.0, "model.cond_drop_prob": 0.5})
+    cfg = tiny_config(tmp_path, **{"model.denoiser": den, "model.sampling": {"guidance_scale": 2.0}, "model.cond_drop_prob": 0.5})
     cli = run_fit(cfg)
     ckpt = cli.trainer.checkpoint_callback.last_model_path
     out = tmp_path / "cfg"
@@ -218,7 +239,7 @@ def test_classifier_free_guidance_end_to_end(tmp_path):
     [
         (["--model.no_such_key", "1"], "no_such_key"),
         (["--model.denoiser.class_path", "lightning_infdiff.denoisers.NoSuchNet"], "NoSuchNet"),
-        (["--model.sample_steps", "-1"], "model.sample_steps"),
+        (["--model.sampling.steps", "-1"], "model.sampling.steps"),
         (["--data.subsample_rate", "1000"], "1000"),
     ],
 )
@@ -279,7 +300,7 @@ def test_sample_scale_uses_the_data_resolution(tmp_path):
             "init_args": {"resolution": 12, "channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
                           "attention_resolutions": [], "head_channels": 8, "emb_dim": 32}}
     cfg = tiny_config(tmp_path, **{"model.denoiser": unet, "data.resolution": 12, "data.subsample_rate": 1,
-                                   "model.sample_grids": [[12, 12]], "trainer.max_steps": 2})
+                                   "samples.grids": [[12, 12]], "trainer.max_steps": 2})
     ckpt = run_fit(cfg).trainer.checkpoint_callback.last_model_path
     out = tmp_path / "scaled"
     main(["sample", "--ckpt_path", ckpt, "--scale", "1.5", "--num", "1", "--steps", "1", "--out", str(out)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 
 import lightning as L
 import pytest
@@ -15,7 +16,7 @@ from torch import nn
 from lightning_infdiff.callbacks import EMA, FIDCallback
 from lightning_infdiff.data import FieldDataModule, GaussianBlobs
 from lightning_infdiff.denoisers import SparseNeuralOperator
-from lightning_infdiff.lit import DiffusionModule
+from lightning_infdiff.lit import DiffusionModule, Sampling, WarmupConstant
 from lightning_infdiff.metrics import (
     ClassifierFeatures,
     FeatureStats,
@@ -34,8 +35,8 @@ def offline_features() -> ClassifierFeatures:
 def tiny_module() -> DiffusionModule:
     torch.manual_seed(0)
     den = SparseNeuralOperator(1, **TINY_DENOISER["init_args"])
-    return DiffusionModule(den, GaussianProcess(), num_samples=1, sample_steps=1, warmup_steps=1,
-                           val_logsnr_bins=1, sample_every_n_val=0, lr_schedule="constant")
+    return DiffusionModule(den, GaussianProcess(), lr_scheduler=partial(WarmupConstant, warmup_steps=1),
+                           sampling=Sampling(steps=1), val_logsnr_bins=1)
 
 
 def tiny_dm() -> FieldDataModule:

@@ -165,7 +165,7 @@ def test_cli_resolves_an_unset_precision_records_and_prints_it(tmp_path, monkeyp
     fake(monkeypatch, cpu=(False, "this CPU has no native bf16 (faked)"))
     with caplog.at_level("INFO"):
         cli = run_fit(tiny_config(tmp_path, **{"trainer.precision": None, "trainer.max_steps": 1,
-                                               "model.sample_every_n_val": 0}))
+                                               "samples.every_n_val": 0}))
     assert cli.trainer.precision == "32-true"
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("precision ")]
     assert said == ["precision 32-true: this CPU has no native bf16 (faked)"]
@@ -249,7 +249,7 @@ def seen(monkeypatch):
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> str:
-    cli = run_fit(tiny_config(tmp_path_factory.mktemp("prec"), **{"trainer.max_steps": 1, "model.sample_every_n_val": 0}))
+    cli = run_fit(tiny_config(tmp_path_factory.mktemp("prec"), **{"trainer.max_steps": 1, "samples.every_n_val": 0}))
     return cli.trainer.checkpoint_callback.last_model_path
 
 
@@ -351,14 +351,14 @@ def test_quickstart_reports_steps_precision_and_validation_share(tmp_path, monke
     fake(monkeypatch, cpu=(False, "no native bf16 (faked)"))
     quickstart.main([
         "--config", str(ROOT / "configs" / "data" / "blobs.yaml"), "--model.denoiser.init_args.num_classes=0",
-        "--model.guidance_scale=1.0", "--data.resolution=8", "--model.denoiser.init_args.train_resolution=8",
+        "--model.sampling.guidance_scale=1.0", "--data.resolution=8", "--model.denoiser.init_args.train_resolution=8",
         "--model.denoiser.init_args.inner_resolution=4", "--model.denoiser.init_args.channels=8",
         "--model.denoiser.init_args.inner_channels=8", "--model.denoiser.init_args.channel_mult=[1]",
         "--model.denoiser.init_args.attention_resolutions=[]", "--model.denoiser.init_args.head_channels=8",
         "--model.denoiser.init_args.emb_dim=16", "--model.denoiser.init_args.depth=1", "--data.batch_size=4",
         "--data.val_size=4", "--data.num_workers=0", "--data.source.init_args.length=16",
         "--trainer.max_steps=4", "--trainer.max_time=null", "--trainer.val_check_interval=2",
-        "--model.sample_steps=1", "--model.sample_grids=[[8, 8]]", "--trainer.enable_progress_bar=false",
+        "--model.sampling.steps=1", "--samples.grids=[[8, 8]]", "--trainer.enable_progress_bar=false",
     ])
     summary = json.loads(next(tmp_path.rglob("quickstart_summary.json")).read_text())
     assert summary["steps"] == 4 and summary["precision"] == "32-true"

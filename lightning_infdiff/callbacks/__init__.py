@@ -1,12 +1,14 @@
 """Training-time callbacks: EMA, FID, throughput, non-finite guard, per-batch seeding, atomic checkpoints,
-the HParams view."""
+the HParams view, sample sheets and the loss-by-noise-level file."""
 
 from .atomic_checkpoint import AtomicCheckpointIO, AtomicModelCheckpoint, atomic_write_bytes
 from .compile import CompileDenoiser
 from .ema import EMA, decay_from_half_life
 from .fid import FIDCallback
 from .hparams import HParamsView
+from .noise_curve import NoiseLevelCurve
 from .nonfinite import NonFiniteGuard, NonFiniteTrainingError
+from .samples import SampleGrids
 from .step_seed import StepSeed
 from .throughput import Throughput, peak_rss_mib
 
@@ -17,8 +19,10 @@ __all__ = [
     "CompileDenoiser",
     "FIDCallback",
     "HParamsView",
+    "NoiseLevelCurve",
     "NonFiniteGuard",
     "NonFiniteTrainingError",
+    "SampleGrids",
     "StepSeed",
     "Throughput",
     "atomic_write_bytes",

@@ -151,7 +151,8 @@ class Throughput(Callback):
         if self.sample_num == 0 or grid is None or not hasattr(pl_module, "generate"):
             return None
         seeds = list(range(self.sample_num))
-        labels = pl_module.default_labels(self.sample_num) if hasattr(pl_module, "default_labels") else None
+        denoiser = getattr(pl_module, "denoiser", None)
+        labels = denoiser.cycling_labels(self.sample_num, pl_module.device) if denoiser is not None else None
         _sync(pl_module.device)
         t0 = time.perf_counter()
         pl_module.generate(grid, seeds, steps=self.sample_steps, labels=labels)

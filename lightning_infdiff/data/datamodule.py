@@ -130,6 +130,26 @@ class FieldDataModule(L.LightningDataModule):
         """Number of classes, or ``None`` for unlabelled sources."""
         return self.source.num_classes
 
+    def check_model(self, denoiser: Any, process: Any) -> None:
+        """Refuse a denoiser or process that does not fit this data (channels, classes, full grids)."""
+        if self.channels != denoiser.in_channels:
+            raise UsageError(
+                f"model.denoiser.init_args.in_channels={denoiser.in_channels} but the data has {self.channels} "
+                f"channel(s): set in_channels to {self.channels}"
+            )
+        if denoiser.num_classes and not self.num_classes:
+            raise UsageError(f"model.denoiser.init_args.num_classes={denoiser.num_classes} but the data has no labels")
+        if denoiser.num_classes and denoiser.num_classes != self.num_classes:
+            raise UsageError(
+                f"model.denoiser.init_args.num_classes={denoiser.num_classes} but the data has {self.num_classes} classes"
+            )
+        if getattr(process, "multiscale", False) and not self.sampler.is_full:
+            raise UsageError(
+                "model.process.init_args.multiscale=true needs full grids, but data.subsample_rate="
+                f"{self.sampler.rate} / data.num_points={self.sampler.num_points} subsample them: set "
+                "data.subsample_rate: 1 (configs/process/multiscale.yaml does) or disable multiscale"
+            )
+
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer
         if trainer is None:

@@ -17,20 +17,23 @@ architecture." The construction follows Preechakul et al. (2022):
 * :class:`~.latent_prior.LatentPrior` models ``p(z)`` for unconditional sampling.
 
 Deviation, with its reason: ∞-Diff and Preechakul et al. train the latent prior after the
-autoencoder. Here it is trained in the same run on ``stop_gradient(z)`` (its loss is added
-by :class:`~lightning_infdiff.lit.DiffusionModule`), so one ``fit`` yields a model that samples;
+autoencoder. Here it is trained in the same run on ``stop_gradient(z)`` (its loss is the
+denoiser's auxiliary loss, added to the diffusion loss), so one ``fit`` yields a model that samples;
 the gradient stop keeps the prior from shaping the encoder.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..coords import coords_to_index
+from ..batch import FieldBatch
+from ..coords import coords_to_index, full_coords, gather, index_to_coords
 from .latent_prior import LatentPrior
 from .layers.adm import Downsample, ResBlock, group_norm
 from .layers.knn import knn_interpolate, lattice_knn
@@ -113,9 +116,10 @@ class SparseEncoder(nn.Module):
 class SparseAutoencoder(SparseNeuralOperator):
     """∞-Diff's diffusion autoencoder: :class:`SparseEncoder` + latent-scaled denoiser + prior.
 
-    Called like any denoiser with ``cond = z (B, latent_dim)``. The LightningModule draws
-    ``z = encode(x_0 at an independent coordinate subset)`` in training and ``z ~`` the prior
-    (:meth:`sample_latents`) when sampling unconditionally; :meth:`encode` of a real image
+    Called like any denoiser with ``cond = z (B, latent_dim)``. Its conditioning hooks make it
+    one to the LightningModule: in training :meth:`condition` encodes ``x_0`` at an independent
+    coordinate subset and :meth:`auxiliary_losses` adds the prior's loss; :meth:`sampling_condition`
+    draws ``z`` from the prior (or decodes given latents). :meth:`encode_images` of a real image
     gives reconstructions, also at other resolutions (∞-Diff's super-resolution, Fig. 8).
 
     Args:
@@ -125,52 +129,40 @@ class SparseAutoencoder(SparseNeuralOperator):
         prior_hidden: hidden width of the latent prior's MLP.
         prior_depth: hidden layers of the latent prior's MLP.
         prior_steps: DDIM steps when sampling latents.
-        **kwargs: the :class:`SparseNeuralOperator` arguments (``num_classes`` must be 0).
+        prior_weight: weight of the latent prior's loss in the training loss.
+        **operator: the :class:`SparseNeuralOperator` arguments, with its defaults (no ``num_classes``:
+            the latent is the condition); the encoder shares its sparse and inner-grid settings.
     """
+
+    supports_guidance = False
 
     def __init__(
         self,
-        in_channels: int = 3,
-        out_channels: int | None = None,
-        train_resolution: int = 64,
-        channels: int = 64,
-        depth: int = 3,
-        kernel_size: int = 7,
-        mlp_ratio: int = 2,
-        knn_neighbours: int = 3,
-        inner_resolution: int = 32,
-        inner_channels: int = 64,
-        channel_mult: Sequence[int] = (1, 2, 4, 8),
-        num_res_blocks: int = 2,
-        attention_resolutions: Sequence[int] = (16, 8),
-        dropout: float = 0.1,
-        dropout_resolution: int = 16,
-        head_channels: int = 64,
-        emb_dim: int = 256,
-        sparse_backend: str = "auto",
-        zero_init_output: bool = True,
         latent_dim: int = 128,
         encoder_channel_mult: Sequence[int] | None = None,
         encoder_res_blocks: int = 1,
         prior_hidden: int = 512,
         prior_depth: int = 6,
         prior_steps: int = 100,
+        prior_weight: float = 1.0,
+        **operator: Any,
     ) -> None:
         if latent_dim < 1:
             raise ValueError(f"SparseAutoencoder needs latent_dim >= 1, got {latent_dim}")
-        super().__init__(
-            in_channels=in_channels, out_channels=out_channels, num_classes=0, train_resolution=train_resolution,
-            channels=channels, depth=depth, kernel_size=kernel_size, mlp_ratio=mlp_ratio,
-            knn_neighbours=knn_neighbours, inner_resolution=inner_resolution, inner_channels=inner_channels,
-            channel_mult=channel_mult, num_res_blocks=num_res_blocks, attention_resolutions=attention_resolutions,
-            dropout=dropout, dropout_resolution=dropout_resolution, head_channels=head_channels, emb_dim=emb_dim,
-            sparse_backend=sparse_backend, zero_init_output=zero_init_output, latent_dim=latent_dim,
-        )
-        self.prior_steps = prior_steps
+        if prior_weight < 0:
+            raise ValueError(f"SparseAutoencoder needs prior_weight >= 0, got {prior_weight}")
+        if operator.get("num_classes"):
+            raise ValueError("SparseAutoencoder is conditioned on its latent: num_classes must be 0")
+        operator.pop("num_classes", None)
+        super().__init__(num_classes=0, latent_dim=latent_dim, **operator)
+        a = inspect.signature(SparseNeuralOperator.__init__).bind(self, **operator)
+        a.apply_defaults()
+        op = a.arguments
+        self.prior_steps, self.prior_weight = prior_steps, prior_weight
         self.encoder = SparseEncoder(
-            in_channels, latent_dim, train_resolution, channels, depth, kernel_size, mlp_ratio, knn_neighbours,
-            inner_resolution, inner_channels, tuple(encoder_channel_mult or channel_mult), encoder_res_blocks,
-            emb_dim, sparse_backend,
+            op["in_channels"], latent_dim, op["train_resolution"], op["channels"], op["depth"], op["kernel_size"],
+            op["mlp_ratio"], op["knn_neighbours"], op["inner_resolution"], op["inner_channels"],
+            tuple(encoder_channel_mult or op["channel_mult"]), encoder_res_blocks, op["emb_dim"], op["sparse_backend"],
         )
         self.prior = LatentPrior(latent_dim, prior_hidden, prior_depth)
 
@@ -178,6 +170,42 @@ class SparseAutoencoder(SparseNeuralOperator):
         """Latent ``z (B, D)`` of clean values at any subset of pixel centres of any grid."""
         self.check_inputs(values, coords, torch.zeros(values.shape[0], device=values.device), grid)
         return self.encoder(values, coords, grid)
+
+    @torch.no_grad()
+    def encode_images(self, images: Tensor) -> Tensor:
+        """Latents ``(B, D)`` of images ``(B, C, H, W)`` in ``[-1, 1]`` at their own grid."""
+        device = next(self.parameters()).device
+        return self.condition(FieldBatch(images.to(device).float()), train=False)
+
+    # ------------------------------------------------------------------ conditioning hooks
+    def condition(self, batch: FieldBatch, train: bool, drop_prob: float = 0.0) -> Tensor:
+        """``z = encode(x_0)``: in training at an independent random coordinate subset of the same
+        size as the denoiser's (∞-Diff section 4.4), otherwise on the full grid."""
+        image, grid = batch.image, batch.grid
+        b, n = len(batch), batch.num_points
+        enc_idx = None
+        if train and batch.indices is not None:
+            enc_idx = torch.rand(b, grid[0] * grid[1], device=image.device).argsort(dim=1)[:, :n]
+        coords = full_coords(b, grid, image.device) if enc_idx is None else index_to_coords(enc_idx, grid)
+        return self.encode(gather(image, enc_idx), coords, grid)
+
+    def auxiliary_losses(self, cond: Tensor | None, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """The latent prior's loss on ``stop_gradient(z)``, weighted by ``prior_weight``."""
+        if cond is None:
+            return {}
+        return {"prior_loss": self.prior_weight * self.prior.loss(cond.detach(), generator=generator).mean()}
+
+    def sampling_condition(
+        self, seeds: list[int], labels: Tensor | None, latents: Tensor | None, device: torch.device
+    ) -> Tensor:
+        """The given latents, or one latent per seed from the prior (batch-size independent)."""
+        if labels is not None:
+            raise ValueError("a diffusion autoencoder takes no labels: pass latents (or none) instead")
+        if latents is None:
+            latents = self.sample_latents(seeds, device)
+        if latents.shape[0] != len(seeds):
+            raise ValueError(f"got {latents.shape[0]} latents for {len(seeds)} seeds")
+        return latents.to(device)
 
     def prior_loss(self, z: Tensor) -> Tensor:
         """Latent prior's per-example loss ``(B,)`` on (detached) latents."""

@@ -11,6 +11,13 @@ pixel-centre coordinates ``(y, x)`` in domain units (see :mod:`lightning_infdiff
 denoiser reads its geometry from there; a plain tuple is the unit square) and
 ``cond`` an optional condition (e.g. integer class labels ``(B,)``). It returns
 ``(B, N, C_out)``. The process and the LightningModule never know which kind they hold.
+
+What a denoiser is conditioned on is its own business too: :meth:`Denoiser.condition` gives the
+condition of a training or validation batch (class labels, with classifier-free dropout, by
+default), :meth:`Denoiser.auxiliary_losses` any loss of its own added to the diffusion loss, and
+:meth:`Denoiser.sampling_condition` the condition to sample with. A diffusion autoencoder
+(:class:`~lightning_infdiff.denoisers.SparseAutoencoder`) overrides all three: its condition is
+the encoder's latent, its extra loss the latent prior's, and it samples from latents.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..batch import FieldBatch
 from ..coords import check_grid, coords_to_index, gather, scatter
 
 __all__ = ["Denoiser", "GridDenoiser"]
@@ -43,6 +51,8 @@ class Denoiser(nn.Module, ABC):
     """
 
     full_canvas_cost: ClassVar[bool] = False
+    #: whether classifier-free guidance applies to this denoiser's condition
+    supports_guidance: ClassVar[bool] = True
 
     def __init__(self, in_channels: int = 3, out_channels: int | None = None, num_classes: int = 0) -> None:
         super().__init__()
@@ -64,6 +74,37 @@ class Denoiser(nn.Module, ABC):
         self, values: Tensor, coords: Tensor, logsnr: Tensor, grid: tuple[int, int], cond: Tensor | None = None
     ) -> Tensor:
         """Predict the target at the points (see module docstring)."""
+
+    # ------------------------------------------------------------------ conditioning hooks
+    def condition(self, batch: FieldBatch, train: bool, drop_prob: float = 0.0) -> Tensor | None:
+        """The condition for ``batch``: its labels for a class-conditional model, else ``None``.
+
+        In training each label becomes the null class with probability ``drop_prob``
+        (classifier-free guidance, Ho & Salimans 2022).
+        """
+        if not self.num_classes or batch.label is None:
+            return None
+        cond = batch.label.long()
+        if train and drop_prob > 0:
+            drop = torch.rand(cond.shape, device=cond.device) < drop_prob
+            cond = torch.where(drop, torch.full_like(cond, self.num_classes), cond)
+        return cond
+
+    def auxiliary_losses(self, cond: Tensor | None, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Weighted losses of the denoiser's own, added to the diffusion loss (none by default)."""
+        return {}
+
+    def sampling_condition(
+        self, seeds: list[int], labels: Tensor | None, latents: Tensor | None, device: torch.device
+    ) -> Tensor | None:
+        """The condition to sample ``seeds`` with: the given class labels (or none)."""
+        if latents is not None:
+            raise ValueError("latents were given but the denoiser is not a diffusion autoencoder")
+        return labels.to(device) if labels is not None else None
+
+    def cycling_labels(self, n: int, device: torch.device | str | None = None) -> Tensor | None:
+        """Labels ``0, 1, 2, ...`` (cycling over the classes) for a conditional model, else ``None``."""
+        return torch.arange(n, device=device) % self.num_classes if self.num_classes else None
 
     @staticmethod
     def check_inputs(values: Tensor, coords: Tensor, logsnr: Tensor, grid: tuple[int, int]) -> tuple[int, int]:

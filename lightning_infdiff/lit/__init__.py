@@ -1,5 +1,6 @@
-"""Lightning wiring: the LightningModule."""
+"""Lightning wiring: the LightningModule and its learning-rate schedules."""
 
-from .module import DiffusionModule, warmup_cosine
+from .module import DiffusionModule, Sampling
+from .schedulers import WarmupConstant, WarmupCosine
 
-__all__ = ["DiffusionModule", "warmup_cosine"]
+__all__ = ["DiffusionModule", "Sampling", "WarmupConstant", "WarmupCosine"]

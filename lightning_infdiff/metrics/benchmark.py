@@ -87,14 +87,14 @@ def speed(clip_images: int = 64, clip_weights: str | None = None, sample_images:
             print({k: v for k, v in out.items() if f"fp{precision}" in k}, flush=True)  # partial results
     except ImportError as err:
         out["clip_skipped"] = str(err)  # type: ignore[assignment]
-    # default model (configs/base.yaml denoiser), 25 dpmpp_2m steps at 32^2, fp32 and bf16 autocast
+    # default model (configs/denoisers/sparse_operator.yaml), 25 dpmpp_2m steps at 32^2, fp32 and bf16 autocast
     import yaml
     from jsonargparse import ArgumentParser
 
     from ..denoisers.base import Denoiser
     from ..lit.module import DiffusionModule
 
-    base = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "base.yaml").read_text())
+    base = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs/denoisers/sparse_operator.yaml").read_text())
     parser = ArgumentParser()
     parser.add_argument("--denoiser", type=Denoiser)
     den_cfg = dict(base["model"]["denoiser"])
