@@ -2,7 +2,7 @@
 
 PyTorch's fused AdamW does the whole update of every parameter in one kernel, the same
 arithmetic several times faster than the per-tensor or ``foreach`` loops on CPU
-(``benchmarks/results/kernels.md``), so it is the default where it exists (CPU and CUDA).
+(``git show 7df682e:benchmarks/results/kernels.md``), so it is the default where it exists (CPU and CUDA).
 
 Lightning's mixed-precision plugin refuses gradient clipping with any optimiser that unscales
 gradients itself, which fused optimisers claim to do. Under ``bf16-mixed`` and ``32-true`` there

@@ -116,7 +116,7 @@ def classifier_path(name: Literal["digits", "animals"] = "digits") -> Path:
 
 
 def load_classifier(name: Literal["digits", "animals"] = "digits", retrain: bool = False) -> tuple[SmallClassifier, float]:
-    """The cached classifier (trained on first use, about 20 s on 2 CPU cores)."""
+    """The cached classifier (trained on first use, once per cache)."""
     path = classifier_path(name)
     if path.is_file() and not retrain:
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -26,7 +26,7 @@ class LayoutGroupNorm(nn.GroupNorm):
     The same maths and parameters as :class:`torch.nn.GroupNorm`. On CPU torch's channels_last
     GroupNorm is several times slower than a contiguous copy with gradients and on small maps,
     but faster without gradients on maps of 32² and more (a grid denoiser sampling at 128²)
-    (``benchmarks/results/kernels.md``). :meth:`relayout_pays` picks the faster way. The output keeps the input's memory format.
+    (``git show 7df682e:benchmarks/results/kernels.md``). :meth:`relayout_pays` picks the faster way. The output keeps the input's memory format.
     """
 
     #: Smallest feature map (H·W) that runs torch's channels_last kernel when no gradient is recorded.
@@ -55,8 +55,8 @@ class _Relayout(torch.autograd.Function):
     ``Tensor.contiguous`` passes the gradient through in whatever layout it arrives, so the
     gradient of a channels_last input of :class:`LayoutGroupNorm` came back contiguous. Where that
     input also feeds a convolution (every ResBlock input, the U-Net skips), autograd then adds
-    a contiguous and a channels_last gradient; on CPU in bf16 that mixed-layout ``add_`` is about
-    10x slower than a same-layout one (``benchmarks/results/kernels.md``). Converting the
+    a contiguous and a channels_last gradient; on CPU in bf16 that mixed-layout ``add_`` is much
+    slower than a same-layout one (``git show 7df682e:benchmarks/results/kernels.md``). Converting the
     gradient here keeps every gradient in the layout of its tensor.
     """
 
@@ -106,8 +106,8 @@ class ResBlock(nn.Module):
     @staticmethod
     def modulate(h: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
         """FiLM ``h·(1 + s) + b`` with the conditioning path's fp32 ``(s, b)`` (``(B, C, 1, 1)``),
-        so under autocast a bf16 ``h`` gives an fp32 result (``benchmarks/bench_bf16_probes.py``'s
-        ``bf16_film`` probe measures keeping it bf16: no gain)."""
+        so under autocast a bf16 ``h`` gives an fp32 result (keeping it bf16 gained nothing in the
+        ``bf16_film`` probe, ``git show 7df682e:benchmarks/bench_bf16_probes.py``)."""
         return film(h, scale, shift, channel_dim=1, promote=True)
 
 

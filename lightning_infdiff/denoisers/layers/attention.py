@@ -7,7 +7,7 @@ tiles over the sequence, which pays off for long sequences but costs a lot of pe
 the short ones the inner U-Nets and patch transformers here see (16 to 256 tokens): with
 gradients, two matmuls and a softmax are faster there, up to about 5x in bf16; at 1024 tokens
 both take about the same time and the fused kernel needs far less memory
-(``benchmarks/results/kernels_attention_epyc.md``).
+(``git show 7df682e:benchmarks/results/kernels_attention_epyc.md``).
 
 The fused kernel's cost is in its backward: without gradients (sampling) it is as fast or
 faster. So when gradients are recorded on CPU, sequences of up to

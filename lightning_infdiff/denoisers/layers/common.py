@@ -121,7 +121,7 @@ class ModulatedLayerNorm(nn.Module):
         # torch 2.13-2.14 already keeps a bf16 input's dtype): the statistics are fp32
         # inside the kernel either way, and the sparse level then stays bf16 end to end (its
         # conv runs on a bf16 canvas, no fp32 activations to cast back); on its own the LN
-        # costs about the same either way (benchmarks/results/kernels.md)
+        # costs about the same either way (git show 7df682e:benchmarks/results/kernels.md)
         with torch.autocast(x.device.type, enabled=False):
             return film(F.layer_norm(x, (self.channels,)), scale, shift)
 

@@ -17,12 +17,12 @@ def in_param_dtype(layer: nn.Module, x: Tensor) -> Tensor:
     """``layer(x)`` in the dtype of ``layer``'s parameters, whatever autocast says.
 
     For the conditioning path: the noise-embedding MLP and the FiLM projections act on one row
-    per example (``(B, E)``). Those matmuls are far too small for bf16 to pay: on CPU (2 cores,
-    batch 32, oneDNN) autocast made them about 2x slower than fp32, besides casting their
+    per example (``(B, E)``). Those matmuls are far too small for bf16 to pay: on CPU autocast made
+    them slower than fp32, besides casting their
     weights every step, and fp32 keeps the scale and shift of every block exact to fp32.
     The same holds for projections from or to the data's few channels (a point model's lift
     ``C_in -> C`` and output ``C -> C_out``): their weight gradients are matrix-vector
-    products, slower under bf16 autocast than in fp32 (``benchmarks/results/kernels.md``).
+    products, slower under bf16 autocast than in fp32 (``git show 7df682e:benchmarks/results/kernels.md``).
     """
     with torch.autocast(x.device.type, enabled=False):
         return layer(x.to(next(layer.parameters()).dtype))

@@ -31,7 +31,7 @@ Backends (all exact, selected by name, e.g. from YAML):
   :data:`AUTO_PAIRS_MAX_DENSITY` and the grid is the training grid, else ``"dense"``. On other
   grids the kernel is resized (``k' ≈ k·s`` taps per side): the kernel map then enumerates
   ``N·k'²`` window taps, while the dense canvas runs the factored ``k² + 2(2s - 1)``-tap form,
-  and dense was faster at every density measured (``benchmarks/results/backends.md``).
+  and dense was faster at every density measured (``git show 7df682e:benchmarks/results/backends.md``).
 * ``"torchsparse"``: optional accelerator for CUDA users; raises a clear error when missing.
 
 Resolution transfer: at a grid ``H' x W'`` the kernel is resampled bilinearly to an odd size
@@ -51,7 +51,9 @@ from __future__ import annotations
 from .kernel import integer_scales, resize_kernel, resized_kernel_size, tent_factored_conv2d
 from .lattice import AUTO_PAIRS_MAX_DENSITY, SPARSE_BACKENDS, PointLattice, torchsparse_available
 from .module import BF16_MAX_KERNEL, SparseDepthwiseConv2d, sparse_depthwise_conv
-from .op import _depthwise_weight_grad as _depthwise_weight_grad  # for benchmarks/bench_kernels.py
+from .op import (
+    _depthwise_weight_grad as _depthwise_weight_grad,  # for the kernel study (git history)
+)
 from .op import _native_cpu_bf16 as _native_cpu_bf16  # for tests/test_precision_choice.py
 from .op import depthwise_same_conv
 

@@ -21,7 +21,7 @@ __all__ = ["AUTO_PAIRS_MAX_DENSITY", "SPARSE_BACKENDS", "PointLattice", "torchsp
 
 SPARSE_BACKENDS = ("auto", "dense", "pairs", "torchsparse")
 #: Above this fraction of sampled pixels the dense canvas is faster at the training resolution
-#: (measured on CPU, ``benchmarks/results/backends.md``).
+#: (measured on CPU, ``git show 7df682e:benchmarks/results/backends.md``).
 AUTO_PAIRS_MAX_DENSITY = 0.2
 
 

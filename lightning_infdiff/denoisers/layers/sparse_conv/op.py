@@ -38,15 +38,15 @@ def _depthwise_weight_grad(grad: Tensor, canvas: Tensor, weight: Tensor, padding
     depthwise conv (``groups = C``), for a bf16 ``grad`` and ``canvas``; returned in ``weight``'s dtype.
 
     oneDNN's depthwise weight gradient on CPU is several times slower in bf16 than in fp32, but
-    its *grouped* conv weight gradient is fast (``benchmarks/results/kernels.md``). So the gradient of a
+    its *grouped* conv weight gradient is fast (``git show 7df682e:benchmarks/results/kernels.md``). So the gradient of a
     conv with ``C / k`` groups of ``k`` channels (every channel against every channel of its
     block) is computed, and the depthwise gradient is its block diagonal
     ``dW[c] = dW_blocks[c, c mod k]``: ``k`` times the products, in bf16 with fp32 accumulation,
     rounded to bf16 like every autocast conv's weight gradient. With ``k = 8`` it beats even
-    fp32's depthwise gradient on CPUs with native bf16 (``benchmarks/results/kernels.md``).
+    fp32's depthwise gradient on CPUs with native bf16 (``git show 7df682e:benchmarks/results/kernels.md``).
     Channel counts with no block of 8 or 4, and CPUs without native bf16 (where oneDNN's
-    emulated bf16 grouped conv does not keep the error within one bf16 rounding: measured on an
-    AVX2-only AMD EPYC, ``tests/test_sparse_conv.py``), take the fp32 depthwise gradient.
+    emulated bf16 grouped conv does not keep the error within one bf16 rounding: measured on a CPU
+    without AVX512-BF16, ``tests/test_sparse_conv.py``), take the fp32 depthwise gradient.
     """
     c, _, kh, kw = weight.shape
     args = ((1, 1), padding, (1, 1), False, (0, 0))
@@ -81,7 +81,7 @@ def _depthwise_same_conv(canvas: Tensor, weight: Tensor, pad_h: int, pad_w: int)
 
     A bf16 canvas keeps the sparse level's activations bf16 (no fp32 canvas and casts). oneDNN's
     bf16 depthwise forward and input gradient accumulate in fp32; their timings vary between
-    processes (bf16 forward 0.5x to 2x fp32's, ``benchmarks/results/kernels.md``).
+    processes (``git show 7df682e:benchmarks/results/kernels.md``).
     """
     return F.conv2d(canvas, weight.to(canvas.dtype), padding=(pad_h, pad_w), groups=canvas.shape[1])
 
