@@ -22,6 +22,8 @@ __all__ = [
     "UnitWeighting",
     "SNRWeighting",
     "MinSNRWeighting",
+    "SigmoidWeighting",
+    "EDMWeighting",
     "build_weighting",
     "multiscale_mse",
 ]
@@ -77,12 +79,56 @@ class MinSNRWeighting(Weighting):
         return f"MinSNRWeighting(gamma={self.gamma})"
 
 
+class SigmoidWeighting(Weighting):
+    """Sigmoid weighting (Kingma & Gao 2023, section 5; simpler diffusion, SiD2):
+    ``w_eps = sigmoid(b - lambda)`` on the epsilon-MSE, i.e. ``w_x0 = SNR sigmoid(b - lambda)``.
+
+    It weighs the epsilon-MSE fully at high noise and the x0-MSE by the constant ``e^b`` at low
+    noise, switching over around ``lambda = b``.
+
+    Args:
+        bias: ``b``, the logSNR where the weight halves.
+    """
+
+    def __init__(self, bias: float = 2.0) -> None:
+        self.bias = float(bias)
+
+    def __call__(self, logsnr: Tensor, param: Parametrisation) -> Tensor:
+        return torch.exp(logsnr) * torch.sigmoid(self.bias - logsnr) / param.x0_mse_factor(logsnr)
+
+    def __repr__(self) -> str:
+        return f"SigmoidWeighting(bias={self.bias})"
+
+
+class EDMWeighting(Weighting):
+    """EDM's ``w_x0 = (sigma^2 + s_d^2) / (sigma s_d)^2`` with ``sigma = e^{-lambda/2}`` (Karras et al.
+    2022, eq. 8 and table 1): unit weight on the preconditioned network's MSE (``edm`` target).
+
+    Args:
+        sigma_data: ``s_d`` (EDM: 0.5).
+    """
+
+    def __init__(self, sigma_data: float = 0.5) -> None:
+        if not sigma_data > 0:
+            raise ValueError(f"sigma_data must be positive, got {sigma_data}")
+        self.sigma_data = float(sigma_data)
+
+    def __call__(self, logsnr: Tensor, param: Parametrisation) -> Tensor:
+        sigma2 = torch.exp(-logsnr)
+        return (sigma2 + self.sigma_data**2) / (sigma2 * self.sigma_data**2) / param.x0_mse_factor(logsnr)
+
+    def __repr__(self) -> str:
+        return f"EDMWeighting(sigma_data={self.sigma_data})"
+
+
 def build_weighting(name: str | Weighting, **kwargs: float) -> Weighting:
-    """A weighting from its name: ``unit``, ``snr``, ``min_snr`` (kwargs: ``gamma``)."""
+    """A weighting from its name: ``unit``, ``snr``, ``min_snr`` (kwargs: ``gamma``), ``sigmoid``
+    (``bias``), ``edm`` (``sigma_data``)."""
     if isinstance(name, Weighting):
         return name
     key = str(name).lower().replace("-", "_")
-    table = {"unit": UnitWeighting, "simple": UnitWeighting, "snr": SNRWeighting, "min_snr": MinSNRWeighting}
+    table = {"unit": UnitWeighting, "simple": UnitWeighting, "snr": SNRWeighting, "min_snr": MinSNRWeighting,
+             "sigmoid": SigmoidWeighting, "edm": EDMWeighting}
     if key not in table:
         raise ValueError(f"unknown loss weighting {name!r}; expected one of {sorted(table)}")
     return table[key](**kwargs)

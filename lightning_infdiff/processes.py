@@ -22,6 +22,7 @@ from torch import Tensor
 
 from .coords import as_grid, full_coords, gather, index_to_coords, jitter_coords, scatter
 from .losses import UnitWeighting, Weighting, build_weighting, multiscale_mse
+from .noise_levels import NoiseLevels, UniformTime
 from .operators import IdentityOperator, NoiseOperator
 from .parametrisations import Parametrisation, build_parametrisation
 from .schedules import CosineSchedule, Schedule, alpha_sigma
@@ -80,8 +81,13 @@ class GaussianProcess:
         schedule: logSNR schedule (default: cosine with logSNR in [-15, 15]).
         operator: noise operator ``T`` (default: identity = plain diffusion; a
             :class:`~lightning_infdiff.operators.HeatKernelOperator` gives ∞-Diff's mollified diffusion).
-        parametrisation: network target: ``eps``, ``mollified_eps`` (∞-Diff's ``T xi``), ``v`` or ``x0``.
-        weighting: loss weighting over noise levels: ``unit``, ``snr``, ``min_snr`` or a :class:`Weighting`.
+        parametrisation: network target: ``eps``, ``mollified_eps`` (∞-Diff's ``T xi``), ``v``, ``x0``,
+            ``flow`` (flow matching's velocity) or ``edm`` (EDM's preconditioned network), or a
+            :class:`~lightning_infdiff.parametrisations.Parametrisation` (e.g. EDM with another ``sigma_data``).
+        weighting: loss weighting over noise levels: ``unit``, ``snr``, ``min_snr``, ``sigmoid``, ``edm``
+            or a :class:`Weighting`.
+        noise_levels: the distribution of training logSNRs (default: ``t ~ U(0, 1)`` through the
+            schedule; :mod:`lightning_infdiff.noise_levels`).
         multiscale: use simple diffusion's multiscale loss (section 3.2); needs full grids.
         multiscale_base: smallest resolution in the multiscale loss.
     """
@@ -90,16 +96,18 @@ class GaussianProcess:
         self,
         schedule: Schedule = lazy_instance(CosineSchedule),
         operator: NoiseOperator = lazy_instance(IdentityOperator),
-        parametrisation: str = "v",
+        parametrisation: str | Parametrisation = "v",
         weighting: str | Weighting = "unit",
         multiscale: bool = False,
         multiscale_base: int = 8,
+        noise_levels: NoiseLevels = lazy_instance(UniformTime),
     ) -> None:
         self.schedule = schedule if schedule is not None else CosineSchedule()
         self.operator = operator if operator is not None else IdentityOperator()
         self.param: Parametrisation = build_parametrisation(parametrisation)
         self.weighting = build_weighting(weighting) if weighting is not None else UnitWeighting()
         self.multiscale = bool(multiscale)
+        self.noise_levels = noise_levels if noise_levels is not None else UniformTime()
         if multiscale_base < 1:
             raise ValueError(f"multiscale_base must be >= 1, got {multiscale_base}")
         self.multiscale_base = int(multiscale_base)
@@ -118,9 +126,8 @@ class GaussianProcess:
     def sample_logsnr(
         self, batch: int, grid: tuple[int, int], device: torch.device | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
-        """Draw ``t ~ U(0, 1)`` and return ``lambda(t)`` on ``grid``, float32 ``(B,)``."""
-        t = torch.rand(batch, generator=generator, dtype=torch.float64, device=generator.device if generator else None)
-        return self.schedule.logsnr(t, grid).to(device=device, dtype=torch.float32)
+        """Training logSNRs ``(B,)`` float32 from :attr:`noise_levels` (default: ``t ~ U(0, 1)`` through the schedule)."""
+        return self.noise_levels.sample(batch, self.schedule, grid, generator).to(device=device, dtype=torch.float32)
 
     def corrupt(
         self, x0: Tensor, logsnr: Tensor, white: Tensor | None = None, generator: torch.Generator | None = None
@@ -187,7 +194,8 @@ class GaussianProcess:
         coords = full_coords(b, grid, x0.device) if indices is None else index_to_coords(indices, grid)
         if offsets is not None:
             coords = jitter_coords(coords, offsets, grid)
-        out = denoiser(gather(c.x_t, indices).to(x0.dtype), coords, logsnr, grid, cond).float()
+        x_in = gather(self.net_input(c.x_t, logsnr), indices)
+        out = denoiser(x_in.to(x0.dtype), coords, logsnr, grid, cond).float()
         if self.multiscale:
             if indices is not None:
                 raise ValueError("the multiscale loss needs full grids (indices=None); disable multiscale or subsampling")
@@ -197,6 +205,10 @@ class GaussianProcess:
         return self.weighting(logsnr.float(), self.param) * mse
 
     # -- reverse process helpers --------------------------------------------------------
+    def net_input(self, x_t: Tensor, logsnr: Tensor) -> Tensor:
+        """What the network sees of the state: ``c_in(lambda) x_t`` (the parametrisation's scale)."""
+        return _b(self.param.input_scale(logsnr.float()), x_t) * x_t
+
     def to_y0_noise(self, out: Tensor, x_t: Tensor, logsnr: Tensor) -> tuple[Tensor, Tensor]:
         """Dense network output -> ``(T x0 estimate, c T xi estimate)``."""
         return self.param.to_y0_noise(out.float(), x_t.float(), logsnr.float(), self.operator)
@@ -212,5 +224,6 @@ class GaussianProcess:
     def __repr__(self) -> str:
         return (
             f"GaussianProcess(schedule={self.schedule!r}, operator={self.operator!r}, "
-            f"parametrisation={self.param.name!r}, weighting={self.weighting!r}, multiscale={self.multiscale})"
+            f"parametrisation={self.param.name!r}, weighting={self.weighting!r}, multiscale={self.multiscale}, "
+            f"noise_levels={self.noise_levels!r})"
         )

@@ -27,6 +27,8 @@ __all__ = [
     "LinearSchedule",
     "ShiftedSchedule",
     "InterpolatedShiftedSchedule",
+    "RectifiedFlowSchedule",
+    "KarrasSchedule",
     "alpha_sigma",
     "effective_resolution",
     "build_schedule",
@@ -252,6 +254,71 @@ class InterpolatedShiftedSchedule(Schedule):
         )
 
 
+class RectifiedFlowSchedule(Schedule):
+    """The linear (rectified-flow) path ``z_t = (1 - t) y0 + t n`` in logSNR form, with clipped ends.
+
+    ``SNR = ((1 - t) / t)^2``, i.e. ``lambda(t) = 2 log((1 - s) / s)`` with
+    ``s = s_min + t (s_max - s_min)`` and ``s_min = sigmoid(-lambda_max / 2)``,
+    ``s_max = sigmoid(-lambda_min / 2)`` (Liu et al. 2023; Lipman et al. 2023's conditional OT path),
+    so time-uniform sampling steps are uniform in flow matching's ``t``.
+
+    Args:
+        logsnr_min: logSNR at ``t = 1``.
+        logsnr_max: logSNR at ``t = 0``; must exceed ``logsnr_min``.
+    """
+
+    def __init__(self, logsnr_min: float = -15.0, logsnr_max: float = 15.0) -> None:
+        if not logsnr_min < logsnr_max:
+            raise ValueError(
+                f"logsnr_min must be smaller than logsnr_max, got logsnr_min={logsnr_min}, logsnr_max={logsnr_max}"
+            )
+        self.lmin, self.lmax = float(logsnr_min), float(logsnr_max)
+        self.s_min = 1.0 / (1.0 + math.exp(0.5 * self.lmax))
+        self.s_max = 1.0 / (1.0 + math.exp(0.5 * self.lmin))
+
+    def logsnr(self, t: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
+        s = self.s_min + _as_tensor(t) * (self.s_max - self.s_min)
+        return 2.0 * (torch.log1p(-s) - torch.log(s))
+
+    def t_of_logsnr(self, logsnr: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
+        s = torch.sigmoid(-0.5 * _as_tensor(logsnr))
+        return ((s - self.s_min) / (self.s_max - self.s_min)).clamp(0.0, 1.0)
+
+    def __repr__(self) -> str:
+        return f"RectifiedFlowSchedule(logsnr_min={self.lmin}, logsnr_max={self.lmax})"
+
+
+class KarrasSchedule(Schedule):
+    """EDM's noise levels (Karras et al. 2022, eq. 5) in logSNR form: ``lambda = -2 log sigma`` with
+    ``sigma(t) = (sigma_min^(1/rho) + t (sigma_max^(1/rho) - sigma_min^(1/rho)))^rho``, so
+    time-uniform sampling steps are EDM's.
+
+    Args:
+        sigma_min: smallest noise level (``t = 0``).
+        sigma_max: largest noise level (``t = 1``).
+        rho: curvature of the steps (EDM: 7).
+    """
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> None:
+        if not 0 < sigma_min < sigma_max or not rho > 0:
+            raise ValueError(
+                f"KarrasSchedule needs 0 < sigma_min < sigma_max and rho > 0, got {sigma_min}, {sigma_max}, {rho}"
+            )
+        self.sigma_min, self.sigma_max, self.rho = float(sigma_min), float(sigma_max), float(rho)
+        self.lmin, self.lmax = -2.0 * math.log(self.sigma_max), -2.0 * math.log(self.sigma_min)
+        self._a, self._b = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
+
+    def logsnr(self, t: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
+        return -2.0 * self.rho * torch.log(self._a + _as_tensor(t) * (self._b - self._a))
+
+    def t_of_logsnr(self, logsnr: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
+        root = torch.exp(-0.5 * _as_tensor(logsnr) / self.rho)
+        return ((root - self._a) / (self._b - self._a)).clamp(0.0, 1.0)
+
+    def __repr__(self) -> str:
+        return f"KarrasSchedule(sigma_min={self.sigma_min}, sigma_max={self.sigma_max}, rho={self.rho})"
+
+
 _NAMES = {
     "cosine": CosineSchedule,
     "linear": LinearSchedule,
@@ -259,6 +326,8 @@ _NAMES = {
     "shifted_cosine": ShiftedSchedule,
     "interpolated": InterpolatedShiftedSchedule,
     "interpolated_shifted": InterpolatedShiftedSchedule,
+    "rectified_flow": RectifiedFlowSchedule,
+    "karras": KarrasSchedule,
 }
 
 

@@ -156,7 +156,7 @@ def conditioned_sample(
     if model_fn is None:
         if denoiser is None:
             raise ValueError("give a denoiser or a model_fn")
-        model_fn = make_model_fn(denoiser, grid, cond, guidance_scale)
+        model_fn = make_model_fn(denoiser, grid, cond, guidance_scale, process=process)
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     sch = process.schedule

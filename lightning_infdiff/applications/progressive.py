@@ -116,7 +116,7 @@ def progressive_sample(
         lams = sch.logsnr(ts, grid).float()
         if lam_start is not None:
             lams[0] = lam_start
-        fn = model_fn if model_fn is not None else make_model_fn(denoiser, grid, cond, guidance_scale)
+        fn = model_fn if model_fn is not None else make_model_fn(denoiser, grid, cond, guidance_scale, process=process)
         stage_seeds = seeds if k == 0 else [derive_seed(s, "progressive", k) for s in seeds]
         last: dict[str, Tensor] = {}
 
