@@ -44,6 +44,7 @@ TOOLS = {
     "train_classifier": "lightning_infdiff.evaluate:train_classifier_command",
     "inpaint": "lightning_infdiff.applications.cli_tools:inpaint_command",
     "superres": "lightning_infdiff.applications.cli_tools:superres_command",
+    "posthoc_ema": "lightning_infdiff.posthoc:posthoc_ema_command",
 }
 #: tools with their own argument parser (``main(argv) -> exit code``) in a module of the package
 MODULE_TOOLS = ("ablate", "report")

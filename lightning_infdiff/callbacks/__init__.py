@@ -1,5 +1,5 @@
-"""Training-time callbacks: EMA, FID, throughput, non-finite guard, per-batch seeding, atomic checkpoints,
-the HParams view, sample sheets and the loss-by-noise-level file."""
+"""Training-time callbacks: EMA, post-hoc EMA snapshots, FID, throughput, non-finite guard, per-batch
+seeding, atomic checkpoints, the HParams view, sample sheets and the loss-by-noise-level file."""
 
 from .atomic_checkpoint import AtomicCheckpointIO, AtomicModelCheckpoint, atomic_write_bytes
 from .compile import CompileDenoiser
@@ -8,6 +8,7 @@ from .fid import FIDCallback
 from .hparams import HParamsView
 from .noise_curve import NoiseLevelCurve
 from .nonfinite import NonFiniteGuard, NonFiniteTrainingError
+from .posthoc_ema import PostHocEMA
 from .samples import SampleGrids
 from .step_seed import StepSeed
 from .throughput import Throughput, peak_rss_mib
@@ -22,6 +23,7 @@ __all__ = [
     "NoiseLevelCurve",
     "NonFiniteGuard",
     "NonFiniteTrainingError",
+    "PostHocEMA",
     "SampleGrids",
     "StepSeed",
     "Throughput",
