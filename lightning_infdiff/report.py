@@ -19,7 +19,9 @@ Reads the runs listed in ``<out>/sweep.json`` (written by ``infdiff ablate``), a
 Writes into ``<out>/report/``: ``table.csv``, ``table.md``, ``metric_vs_resolution.png`` (when
 any run has evaluation results: one panel per metric, e.g. the offline Fréchet distance and the
 artifact measure), ``samples.png`` (runs by grids, when the runs saved sheets),
-``loss_vs_logsnr.png``, ``cost_vs_subsampling.png``, ``subsampling.md`` (the runs per subsampling
+``loss_vs_logsnr.png``, ``effective_weighting.png`` (each run's training weight over logSNR,
+``p(lambda) w(lambda)`` on the epsilon-MSE scale: noise-level distribution, target and weighting
+together), ``cost_vs_subsampling.png``, ``subsampling.md`` (the runs per subsampling
 rate, grouped by the other axes, when an axis sets the rate) and ``hparams/`` (TensorBoard HParams:
 ``tensorboard --logdir <out>/report/hparams``).
 """
@@ -38,7 +40,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["collect", "load_table", "main", "write_report"]
+__all__ = ["collect", "load_table", "main", "write_report", "write_weighting_plot", "process_from_overlays"]
 
 FLOOR_ROW = "real data (floor)"
 COST_COLUMNS = ["step_time_ms", "images_per_s", "train_peak_rss_mib", "train_peak_cuda_mib", "sample_s_per_image"]
@@ -115,7 +117,7 @@ def collect(out: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     bad = [a for a in axes if a in reserved]
     if bad:
         raise ValueError(f"{manifest_path}: axis name(s) {bad} clash with report columns; rename the axis")
-    rows, curves, evals, floors, sheets = [], {}, {}, {}, {}
+    rows, curves, evals, floors, sheets, processes = [], {}, {}, {}, {}, {}
     for entry in manifest["runs"]:
         name, run_dir = entry["name"], Path(entry["directory"])
         if not run_dir.is_dir():
@@ -146,6 +148,9 @@ def collect(out: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             curves[name] = lines[-1]["curve"]
             if row["val_loss"] is None:
                 row["val_loss"] = sum(p["loss"] for p in curves[name]) / len(curves[name])
+        model, data = config.get("model") or {}, config.get("data") or {}
+        if model.get("process"):
+            processes[name] = (model["process"], int(data.get("resolution") or 32))
         run_evals = {}
         for rec in _json_lines(run_dir / "eval" / "results.jsonl"):
             h, w = (int(v) for v in rec["resolution"])
@@ -165,7 +170,64 @@ def collect(out: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     if floors:
         rows.append({"run": FLOOR_ROW, **{f"{m}@{h}x{w}": floors.get((m, h, w)) for m, h, w in keys}})
     return rows, {"curves": curves, "evals": evals, "axes": axes, "metric_keys": keys, "floors": floors,
-                  "sheets": sheets}
+                  "sheets": sheets, "processes": processes}
+
+
+def _build_process(config: dict[str, Any]) -> Any:
+    """A :class:`GaussianProcess` from its config block (``class_path`` / ``init_args``)."""
+    from jsonargparse import ArgumentParser
+
+    from .processes import GaussianProcess
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--process", type=GaussianProcess)
+    cfg = parser.parse_object({"process": config})
+    make = getattr(parser, "instantiate", None) or parser.instantiate_classes
+    return make(cfg).process
+
+
+def process_from_overlays(paths: list[str | Path]) -> Any:
+    """The process that config overlays (``model.process`` blocks, later ones override) describe."""
+    merged: dict[str, Any] = {"class_path": "lightning_infdiff.processes.GaussianProcess", "init_args": {}}
+    for path in paths:
+        block = ((yaml.safe_load(Path(path).read_text()) or {}).get("model") or {}).get("process")
+        if not block:
+            raise ValueError(f"{path}: no model.process block")
+        for key, value in (block.get("init_args") or {}).items():
+            merged["init_args"][key] = value
+    return _build_process(merged)
+
+
+def write_weighting_plot(processes: dict[str, tuple[Any, int]], path: Path) -> Path | str:
+    """``effective_weighting.png``: ``p(lambda) w_eps(lambda)`` per process on its training grid,
+    each normalised to unit area so that shapes compare (Kingma & Gao 2023, fig. 2)."""
+    if not processes:
+        return "no run with a process in its config.yaml"
+    import torch
+    from matplotlib.figure import Figure
+
+    from .noise_levels import effective_weighting
+
+    lam = torch.linspace(-15.0, 15.0, 601, dtype=torch.float64)
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    seen: dict[str, str] = {}
+    for name, (process, res) in processes.items():
+        process = _build_process(process) if isinstance(process, dict) else process
+        w = effective_weighting(process, lam, (res, res))
+        key = repr(process)
+        if key in seen:  # the same objective as an earlier run: one curve
+            continue
+        seen[key] = name
+        area = float(torch.trapezoid(w, lam))
+        ax.plot(lam.numpy(), (w / area if area > 0 else w).numpy(), label=name)
+    ax.set(xlabel="logSNR", ylabel="p(logSNR) w(logSNR), unit area", yscale="log",
+           title="effective training weight (epsilon-MSE scale)")
+    ax.set_ylim(1e-5, None)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
 
 
 def _fmt(v: Any) -> str:
@@ -261,6 +323,7 @@ def write_plots(rows: list[dict[str, Any]], extra: dict[str, Any], dest: Path) -
         made["loss_vs_logsnr"] = path
     else:
         made["loss_vs_logsnr"] = "no val_loss_by_logsnr.jsonl"
+    made["effective_weighting"] = write_weighting_plot(extra.get("processes", {}), dest / "effective_weighting.png")
     path = dest / "cost_vs_subsampling.png"
     pts = [r for r in rows if r.get("subsample_rate") is not None and r.get("step_time_ms") is not None]
     if pts:
@@ -404,13 +467,34 @@ def write_report(out: str | Path, dest: str | Path | None = None, also: list[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``infdiff report OUT [--dest DIR] [--also TABLE ...]``."""
+    """``infdiff report OUT [--dest DIR] [--also TABLE ...]`` or ``infdiff report --weighting LABEL=A.yaml[,B.yaml] ...``."""
     parser = argparse.ArgumentParser(prog="infdiff report", description=__doc__.split("\n")[0])
-    parser.add_argument("out", help="sweep output folder (with sweep.json)")
+    parser.add_argument("out", nargs="?", help="sweep output folder (with sweep.json)")
     parser.add_argument("--dest", default=None, help="report folder (default: <out>/report)")
     parser.add_argument("--also", action="append", default=None, metavar="TABLE",
                         help="an earlier report's table.csv of this sweep: fills the rows of runs not in OUT (repeatable)")
+    parser.add_argument("--weighting", action="append", default=None, metavar="LABEL=A.yaml[,B.yaml]",
+                        help="plot the effective weighting of the process these overlays describe (repeatable; "
+                        "no sweep needed), e.g. edm=configs/process/edm.yaml")
+    parser.add_argument("--resolution", type=int, default=32, help="training grid side for --weighting")
     args = parser.parse_args(argv)
+    if args.weighting:
+        try:
+            procs = {}
+            for spec in args.weighting:
+                label, _, files = spec.partition("=")
+                if not files:
+                    raise ValueError(f"--weighting {spec!r}: expected LABEL=A.yaml[,B.yaml]")
+                procs[label] = (process_from_overlays(files.split(",")), args.resolution)
+            dest = Path(args.dest or ".")
+            dest.mkdir(parents=True, exist_ok=True)
+            print(f"wrote {write_weighting_plot(procs, dest / 'effective_weighting.png')}")
+        except (OSError, ValueError, yaml.YAMLError) as err:
+            print(f"infdiff report: error: {err}", file=sys.stderr)
+            return 2
+        return 0
+    if args.out is None:
+        parser.error("give a sweep folder, or --weighting")
     try:
         res = write_report(args.out, args.dest, args.also)
     except (FileNotFoundError, ValueError) as err:

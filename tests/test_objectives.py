@@ -231,3 +231,19 @@ def test_objective_configs_train_a_step(tmp_path):
                     f"--trainer.default_root_dir={tmp_path}", "--data.resolution=16"]
             cli = InfDiffCLI(DiffusionModule, FieldDataModule, args=args)
             assert cli.trainer.state.finished and torch.isfinite(cli.trainer.callback_metrics["val/loss"])
+
+
+def test_report_plots_the_effective_weighting_of_any_combination(tmp_path, capsys):
+    from pathlib import Path
+
+    from lightning_infdiff.report import main, process_from_overlays
+
+    configs = Path(__file__).resolve().parents[1] / "configs/process"
+    edm = process_from_overlays([configs / "edm.yaml", configs / "mollified.yaml"])
+    assert edm.param.name == "edm" and type(edm.operator).__name__ == "HeatKernelOperator"
+    assert type(edm.noise_levels).__name__ == "LogNormalSigma"
+    rc = main(["--weighting", f"flow={configs / 'flow.yaml'}", "--weighting",
+               f"v_sigmoid={configs / 'v.yaml'},{configs / 'sigmoid.yaml'}", "--dest", str(tmp_path)])
+    assert rc == 0 and (tmp_path / "effective_weighting.png").stat().st_size > 1000
+    assert main(["--weighting", "nolabel", "--dest", str(tmp_path)]) == 2
+    assert "expected LABEL=A.yaml" in capsys.readouterr().err
