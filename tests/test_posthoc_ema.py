@@ -11,6 +11,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
@@ -104,7 +105,7 @@ def fake_trainer(step: int, rank0: bool = True) -> SimpleNamespace:
 
 def test_callback_update_is_the_power_function_recurrence(tmp_path):
     module = Toy()
-    cb = PostHocEMA(sigma_rels=(0.05, 0.2), snapshot_every=4, folder=str(tmp_path))
+    cb = PostHocEMA(sigma_rels=(0.05, 0.2), snapshot_every=5, folder=str(tmp_path))
     cb.on_train_start(fake_trainer(0), module)
     thetas = []
     for t in range(1, 13):
@@ -124,8 +125,14 @@ def test_callback_update_is_the_power_function_recurrence(tmp_path):
                 torch.testing.assert_close(value.double(), expected, rtol=0, atol=1e-5)
             else:
                 assert int(value) == 12  # integer buffers are copied, not averaged
+    cb.on_train_end(fake_trainer(12), module)  # the end of fit adds step 12 to the snapshots at 5 and 10
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == [f"sigma{s}_step{t:09d}.safetensors" for s in ("0.05", "0.2") for t in (4, 8, 12)]
+    assert names == [f"sigma{s}_step{t:09d}.safetensors" for s in ("0.05", "0.2") for t in (5, 10, 12)]
+    last = load_file(str(tmp_path / "sigma0.2_step000000012.safetensors"))
+    assert all(torch.equal(last[k], v.cpu()) for k, v in cb.emas[1].items())
+    with safe_open(str(tmp_path / "sigma0.2_step000000012.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["step"] == "12" and float(meta["sigma_rel"]) == 0.2
     # rank > 0 never writes
     assert cb.save_snapshots(fake_trainer(12, rank0=False)) == []
 
