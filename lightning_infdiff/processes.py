@@ -45,7 +45,7 @@ def _b(coef: Tensor, like: Tensor) -> Tensor:
     return coef.reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
 
 
-def posterior(logsnr_t: Tensor, logsnr_s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def posterior(logsnr_t: Tensor, logsnr_s: Tensor, variance_interp: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
     """Coefficients of ``q(x_s | x_t, x0)`` for ``lambda_s > lambda_t`` (∞-Diff eq. 10).
 
     ``mean = coef_y0 * T x0 + coef_xt * x_t`` and covariance ``var * T T*`` with
@@ -53,15 +53,26 @@ def posterior(logsnr_t: Tensor, logsnr_s: Tensor) -> tuple[Tensor, Tensor, Tenso
     ``var = (1 - r) sigma_s^2``. In DDPM notation (``alpha_bar = sigmoid(lambda)``) these are
     ``sqrt(alpha_bar_s) beta / (1 - alpha_bar_t)``, ``sqrt(alpha_t)(1 - alpha_bar_s)/(1 - alpha_bar_t)``
     and ``beta_tilde = (1 - alpha_bar_s) beta / (1 - alpha_bar_t)`` with ``alpha_t = alpha_bar_t / alpha_bar_s``.
+    The samplers (:mod:`lightning_infdiff.samplers`) take their coefficients from here.
+
+    Args:
+        logsnr_t, logsnr_s: the noise levels (tensors of one shape or broadcastable).
+        variance_interp: ``g``: ``var = exp(g log beta + (1 - g) log beta_tilde)`` with
+            ``beta = (1 - r) sigma_t^2`` (Nichol & Dhariwal 2021's interpolation; simple diffusion,
+            appendix A, uses ``g = 0.2`` for sampling); 0 is the posterior variance itself.
 
     Returns:
         ``(coef_y0, coef_xt, var)``.
     """
-    a_t, _ = alpha_sigma(logsnr_t)
+    a_t, s_t = alpha_sigma(logsnr_t)
     a_s, s_s = alpha_sigma(logsnr_s)
     one_minus_r = -torch.expm1(logsnr_t - logsnr_s)
     r = 1.0 - one_minus_r
-    return one_minus_r * a_s, r * a_s / a_t, one_minus_r * s_s**2
+    var = one_minus_r * s_s**2
+    if variance_interp != 0.0:
+        g = variance_interp
+        var = torch.exp(g * torch.log(one_minus_r * s_t**2) + (1 - g) * torch.log(var))
+    return one_minus_r * a_s, r * (a_s / a_t), var
 
 
 def training_band(denoiser: object, grid: tuple[int, int], known: int | None = None) -> int:

@@ -91,3 +91,32 @@ def expected_mode_power(process: GaussianProcess, spectrum: Tensor, grid: tuple[
 def mode_power(samples: Tensor, mu: float) -> Tensor:
     """Empirical DCT variances ``(H, W)`` of samples ``(B, 1, H, W)`` around ``mu``."""
     return _dct2((samples.double() - mu)[:, 0]).pow(2).mean(0)
+
+
+def field_denoise(mu: float, spectrum: Tensor, c: float = 1.0):
+    """The exact denoiser in the samplers' form ``(x, logsnr 0-dim) -> (y0_hat, n_hat)`` (float64)
+    for ``x0 = mu + field`` with DCT variances ``spectrum`` and noise ``c T xi`` (see
+    :func:`field_oracle_model_fn`; ``T`` cancels from the gain), for the sampler functions."""
+    spec = spectrum.double()
+
+    def model(x: Tensor, logsnr: Tensor) -> tuple[Tensor, Tensor]:
+        a, sg = alpha_sigma(logsnr.double())
+        x = x.double()
+        y0 = mu + _idct2(a * spec / (a**2 * spec + sg**2 * c**2) * _dct2(x - a * mu))
+        return y0, (x - a * y0) / sg
+
+    return model
+
+
+def field_flow(x: Tensor, logsnr_from: float, logsnr_to: float, mu: float, spectrum: Tensor, c: float = 1.0) -> Tensor:
+    """The exact probability-flow ODE map of the VP state from ``logsnr_from`` to ``logsnr_to`` for
+    the field of :func:`field_denoise`. In EDM's variables ``x_e = x / alpha``,
+    ``sigma_e = exp(-lambda / 2)`` the ODE ``dx_e / dsigma_e = (x_e - D) / sigma_e`` is, per DCT mode,
+    ``d(x_e - mu)_k / dsigma_e = c^2 sigma_e / (S_k + c^2 sigma_e^2) (x_e - mu)_k``, so
+    ``(x_e - mu)_k`` scales by ``sqrt((S_k + c^2 sigma_to^2) / (S_k + c^2 sigma_from^2))``."""
+    spec = spectrum.double()
+    lf, lt = torch.tensor(float(logsnr_from), dtype=torch.float64), torch.tensor(float(logsnr_to), dtype=torch.float64)
+    a_f, a_t = alpha_sigma(lf)[0], alpha_sigma(lt)[0]
+    s2_f, s2_t = torch.exp(-lf), torch.exp(-lt)
+    gain = torch.sqrt((spec + c**2 * s2_t) / (spec + c**2 * s2_f))
+    return a_t * (mu + _idct2(gain * _dct2(x.double() / a_f - mu)))

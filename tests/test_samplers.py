@@ -124,7 +124,7 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="steps"):
         sample(proc, net, (4, 4), [0], channels=1, steps=0)
     with pytest.raises(ValueError, match="unknown sampler"):
-        sample(proc, net, (4, 4), [0], channels=1, sampler="euler")
+        sample(proc, net, (4, 4), [0], channels=1, sampler="lms")
     with pytest.raises(ValueError, match="at least 2x2"):
         sample(proc, net, (1, 4), [0], channels=1)
     with pytest.raises(ValueError, match="eta"):

@@ -11,8 +11,8 @@ The latent process is Gaussian diffusion on ``R^D`` with a cosine logSNR schedul
 ``z_t = α_t z_0 + σ_t ε`` with ``α_t² = sigmoid(λ_t)``, ``σ_t² = sigmoid(-λ_t)`` (Kingma et al.
 2021, eq. 3 in logSNR form). The network predicts ``v = α_t ε - σ_t z_0`` (Salimans and Ho
 2022, section 4) and is trained with ``E ||v̂(z_t, λ_t) - v||²``. Sampling is deterministic DDIM
-(Song et al. 2021, eq. 12 with ``η = 0``): ``ẑ_0 = α_t z_t - σ_t v̂``, ``ε̂ = σ_t z_t + α_t v̂``,
-``z_s = α_s ẑ_0 + σ_s ε̂``.
+(Song et al. 2021, eq. 12 with ``η = 0``; :func:`lightning_infdiff.samplers.sample_ddim`, the image
+samplers' own) on ``ẑ_0 = α_t z_t - σ_t v̂``, ``ε̂ = σ_t z_t + α_t v̂``: ``z_s = α_s ẑ_0 + σ_s ε̂``.
 
 Why v and not Preechakul et al.'s ε: with ε-prediction ``ẑ_0 = (z_t - σ_t ε̂) / α_t`` divides
 the network's error by ``α_t ≈ e^{λ/2}``, about 5e-4 at the cosine schedule's ``λ_min = -15``;
@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..samplers import sample_ddim
 from ..schedules import CosineSchedule, alpha_sigma
 from .layers.embeddings import logsnr_embedding
 
@@ -52,26 +53,31 @@ def latent_noise(seeds: Sequence[int], dim: int, device: torch.device | str | No
 def ddim_vectors(v_fn: VFn, z: Tensor, logsnrs: Tensor) -> Tensor:
     """Deterministic DDIM (Song et al. 2021, eq. 12, ``η = 0``) on vectors, from a v-predictor.
 
+    The steps are :func:`lightning_infdiff.samplers.sample_ddim` over ``λ_0 .. λ_{K-1}`` in fp64
+    (the network runs in fp32); the result is the clean estimate ``ẑ_0`` of the state at
+    ``λ_{K-1}``, the last level the network sees (``K`` network evaluations in all).
+
     Args:
         v_fn: ``(z_t (B, D), logsnr (B,)) -> v̂ (B, D)``.
         z: starting noise ``(B, D)`` at ``logsnrs[0]``.
-        logsnrs: increasing noise levels ``λ_0 < λ_1 < ... < λ_K`` (fp64 or fp32).
+        logsnrs: increasing noise levels ``λ_0 < λ_1 < ... < λ_K`` (fp64 or fp32), ``K >= 1``.
 
     Returns:
-        The estimate ``ẑ_0`` at the last level ``(B, D)`` in fp32.
+        The estimate ``ẑ_0`` ``(B, D)`` in fp32.
     """
     z = z.double()
     b = z.shape[0]
-    x0 = z
-    for k in range(len(logsnrs) - 1):
-        lam_t, lam_s = logsnrs[k].double(), logsnrs[k + 1].double()
-        a_t, s_t = alpha_sigma(lam_t)
-        a_s, s_s = alpha_sigma(lam_s)
-        v = v_fn(z.float(), lam_t.float().expand(b)).double()
-        x0 = a_t * z - s_t * v
-        eps = s_t * z + a_t * v
-        z = a_s * x0 + s_s * eps
-    return x0.float()
+    lams = logsnrs.double()
+    if lams.numel() < 2:
+        raise ValueError(f"logsnrs must hold at least 2 noise levels, got {lams.numel()}")
+
+    def model(z_t: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
+        a, s = alpha_sigma(lam)
+        v = v_fn(z_t.float(), lam.float().expand(b)).double()
+        return a * z_t - s * v, s * z_t + a * v
+
+    z = sample_ddim(model, z, lams[:-1], noise=lambda: torch.zeros_like(z))  # deterministic: never drawn
+    return model(z, lams[-2])[0].float()
 
 
 class LatentPrior(nn.Module):
