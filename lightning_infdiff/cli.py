@@ -289,7 +289,7 @@ def sample_command(
     grid: str | None = None,
     scale: float | None = None,
     num: int = 16,
-    sampler: Literal["ddpm", "ddim", "dpmpp_2m"] = "dpmpp_2m",
+    sampler: Literal["ddpm", "ddim", "dpmpp_2m", "euler", "heun", "dpmpp_3m"] = "dpmpp_2m",
     steps: int = 25,
     eta: float = 0.0,
     guidance_scale: float = 1.0,
@@ -313,7 +313,7 @@ def sample_command(
         grid: sampling grid, ``H`` or ``HxW`` (e.g. ``64`` or ``48x96``).
         scale: alternatively, a factor of the training resolution (e.g. 2 for 2x).
         num: number of samples.
-        sampler: ``ddpm``, ``ddim`` or ``dpmpp_2m``.
+        sampler: ``ddpm``, ``ddim``, ``dpmpp_2m``, ``euler``, ``heun`` or ``dpmpp_3m``.
         steps: solver steps.
         eta: DDIM stochasticity.
         guidance_scale: classifier-free guidance scale (conditional models; 1 = none).

@@ -83,7 +83,7 @@ def evaluate_command(
     out: str = "eval",
     num_samples: int = 1000,
     resolutions: list[int | str] | None = None,
-    sampler: Literal["ddpm", "ddim", "dpmpp_2m"] = "dpmpp_2m",
+    sampler: Literal["ddpm", "ddim", "dpmpp_2m", "euler", "heun", "dpmpp_3m"] = "dpmpp_2m",
     steps: int = 25,
     metrics: list[Literal["offline", "clip", "inception"]] | None = None,
     batch_size: int = 64,
@@ -111,7 +111,7 @@ def evaluate_command(
         out: folder of ``results.jsonl`` and ``results.md`` (appended to).
         num_samples: generated images per resolution (the protocol uses 50,000).
         resolutions: grids ``H`` or ``HxW`` (default: the training resolution).
-        sampler: ``ddpm``, ``ddim`` or ``dpmpp_2m``.
+        sampler: ``ddpm``, ``ddim``, ``dpmpp_2m``, ``euler``, ``heun`` or ``dpmpp_3m``.
         steps: solver steps.
         metrics: ``offline`` (bundled classifier), ``clip`` (FID_CLIP) and/or ``inception``.
         batch_size: samples per forward batch (does not change the samples).

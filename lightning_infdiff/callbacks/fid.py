@@ -101,7 +101,7 @@ class FIDCallback(L.Callback):
         num_samples: int = 256,
         every_n_steps: int | None = None,
         every_n_epochs: int | None = None,
-        sampler: Literal["ddpm", "ddim", "dpmpp_2m"] | None = None,
+        sampler: Literal["ddpm", "ddim", "dpmpp_2m", "euler", "heun", "dpmpp_3m"] | None = None,
         steps: int | None = None,
         batch_size: int = 64,
         seed: int = 1_000_000,

@@ -40,14 +40,19 @@ class Sampling:
     """How :meth:`DiffusionModule.generate` samples unless told otherwise.
 
     Args:
-        sampler: ``ddpm``, ``ddim`` or ``dpmpp_2m``.
+        sampler: ``ddpm``, ``ddim``, ``dpmpp_2m``, ``euler``, ``heun`` or ``dpmpp_3m``.
         steps: solver steps.
         guidance_scale: classifier-free guidance scale (conditional models; 1 = none).
+        guidance_interval: ``[lo, hi]``: guide only at logSNR in this interval (Kynkäänniemi et
+            al. 2024); ``None`` = at every noise level.
+        guidance_rescale: guidance rescale ``phi`` in ``[0, 1]`` (Lin et al. 2024; 0 = none).
     """
 
-    sampler: Literal["ddpm", "ddim", "dpmpp_2m"] = "dpmpp_2m"
+    sampler: Literal["ddpm", "ddim", "dpmpp_2m", "euler", "heun", "dpmpp_3m"] = "dpmpp_2m"
     steps: int = 25
     guidance_scale: float = 1.0
+    guidance_interval: list[float] | None = None
+    guidance_rescale: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -189,6 +194,7 @@ class DiffusionModule(L.LightningModule):
                 steps=steps or self.sampling.steps, sampler=sampler or self.sampling.sampler, eta=eta, clip=clip,
                 cond=cond, guidance_scale=scale if self.denoiser.supports_guidance else 1.0,
                 device=self.device, progress=progress,
+                guidance_interval=self.sampling.guidance_interval, guidance_rescale=self.sampling.guidance_rescale,
             )
         finally:
             self.denoiser.train(was_training)
