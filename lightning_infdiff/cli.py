@@ -301,6 +301,8 @@ def sample_command(
     precision: Literal["auto", "32", "bf16", "16"] = "auto",
     device: str = "cpu",
     canvas: Literal["wide", "stretch"] = "wide",
+    guidance_interval: list[float] | None = None,
+    guidance_rescale: float | None = None,
 ) -> Path:
     """Draw samples from a checkpoint at any resolution and aspect ratio.
 
@@ -327,6 +329,8 @@ def sample_command(
         device: ``cpu``, ``cuda``, ``cuda:1``, ...
         canvas: a non-square grid is a wider view with square pixels (``wide``) or the training
             square stretched to it (``stretch``); square grids are the same either way.
+        guidance_interval: ``[lo, hi]``: guide only at logSNR in this interval (default: the model's).
+        guidance_rescale: guidance rescale ``phi`` in ``[0, 1]`` (default: the model's).
     """
     from tqdm.auto import tqdm
 
@@ -360,7 +364,8 @@ def sample_command(
         else:
             lab = None
         with choice.autocast(dev):
-            x = module.generate(hw, seeds, sampler, steps, eta, guidance_scale, lab, clip, deblur, canvas=canvas)
+            x = module.generate(hw, seeds, sampler, steps, eta, guidance_scale, lab, clip, deblur, canvas=canvas,
+                                guidance_interval=guidance_interval, guidance_rescale=guidance_rescale)
         save_images(x, out_dir / f"{hw[0]}x{hw[1]}", [f"seed{s}" for s in seeds])
         images.append(x)
     grid_path = out_dir / f"grid_{hw[0]}x{hw[1]}.png"

@@ -247,3 +247,16 @@ def test_report_plots_the_effective_weighting_of_any_combination(tmp_path, capsy
     assert rc == 0 and (tmp_path / "effective_weighting.png").stat().st_size > 1000
     assert main(["--weighting", "nolabel", "--dest", str(tmp_path)]) == 2
     assert "expected LABEL=A.yaml" in capsys.readouterr().err
+
+
+def test_sample_command_takes_every_sampler_and_the_guidance_options(tmp_path):
+    """`infdiff sample` draws with each new sampler and passes the guidance interval and rescale."""
+    from pathlib import Path
+
+    from lightning_infdiff.cli import main
+
+    ckpt = Path(__file__).parent / "data/old_checkpoints/operator_7df682e.ckpt"
+    for name in ("euler", "heun", "dpmpp_3m"):
+        main(["sample", "--ckpt_path", str(ckpt), "--grid", "8", "--num", "2", "--steps", "3", "--sampler", name,
+              "--out", str(tmp_path / name), "--guidance_interval", "[-2.0, 2.0]", "--guidance_rescale", "0.5"])
+        assert (tmp_path / name / "grid_8x8.png").is_file()

@@ -53,7 +53,7 @@ def inpaint_command(
     num: int = 4,
     seed: int = 0,
     steps: int = 50,
-    sampler: Literal["ddpm", "ddim", "dpmpp_2m"] = "ddpm",
+    sampler: Literal["ddpm", "ddim", "dpmpp_2m", "euler", "heun", "dpmpp_3m"] = "ddpm",
     resamplings: int = 1,
     jump_length: int = 10,
     labels: list[int] | None = None,
@@ -76,7 +76,7 @@ def inpaint_command(
         num: number of samples (seeds ``seed .. seed + num - 1``).
         seed: first seed (also seeds ``random-strokes``).
         steps: solver steps.
-        sampler: ``ddpm``, ``ddim`` or ``dpmpp_2m``.
+        sampler: ``ddpm``, ``ddim``, ``dpmpp_2m``, ``euler``, ``heun`` or ``dpmpp_3m``.
         resamplings: RePaint resamplings per jump point (1 = none).
         jump_length: RePaint jump length in steps.
         labels: class labels for conditional models (default: unconditional).
@@ -126,7 +126,7 @@ def superres_command(
     num: int = 4,
     seed: int = 0,
     steps: int = 50,
-    sampler: Literal["ddpm", "ddim", "dpmpp_2m"] = "ddpm",
+    sampler: Literal["ddpm", "ddim", "dpmpp_2m", "euler", "heun", "dpmpp_3m"] = "ddpm",
     labels: list[int] | None = None,
     guidance_scale: float = 1.0,
     out: str = "superres",
@@ -147,7 +147,7 @@ def superres_command(
         num: number of samples.
         seed: first seed.
         steps: solver steps.
-        sampler: ``ddpm``, ``ddim`` or ``dpmpp_2m``.
+        sampler: ``ddpm``, ``ddim``, ``dpmpp_2m``, ``euler``, ``heun`` or ``dpmpp_3m``.
         labels: class labels for conditional models (default: unconditional).
         guidance_scale: classifier-free guidance scale with labels.
         out: output folder.

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..processes import GaussianProcess
-from ..samplers import ModelFn, StepInfo, make_model_fn, sample
+from ..samplers import LOGSNR_SPACED, ModelFn, StepInfo, make_model_fn, sample
 from ..schedules import alpha_sigma
 
 __all__ = ["ReconstructionGuidance", "resampling_times", "conditioned_sample"]
@@ -144,7 +144,7 @@ def conditioned_sample(
         replace: ``replace(x, logsnr, noise) -> x`` applied after every transition.
         times: explicit times ``t in [0, 1]`` (e.g. :func:`resampling_times`); default: ``steps``
             steps spaced as :func:`~lightning_infdiff.samplers.sample` spaces them (uniform in
-            ``t``; uniform in logSNR for ``dpmpp_2m``).
+            ``t``; uniform in logSNR for the higher-order solvers, ``samplers.LOGSNR_SPACED``).
         Other arguments as in :func:`~lightning_infdiff.samplers.sample`; ``model_fn`` replaces
         ``denoiser`` (e.g. closed-form denoisers in tests).
 
@@ -162,7 +162,7 @@ def conditioned_sample(
     sch = process.schedule
     if times is not None:
         lams = sch.logsnr(torch.tensor(list(times), dtype=torch.float64), grid).float()
-    elif sampler == "dpmpp_2m":  # the sampler's own default spacing for the multistep solver
+    elif sampler in LOGSNR_SPACED:  # the samplers' own default spacing for the higher-order solvers
         lams = torch.linspace(sch.logsnr_min(grid), sch.logsnr_max(grid), steps + 1).float()
     else:
         lams = sch.logsnr(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), grid).float()

@@ -44,7 +44,7 @@ def inpaint(
     method: Literal["guidance", "replace"] = "replace",
     strength: float = 0.5,
     steps: int = 50,
-    sampler: Literal["ddpm", "ddim", "dpmpp_2m"] = "ddpm",
+    sampler: Literal["ddpm", "ddim", "dpmpp_2m", "euler", "heun", "dpmpp_3m"] = "ddpm",
     eta: float = 0.0,
     resamplings: int = 1,
     jump_length: int = 10,
@@ -69,7 +69,7 @@ def inpaint(
         method: ``guidance`` (∞-Diff reconstruction guidance) or ``replace`` (RePaint).
         strength: guidance ``lambda`` (``method="guidance"``).
         steps: solver steps (without resampling jumps).
-        sampler: ``ddpm`` (RePaint's choice), ``ddim`` or ``dpmpp_2m``.
+        sampler: ``ddpm`` (RePaint's choice), ``ddim``, ``dpmpp_2m``, ``euler``, ``heun`` or ``dpmpp_3m``.
         eta: DDIM stochasticity.
         resamplings: RePaint's ``r`` (1 = no resampling); ``jump_length`` its ``j``.
         clip: clipping of the clean estimate during sampling.

@@ -85,7 +85,7 @@ def superres(
     method: Literal["guidance", "replace", "autoencoder"] = "guidance",
     strength: float = 0.5,
     steps: int = 50,
-    sampler: Literal["ddpm", "ddim", "dpmpp_2m"] = "ddpm",
+    sampler: Literal["ddpm", "ddim", "dpmpp_2m", "euler", "heun", "dpmpp_3m"] = "ddpm",
     eta: float = 0.0,
     clip: Literal["none", "static", "dynamic"] = "static",
     cond: Tensor | None = None,

@@ -171,6 +171,8 @@ class DiffusionModule(L.LightningModule):
         progress: bool = False,
         latents: Tensor | None = None,
         canvas: Literal["wide", "stretch"] | None = None,
+        guidance_interval: Sequence[float] | None = None,
+        guidance_rescale: float | None = None,
     ) -> Tensor:
         """Draw samples ``(B, C, H, W)`` in ``[-1, 1]`` on any grid, one per seed.
 
@@ -181,6 +183,7 @@ class DiffusionModule(L.LightningModule):
         and no guidance. A non-square ``grid`` is a wider view with square pixels
         (``canvas="wide"``, the default unless ``grid`` is a :class:`~lightning_infdiff.coords.Grid`
         with its own) or the training square stretched (``"stretch"``); see :mod:`lightning_infdiff.coords`.
+        Arguments left ``None`` take the module's :class:`Sampling` settings.
         """
         canvas = canvas or getattr(grid, "canvas", None) or "wide"
         grid = as_grid((int(grid[0]), int(grid[1])), canvas)
@@ -194,7 +197,8 @@ class DiffusionModule(L.LightningModule):
                 steps=steps or self.sampling.steps, sampler=sampler or self.sampling.sampler, eta=eta, clip=clip,
                 cond=cond, guidance_scale=scale if self.denoiser.supports_guidance else 1.0,
                 device=self.device, progress=progress,
-                guidance_interval=self.sampling.guidance_interval, guidance_rescale=self.sampling.guidance_rescale,
+                guidance_interval=self.sampling.guidance_interval if guidance_interval is None else guidance_interval,
+                guidance_rescale=self.sampling.guidance_rescale if guidance_rescale is None else guidance_rescale,
             )
         finally:
             self.denoiser.train(was_training)
