@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Literal
 
 import lightning as L
@@ -30,33 +30,10 @@ from ..precision import refuse_all_half
 from ..processes import GaussianProcess, training_band
 from ..samplers import sample
 from .optim import clip_gradients, default_optimizer
+from .sampling import Sampling
 from .schedulers import WarmupCosine, run_length_needed
 
 __all__ = ["DiffusionModule", "Sampling"]
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How :meth:`DiffusionModule.generate` samples unless told otherwise.
-
-    Args:
-        sampler: ``ddpm``, ``ddim``, ``dpmpp_2m``, ``euler``, ``heun`` or ``dpmpp_3m``.
-        steps: solver steps.
-        guidance_scale: classifier-free guidance scale (conditional models; 1 = none).
-        guidance_interval: ``[lo, hi]``: guide only at logSNR in this interval (Kynkäänniemi et
-            al. 2024); ``None`` = at every noise level.
-        guidance_rescale: guidance rescale ``phi`` in ``[0, 1]`` (Lin et al. 2024; 0 = none).
-    """
-
-    sampler: Literal["ddpm", "ddim", "dpmpp_2m", "euler", "heun", "dpmpp_3m"] = "dpmpp_2m"
-    steps: int = 25
-    guidance_scale: float = 1.0
-    guidance_interval: list[float] | None = None
-    guidance_rescale: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise UsageError(f"invalid model.sampling.steps={self.steps!r}: must be >= 1")
 
 
 class DiffusionModule(L.LightningModule):
@@ -83,7 +60,7 @@ class DiffusionModule(L.LightningModule):
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         cond_drop_prob: float = 0.1,
-        sampling: Sampling = Sampling(),
+        sampling: Sampling = Sampling(),  # noqa: B008 - frozen dataclass, shared safely
         val_logsnr_bins: int = 8,
         val_seed: int = 1234,
     ) -> None:
