@@ -31,23 +31,33 @@ def exponent(per_nfe: dict[int, float]) -> float | None:
     return harness.fit_exponent([r * r for r in res], [per_nfe[r] for r in res]) if len(res) >= 2 else None
 
 
-def run(quick: bool, names: list[str] | None = None, steps: int = 2) -> str:
+def per_eval(model: torch.nn.Module, grids, steps: int = 2, quick: bool = False, name: str = "", device: str = "cpu",
+             precision: str = "32") -> dict[int, float]:
+    """Median seconds per network evaluation of DDIM-sampling one image at each grid on ``device``
+    (the network in ``precision``, as ``infdiff sample --precision``)."""
+    from lightning_infdiff.precision import inference_autocast
     from lightning_infdiff.samplers import sample
 
+    process, model, out = harness.main_process(), model.to(device), {}
+    for res in grids:
+        def call(res: int = res) -> None:
+            with inference_autocast(device, precision):
+                sample(process, model, (res, res), [0], channels=1, steps=steps, sampler="ddim",
+                       cond=torch.tensor([3], device=device))
+            if device != "cpu":
+                torch.cuda.synchronize(device)
+
+        out[res] = harness.timed({"s": call}, repeats=2 if quick or res >= 128 else 3)["s"] / (steps + 1)
+        print(f"  {name} {res}²: {1e3 * out[res]:.1f} ms per evaluation", flush=True)
+    return out
+
+
+def run(quick: bool, names: list[str] | None = None, steps: int = 2) -> str:
     torch.manual_seed(0)
-    process = harness.main_process()
     grids = (8, 16) if quick else (32, 64, 128, 256)
     rows = []
     for name, make in models(quick, names or []).items():
-        model = make().eval()
-        per_nfe = {}
-        for res in grids:
-            def call(res: int = res, model: torch.nn.Module = model) -> None:
-                sample(process, model, (res, res), [0], channels=1, steps=steps, sampler="ddim",
-                       cond=torch.tensor([3]))
-
-            per_nfe[res] = harness.timed({"s": call}, repeats=2 if quick or res >= 128 else 3)["s"] / (steps + 1)
-            print(f"  {name} {res}²: {1e3 * per_nfe[res]:.1f} ms per evaluation", flush=True)
+        per_nfe = per_eval(make().eval(), grids, steps, quick, name)
         p = exponent(per_nfe)
         rows.append([name, *(f"{1e3 * per_nfe[r]:.1f}" for r in grids), "-" if p is None else f"{p:.2f}"])
     head = ["denoiser", *(f"{r}² ms/eval" for r in grids), "exponent (pixels)"]

@@ -37,31 +37,44 @@ def model_config(inner: int, quick: bool) -> dict:
 
 
 def child(spec: dict) -> dict:
-    """One setting, in this fresh process: median step seconds and peak MB above set-up."""
+    """One setting, in this fresh process: median step seconds and peak MB above set-up. Optional keys:
+    ``device`` (on ``cuda`` the peak is ``max_memory_allocated``, so any process will do), ``bf16``
+    (autocast) and ``model`` (a ``class_path``/``init_args`` config replacing the operator)."""
     import torch
 
     from lightning_infdiff.coords import index_to_coords
-    from lightning_infdiff.denoisers.sparse_operator import SparseNeuralOperator
 
     torch.manual_seed(0)
     res, rate, b = spec["res"], spec["rate"], spec["batch"]
-    model = SparseNeuralOperator(in_channels=3, train_resolution=res, **model_config(res // 4, spec["quick"])).train()
+    dev = torch.device(spec.get("device", "cpu"))
+    cfg = spec.get("model") or {"class_path": "lightning_infdiff.denoisers.sparse_operator.SparseNeuralOperator",
+                                "init_args": dict(train_resolution=res, **model_config(res // 4, spec["quick"]))}
+    model = harness.instantiate(cfg, in_channels=3).to(dev).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     n = res * res // rate
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    cuda = dev.type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(dev)) if cuda else (lambda: None)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
+    high_water = (lambda: torch.cuda.max_memory_allocated(dev) / 2**20) if cuda else (  # MB
+        lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    base = high_water()
     times = []
     for i in range(1 + spec["repeats"]):
         idx = torch.stack([torch.randperm(res * res)[:n] for _ in range(b)])
         values, coords, target = torch.randn(b, n, 3), index_to_coords(idx, (res, res)), torch.randn(b, n, 3)
+        values, coords, target, lam = (t.to(dev) for t in (values, coords, target, torch.randn(b)))
+        sync()
         t0 = time.perf_counter()
-        loss = torch.nn.functional.mse_loss(model(values, coords, torch.randn(b), (res, res)), target)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bool(spec.get("bf16"))):
+            loss = torch.nn.functional.mse_loss(model(values, coords, lam, (res, res)).float(), target)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        sync()
         if i:  # the first step is warm-up
             times.append(time.perf_counter() - t0)
-    peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
-    return {"step_s": statistics.median(times), "peak_mb": peak}
+    return {"step_s": statistics.median(times), "peak_mb": high_water() - base}
 
 
 def measure(spec: dict, threads: int | None) -> dict:
