@@ -1,7 +1,7 @@
 """Sampling cost against resolution: seconds per image per network evaluation, 32² to 256².
 
 One image (batch 1) is sampled with DDIM at each grid by the main job's denoiser and, with
-``--models``, by small configurations of the other families (``bench_denoisers.SMALL_CONFIGS``);
+``--models``, by other families' configurations (``configs/denoisers/<name>.yaml``, 1 channel);
 the time of ``steps`` solver steps (``steps + 1`` evaluations) is a median over repeats. The
 growth exponent ``p`` of ``time ∝ pixels^p`` is fitted from 64² to 256²: a model that works at
 the pixels' resolution grows at least linearly (``p ≥ 1``), the operators, whose inner grid stays
@@ -17,11 +17,12 @@ import torch
 
 
 def models(quick: bool, names: list[str]) -> dict:
-    out = {"main job's denoiser": lambda: harness.main_denoiser(quick)}
-    if names:
-        from bench_denoisers import build
+    import yaml
 
-        out.update({n: (lambda n=n: build(n)) for n in names})
+    out = {"main job's denoiser": lambda: harness.main_denoiser(quick)}
+    for n in names:
+        cfg = yaml.safe_load((harness.ROOT / "configs" / "denoisers" / f"{n}.yaml").read_text())["model"]["denoiser"]
+        out[n] = lambda cfg=cfg: harness.instantiate(cfg, in_channels=1)
     return out
 
 
@@ -67,7 +68,7 @@ def run(quick: bool, names: list[str] | None = None, steps: int = 2) -> str:
 
 if __name__ == "__main__":
     ap = harness.parser(__doc__)
-    ap.add_argument("--models", default="", help="comma-separated names of bench_denoisers.SMALL_CONFIGS")
+    ap.add_argument("--models", default="", help="comma-separated names of configs/denoisers/<name>.yaml")
     args = ap.parse_args()
     harness.setup(args)
     names = [n for n in args.models.split(",") if n]

