@@ -85,6 +85,13 @@ class DiffusionModule(L.LightningModule):
         #: side of the grid the data is served at (set from the DataModule, or on loading a checkpoint)
         self.data_resolution: int | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies (the EMA callback's averaged model) and pickles leave the optimiser and scheduler
+        factories out: LightningCLI builds them around its parser, which cannot be copied."""
+        state = super().__getstate__()
+        state["optimizer_factory"] = state["scheduler_factory"] = None
+        return state
+
     def setup(self, stage: str) -> None:
         """Refuse data, denoiser and process that would only fail at the first step."""
         if self._trainer is not None:
