@@ -36,6 +36,24 @@ from .schedulers import WarmupCosine, run_length_needed
 __all__ = ["DiffusionModule", "Sampling"]
 
 
+class _Shared:
+    """A factory that deep copies share instead of copying (the EMA callback copies the module;
+    under DDP LightningCLI's factories hold its parser, which cannot be copied). Pickles keep it."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __deepcopy__(self, memo: dict) -> _Shared:
+        return self
+
+
+def _shared(fn: Any) -> _Shared | None:
+    return None if fn is None else _Shared(fn)
+
+
 class DiffusionModule(L.LightningModule):
     """Diffusion training and sampling for any denoiser and process.
 
@@ -78,19 +96,12 @@ class DiffusionModule(L.LightningModule):
             self.hparams["sampling"] = asdict(sampling) if isinstance(sampling, Sampling) else dict(sampling)
         self.denoiser = denoiser
         self.process = process if process is not None else GaussianProcess()
-        self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
+        self.optimizer_factory, self.scheduler_factory = _shared(optimizer), _shared(lr_scheduler)
         self.cond_drop_prob = cond_drop_prob
         self.sampling = Sampling(**sampling) if isinstance(sampling, dict) else sampling
         self.val_logsnr_bins, self.val_seed = val_logsnr_bins, val_seed
         #: side of the grid the data is served at (set from the DataModule, or on loading a checkpoint)
         self.data_resolution: int | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Copies (the EMA callback's averaged model) and pickles leave the optimiser and scheduler
-        factories out: LightningCLI builds them around its parser, which cannot be copied."""
-        state = super().__getstate__()
-        state["optimizer_factory"] = state["scheduler_factory"] = None
-        return state
 
     def setup(self, stage: str) -> None:
         """Refuse data, denoiser and process that would only fail at the first step."""
