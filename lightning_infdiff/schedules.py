@@ -57,6 +57,15 @@ def _as_tensor(t: Tensor | float) -> Tensor:
     return t if isinstance(t, Tensor) else torch.tensor(float(t), dtype=torch.float64)
 
 
+def _logsnr_range(logsnr_min: float, logsnr_max: float) -> tuple[float, float]:
+    """A clipped schedule's ends, checked."""
+    if not logsnr_min < logsnr_max:
+        raise ValueError(
+            f"logsnr_min must be smaller than logsnr_max, got logsnr_min={logsnr_min}, logsnr_max={logsnr_max}"
+        )
+    return float(logsnr_min), float(logsnr_max)
+
+
 class Schedule(ABC):
     """A strictly decreasing map ``t in [0, 1] -> logSNR``; see the module docstring."""
 
@@ -112,11 +121,7 @@ class CosineSchedule(Schedule):
     """
 
     def __init__(self, logsnr_min: float = -15.0, logsnr_max: float = 15.0) -> None:
-        if not logsnr_min < logsnr_max:
-            raise ValueError(
-                f"logsnr_min must be smaller than logsnr_max, got logsnr_min={logsnr_min}, logsnr_max={logsnr_max}"
-            )
-        self.lmin, self.lmax = float(logsnr_min), float(logsnr_max)
+        self.lmin, self.lmax = _logsnr_range(logsnr_min, logsnr_max)
         self.t_min = math.atan(math.exp(-0.5 * self.lmax))
         self.t_max = math.atan(math.exp(-0.5 * self.lmin))
 
@@ -268,11 +273,7 @@ class RectifiedFlowSchedule(Schedule):
     """
 
     def __init__(self, logsnr_min: float = -15.0, logsnr_max: float = 15.0) -> None:
-        if not logsnr_min < logsnr_max:
-            raise ValueError(
-                f"logsnr_min must be smaller than logsnr_max, got logsnr_min={logsnr_min}, logsnr_max={logsnr_max}"
-            )
-        self.lmin, self.lmax = float(logsnr_min), float(logsnr_max)
+        self.lmin, self.lmax = _logsnr_range(logsnr_min, logsnr_max)
         self.s_min = 1.0 / (1.0 + math.exp(0.5 * self.lmax))
         self.s_max = 1.0 / (1.0 + math.exp(0.5 * self.lmin))
 
