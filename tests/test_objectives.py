@@ -249,14 +249,24 @@ def test_report_plots_the_effective_weighting_of_any_combination(tmp_path, capsy
     assert "expected LABEL=A.yaml" in capsys.readouterr().err
 
 
-def test_sample_command_takes_every_sampler_and_the_guidance_options(tmp_path):
-    """`infdiff sample` draws with each new sampler and passes the guidance interval and rescale."""
+def test_sample_command_takes_every_sampler_and_the_guidance_options(tmp_path, monkeypatch):
+    """`infdiff sample` draws with each new sampler and hands the guidance interval and rescale to
+    `generate` (the checkpoint is unconditional, so the call is recorded rather than its effect)."""
     from pathlib import Path
 
     from lightning_infdiff.cli import main
+    from lightning_infdiff.lit import DiffusionModule
 
+    seen, original = [], DiffusionModule.generate
+
+    def record(self, *args, **kwargs):
+        seen.append((args[2], kwargs["guidance_interval"], kwargs["guidance_rescale"]))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DiffusionModule, "generate", record)
     ckpt = Path(__file__).parent / "data/old_checkpoints/operator_7df682e.ckpt"
     for name in ("euler", "heun", "dpmpp_3m"):
         main(["sample", "--ckpt_path", str(ckpt), "--grid", "8", "--num", "2", "--steps", "3", "--sampler", name,
               "--out", str(tmp_path / name), "--guidance_interval", "[-2.0, 2.0]", "--guidance_rescale", "0.5"])
         assert (tmp_path / name / "grid_8x8.png").is_file()
+    assert seen == [(n, [-2.0, 2.0], 0.5) for n in ("euler", "heun", "dpmpp_3m")]
