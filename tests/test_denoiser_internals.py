@@ -122,3 +122,38 @@ def test_siid_jitter_only_in_training() -> None:
     torch.testing.assert_close(model(*args), model(*args))
     model.train()
     assert (model(*args) - model(*args)).abs().max() > 1e-6
+
+
+def test_siid_patch_folds_pixel_blocks_into_tokens() -> None:
+    """``patch=r`` (SIID's pixel unshuffle): the blocks attend over (H/r) x (W/r) tokens; the
+    output is per point, equivariant to the points' order, and every weight is used."""
+    torch.manual_seed(0)
+    model = SIIDDenoiser(1, channels=16, depth=1, heads=2, num_freqs=4, emb_dim=16, zero_init_output=False,
+                         patch=2).eval()
+    lengths = []
+    model.blocks[0].attn.qkv[0].register_forward_hook(lambda m, i, o: lengths.append(tuple(i[0].shape[:2])))
+    grid = (16, 24)
+    idx = torch.randperm(16 * 24)[None, :200]
+    values, coords = torch.randn(1, 200, 1), index_to_coords(idx, grid)
+    with torch.no_grad():
+        out = model(values, coords, torch.zeros(1), grid)
+        perm = torch.randperm(200)
+        out_p = model(values[:, perm], coords[:, perm], torch.zeros(1), grid)
+    assert out.shape == (1, 200, 1) and lengths[0] == (8, 12)  # 8 rows of 12 tokens
+    torch.testing.assert_close(out_p, out[:, perm])
+    with torch.no_grad():  # the zero-initialised projections would block the gradient upstream
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.2)
+    model.train()
+    model(values, coords, torch.zeros(1), grid).square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_siid_patch_must_divide_the_grid() -> None:
+    model = SIIDDenoiser(1, channels=16, depth=1, heads=2, num_freqs=4, emb_dim=16, patch=4)
+    idx = full_indices(1, (12, 18))
+    with pytest.raises(ValueError, match=r"patch=4.*divide by 4, got 12x18"):
+        model(torch.randn(1, 216, 1), index_to_coords(idx, (12, 18)), torch.zeros(1), (12, 18))
+    with pytest.raises(ValueError, match="positive integer"):
+        SIIDDenoiser(1, patch=0)

@@ -3,8 +3,12 @@
 ``siid_scale-invariant-image-diffuser_post.txt`` describes: two coordinate systems per pixel,
 Fourier/RoPE features with *increasing* frequencies, axial attention with a learnable Gaussian
 locality mask measured in image fractions, FiLM (AdaLN) conditioning everywhere, residual
-connections, and no convolutions. Its author dropped pixel unshuffle because it ties the model
-to one pixel density, so this version runs directly on pixels.
+connections, and no convolutions. The post first folds ``r x r`` pixel blocks into channels (pixel
+unshuffle, "optional but recommended", "explicitly for speed": its MNIST model attends over 8x8
+tokens of a 64x64 image). ``patch`` is that factor: ``patch=1`` runs on pixels, one token each;
+``patch=r`` makes a step about ``r^2`` times cheaper, at the price of tokens that hold ``r x r``
+*pixels*: a patch fixed in pixels, which covers a smaller piece of the image on a finer grid (the
+denoiser study, ``benchmarks/results/study_denoisers/``, measures what that costs at 2x and 4x).
 
 Coordinates, for a pixel centre ``(y, x)`` in domain units (:mod:`lightning_infdiff.coords`) on a
 window with origin ``o`` and extent ``E``:
@@ -27,8 +31,10 @@ depends on ``self.training``.
 
 Points: the ``N`` points are placed on their grid; attention keys are restricted to present
 points (absent pixels are never read), so the model is permutation-equivariant and accepts any
-subset. The point-wise layers run on the whole ``H x W`` canvas (simpler than compacting rows),
-so the cost is that of the full grid, ``O(HW(H + W)C)``, whatever ``N`` is.
+subset (with ``patch=r``, a token is a key when any of its pixels is present, and the presence of
+each of its pixels is an input). The point-wise layers run on the whole canvas (simpler than
+compacting rows), so the cost is that of the full grid, ``O(T(H' + W')C)`` for ``T = H'W'`` tokens
+with ``H' = H/r``, whatever ``N`` is.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from ..coords import as_grid, coords_to_index, pixel_centres
 from .base import Denoiser
@@ -90,6 +97,7 @@ class SIIDDenoiser(Denoiser):
         mlp_ratio: hidden width of the block MLPs.
         num_freqs: Fourier octaves per coordinate system.
         min_freq: lowest frequency in cycles per unit (SIID: π/8 rad = 1/16 cycle over the side).
+        patch: pixel-unshuffle factor ``r`` (``1``: one token per pixel); grids must divide by it.
         jitter: add ``U(-½, ½)``-pixel coordinate jitter in training mode.
         dropout: dropout after the block MLPs.
         emb_dim: width of the logSNR/class embedding.
@@ -114,14 +122,18 @@ class SIIDDenoiser(Denoiser):
         dropout: float = 0.0,
         emb_dim: int = 128,
         zero_init_output: bool = True,
+        patch: int = 1,
     ) -> None:
         super().__init__(in_channels, out_channels, num_classes)
+        if patch < 1:
+            raise ValueError(f"SIIDDenoiser patch must be a positive integer, got {patch}")
+        self.patch = patch
         self.jitter = jitter
         self.fourier = FourierFeatures(2, num_freqs, min_freq)
         self.embed = NoiseEmbedding(emb_dim, num_classes)
-        self.inp = nn.Linear(in_channels + 1 + 2 * self.fourier.out_dim, channels)
+        self.inp = nn.Linear((in_channels + 1) * patch**2 + 2 * self.fourier.out_dim, channels)
         self.blocks = nn.ModuleList(_Block(channels, emb_dim, heads, mlp_ratio, dropout) for _ in range(depth))
-        self.out_norm, self.out = output_head(nn.LayerNorm(channels), nn.Linear(channels, self.out_channels),
+        self.out_norm, self.out = output_head(nn.LayerNorm(channels), nn.Linear(channels, self.out_channels * patch**2),
                                               zero_init_output)
 
     def forward(
@@ -129,24 +141,32 @@ class SIIDDenoiser(Denoiser):
     ) -> Tensor:
         """``(B, N, C_in)`` at pixel-centre ``coords`` -> ``(B, N, C_out)`` (see :mod:`.base`)."""
         h, w = self.check_inputs(values, coords, logsnr, grid)
-        grid = as_grid(grid)
+        grid, r = as_grid(grid), self.patch
+        if h % r or w % r:
+            raise ValueError(f"SIIDDenoiser(patch={r}) needs a grid whose sides divide by {r}, got {h}x{w}")
         b, n, c = values.shape
         idx = coords_to_index(coords, grid)
         full = n == h * w
         canvas = values.new_zeros(b, h * w, c).scatter(1, idx[..., None].expand(b, n, c), values)
-        present = torch.zeros(b, h * w, dtype=torch.bool, device=values.device).scatter(1, idx, True)
-        pos = pixel_centres(grid, values.device).expand(b, h * w, 2)
+        present = torch.zeros(b, h * w, dtype=values.dtype, device=values.device).scatter(1, idx, 1.0)
+        tokens = grid.resized(h // r, w // r)  # same window, r x r pixels per token
+        th, tw = tokens
+        pix = torch.cat([canvas, present[..., None]], dim=-1).transpose(1, 2).reshape(b, c + 1, h, w)
+        pix = F.pixel_unshuffle(pix, r).view(b, c + 1, r * r, th * tw)  # (B, C+1, r^2, T)
+        pos = pixel_centres(tokens, values.device).expand(b, th * tw, 2)
         if self.training and self.jitter:
-            pos = pos + (torch.rand_like(pos) - 0.5) * torch.tensor(grid.pitch, device=pos.device, dtype=pos.dtype)
-        comp, image = siid_coordinates(pos, grid)
-        feats = torch.cat([canvas, present[..., None].to(values.dtype),
+            pitch = torch.tensor(tokens.pitch, device=pos.device, dtype=pos.dtype)
+            pos = pos + (torch.rand_like(pos) - 0.5) * pitch
+        comp, image = siid_coordinates(pos, tokens)
+        feats = torch.cat([pix.flatten(1, 2).transpose(1, 2),
                            self.fourier(comp).to(values.dtype), self.fourier(image).to(values.dtype)], dim=-1)
-        x = self.inp(feats).view(b, h, w, -1)
-        axis = siid_coordinates(pixel_centres(grid, values.device), grid)[0].view(h, w, 2)
+        x = self.inp(feats).view(b, th, tw, -1)
+        axis = siid_coordinates(pixel_centres(tokens, values.device), tokens)[0].view(th, tw, 2)
         ys, xs = axis[:, 0, 0], axis[0, :, 1]
         emb = self.embed(logsnr, cond)
-        mask = None if full else present.view(b, h, w)
+        mask = None if full else pix[:, c].amax(dim=1).view(b, th, tw) > 0
         for blk in self.blocks:
             x = blk(x, emb, ys, xs, mask)
-        out = head(self.out_norm, self.out, x.reshape(b, h * w, -1), fp32=True)  # to the data's channels in fp32
+        out = head(self.out_norm, self.out, x.reshape(b, th * tw, -1), fp32=True)  # to the data's channels in fp32
+        out = F.pixel_shuffle(out.transpose(1, 2).reshape(b, -1, th, tw), r).flatten(2).transpose(1, 2)
         return torch.gather(out, 1, idx[..., None].expand(b, n, out.shape[-1]))
