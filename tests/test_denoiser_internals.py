@@ -150,10 +150,17 @@ def test_siid_patch_folds_pixel_blocks_into_tokens() -> None:
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
-def test_siid_patch_must_divide_the_grid() -> None:
-    model = SIIDDenoiser(1, channels=16, depth=1, heads=2, num_freqs=4, emb_dim=16, patch=4)
-    idx = full_indices(1, (12, 18))
-    with pytest.raises(ValueError, match=r"patch=4.*divide by 4, got 12x18"):
-        model(torch.randn(1, 216, 1), index_to_coords(idx, (12, 18)), torch.zeros(1), (12, 18))
+def test_siid_patch_pads_a_grid_that_does_not_divide() -> None:
+    """A 13x7 grid with patch 4 runs on 4x2 tokens (rows of 2 tokens, 8 of them in the batch of 2
+    images), the padding being absent pixels, so every H x W still samples."""
+    torch.manual_seed(0)
+    model = SIIDDenoiser(1, channels=16, depth=1, heads=2, num_freqs=4, emb_dim=16, zero_init_output=False,
+                         patch=4).eval()
+    lengths = []
+    model.blocks[0].attn.qkv[0].register_forward_hook(lambda m, i, o: lengths.append(tuple(i[0].shape[:2])))
+    idx = full_indices(2, (13, 7))
+    with torch.no_grad():
+        out = model(torch.randn(2, 91, 1), index_to_coords(idx, (13, 7)), torch.zeros(2), (13, 7))
+    assert out.shape == (2, 91, 1) and torch.isfinite(out).all() and lengths[0] == (8, 2)
     with pytest.raises(ValueError, match="positive integer"):
         SIIDDenoiser(1, patch=0)

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..coords import as_grid, coords_to_index, pixel_centres
+from ..coords import _axis, as_grid, coords_to_index
 from .base import Denoiser
 from .layers.common import ModulatedLayerNorm, PointMLP, head, output_head, zero_module
 from .layers.embeddings import NoiseEmbedding
@@ -97,7 +97,8 @@ class SIIDDenoiser(Denoiser):
         mlp_ratio: hidden width of the block MLPs.
         num_freqs: Fourier octaves per coordinate system.
         min_freq: lowest frequency in cycles per unit (SIID: π/8 rad = 1/16 cycle over the side).
-        patch: pixel-unshuffle factor ``r`` (``1``: one token per pixel); grids must divide by it.
+        patch: pixel-unshuffle factor ``r`` (``1``: one token per pixel); a grid whose sides do
+            not divide by ``r`` is padded with absent pixels.
         jitter: add ``U(-½, ½)``-pixel coordinate jitter in training mode.
         dropout: dropout after the block MLPs.
         emb_dim: width of the logSNR/class embedding.
@@ -142,31 +143,33 @@ class SIIDDenoiser(Denoiser):
         """``(B, N, C_in)`` at pixel-centre ``coords`` -> ``(B, N, C_out)`` (see :mod:`.base`)."""
         h, w = self.check_inputs(values, coords, logsnr, grid)
         grid, r = as_grid(grid), self.patch
-        if h % r or w % r:
-            raise ValueError(f"SIIDDenoiser(patch={r}) needs a grid whose sides divide by {r}, got {h}x{w}")
         b, n, c = values.shape
         idx = coords_to_index(coords, grid)
-        full = n == h * w
         canvas = values.new_zeros(b, h * w, c).scatter(1, idx[..., None].expand(b, n, c), values)
         present = torch.zeros(b, h * w, dtype=values.dtype, device=values.device).scatter(1, idx, 1.0)
-        tokens = grid.resized(h // r, w // r)  # same window, r x r pixels per token
-        th, tw = tokens
+        # r x r pixels per token; a grid whose sides do not divide by r is padded with absent pixels
+        th, tw = -(-h // r), -(-w // r)
         pix = torch.cat([canvas, present[..., None]], dim=-1).transpose(1, 2).reshape(b, c + 1, h, w)
+        pix = F.pad(pix, (0, tw * r - w, 0, th * r - h))
         pix = F.pixel_unshuffle(pix, r).view(b, c + 1, r * r, th * tw)  # (B, C+1, r^2, T)
-        pos = pixel_centres(tokens, values.device).expand(b, th * tw, 2)
+        (py, px), (oy, ox) = grid.pitch, grid.origin
+        ys, xs = _axis(th, r * py, oy, values.device, torch.float32), _axis(tw, r * px, ox, values.device, torch.float32)
+        centres = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).view(th * tw, 2)
+        pos = centres.expand(b, th * tw, 2)
         if self.training and self.jitter:
-            pitch = torch.tensor(tokens.pitch, device=pos.device, dtype=pos.dtype)
-            pos = pos + (torch.rand_like(pos) - 0.5) * pitch
-        comp, image = siid_coordinates(pos, tokens)
+            pos = pos + (torch.rand_like(pos) - 0.5) * torch.tensor((r * py, r * px), device=pos.device)
+        comp, image = siid_coordinates(pos, grid)
         feats = torch.cat([pix.flatten(1, 2).transpose(1, 2),
                            self.fourier(comp).to(values.dtype), self.fourier(image).to(values.dtype)], dim=-1)
         x = self.inp(feats).view(b, th, tw, -1)
-        axis = siid_coordinates(pixel_centres(tokens, values.device), tokens)[0].view(th, tw, 2)
+        axis = siid_coordinates(centres, grid)[0].view(th, tw, 2)
         ys, xs = axis[:, 0, 0], axis[0, :, 1]
         emb = self.embed(logsnr, cond)
+        full = n == th * tw * r * r
         mask = None if full else pix[:, c].amax(dim=1).view(b, th, tw) > 0
         for blk in self.blocks:
             x = blk(x, emb, ys, xs, mask)
         out = head(self.out_norm, self.out, x.reshape(b, th * tw, -1), fp32=True)  # to the data's channels in fp32
-        out = F.pixel_shuffle(out.transpose(1, 2).reshape(b, -1, th, tw), r).flatten(2).transpose(1, 2)
+        out = F.pixel_shuffle(out.transpose(1, 2).reshape(b, -1, th, tw), r)[..., :h, :w]
+        out = out.flatten(2).transpose(1, 2)
         return torch.gather(out, 1, idx[..., None].expand(b, n, out.shape[-1]))
