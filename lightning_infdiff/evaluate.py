@@ -19,6 +19,11 @@ sub-pixel artifact measure (:mod:`lightning_infdiff.metrics.artifacts`): a row w
 that of real images resampled bicubically from the training resolution to the same grid (1 = as
 smooth as real data), with both shares in ``samples_share`` and ``real_share``.
 
+A class-conditional checkpoint is sampled with the balanced label cycle ``i % num_classes``; with
+``offline`` it also gets a row ``offline_accuracy``: the share of samples the offline classifier
+reads as the digit (or class) that was asked for (on a wide canvas, in the square window that holds
+the ink), the recognisability test of a conditional run.
+
 With ``floor`` each metric also gets a row ``<metric>_floor``: the same distance for as many
 *held-out real* images (the validation split) rendered on the grid, against the same reference.
 A Fréchet distance from a few hundred samples is biased upwards; the floor is that bias, the
@@ -166,6 +171,7 @@ def evaluate_command(
         build_extractor(m, offline_dataset, clip_model, clip_pretrained, clip_weights, inception_weights).to(dev)
         for m in metrics
     ]
+    num_classes = int(getattr(module.denoiser, "num_classes", 0) or 0)
     held_out = split_of(dm, "val") if floor else None
     if held_out is not None and len(held_out) < num_samples:  # before any sampling
         raise ValueError(f"floor: the validation split has {len(held_out)} images, fewer than num_samples={num_samples}")
@@ -180,9 +186,10 @@ def evaluate_command(
         ]
         meter = ArtifactMeter(g, artifact_fraction) if artifacts else None
         kept = FirstImages(sheet)
+        agree = [LabelAgreement(offline_dataset, num_classes)] if num_classes and "offline" in metrics else []
         start = time.perf_counter()
-        sample_into(module, g, seeds, [*fids, *([meter] if meter else []), kept], batch_size, sampler, steps,
-                    precision, seed, progress=True)
+        sample_into(module, g, seeds, [*fids, *([meter] if meter else []), kept, *agree], batch_size, sampler,
+                    steps, precision, seed, progress=True)
         values = [float(f.compute()) for f in fids]
         wall = time.perf_counter() - start
         if sheet:
@@ -191,6 +198,8 @@ def evaluate_command(
                   "sampler": sampler, "steps": steps, "seed": seed, "wall_seconds": round(wall, 3)}
         for e, value in zip(extractors, values, strict=True):
             rows.append(_row(common, e.metric, value))
+        for a in agree:
+            rows.append(_row(common, "offline_accuracy", a.compute()))
         if floor:
             for f in fids:
                 f.reset()
@@ -232,6 +241,38 @@ class FirstImages:
     def images(self) -> torch.Tensor:
         """The kept uint8 images as floats in ``[-1, 1]``."""
         return torch.cat(self.kept).float() / 127.5 - 1.0
+
+
+class LabelAgreement:
+    """Share of a conditional run's samples that the offline classifier reads as the label asked for.
+
+    Fed uint8 images in seed order (:func:`~lightning_infdiff.callbacks.fid.sample_into`), the
+    ``i``-th was asked for label ``i % num_classes``.
+    """
+
+    def __init__(self, dataset: Literal["digits", "animals"], num_classes: int) -> None:
+        from .metrics.classifier import load_classifier
+
+        self.classifier, _ = load_classifier(dataset)
+        if self.classifier.head.out_features != num_classes:
+            raise ValueError(f"the {dataset} classifier reads {self.classifier.head.out_features} classes, the "
+                             f"checkpoint's denoiser has num_classes={num_classes}: pass --offline_dataset for its data")
+        self.num_classes = num_classes
+        self.reset()
+
+    def reset(self) -> None:
+        self.seen, self.agree = 0, 0
+
+    def update(self, images: torch.Tensor, real: bool = False) -> None:
+        from .metrics.classifier import classify, ink_windows
+
+        pred, _ = classify(self.classifier, ink_windows(images.float() / 127.5 - 1.0))
+        asked = torch.arange(self.seen, self.seen + len(images)) % self.num_classes
+        self.agree += int((pred == asked).sum())
+        self.seen += len(images)
+
+    def compute(self) -> float:
+        return self.agree / self.seen if self.seen else float("nan")
 
 
 def _row(common: dict[str, Any], metric: str, value: float, **extra: float) -> dict[str, Any]:

@@ -185,3 +185,39 @@ def test_evaluate_floor_needs_as_many_held_out_images_and_says_so_before_samplin
               "--metrics", "[]"])
     assert err.value.code == 2
     assert "floor: the validation split has" in capsys.readouterr().err and not (out / "results.jsonl").exists()
+
+
+def test_label_agreement_follows_the_label_cycle_across_batches(monkeypatch, offline_cache):
+    """The i-th sample was asked for label i % num_classes, whatever the batches: a classifier
+    that always reads 0 agrees with samples 0 and 10 of 12 fed as 5 + 5 + 2 (3 if each batch
+    restarted the cycle)."""
+    from lightning_infdiff.evaluate import LabelAgreement
+
+    monkeypatch.setattr(clf, "classify", lambda model, images: (torch.zeros(len(images), dtype=torch.long),
+                                                                torch.ones(len(images))))
+    agree = LabelAgreement("digits", 10)
+    for n in (5, 5, 2):
+        agree.update(torch.zeros(n, 1, 8, 8, dtype=torch.uint8))
+    assert agree.compute() == pytest.approx(2 / 12)
+    agree.reset()
+    assert agree.seen == 0
+    with pytest.raises(ValueError, match="reads 10 classes.*num_classes=3"):
+        LabelAgreement("digits", 3)
+
+
+def test_evaluate_scores_a_conditional_run_by_the_digit_it_asked_for(tmp_path, offline_cache, monkeypatch):
+    """A class-conditional checkpoint gets an offline_accuracy row per grid: the share of samples
+    read as the requested label (here a classifier that reads 0 for everything: 1 of 6 samples)."""
+    root = tmp_path / "cond"
+    root.mkdir()
+    cfg = tiny_config(root, **{"trainer.max_steps": 2, "samples.every_n_val": 0})
+    ckpt = run_fit(cfg, "--model.denoiser.init_args.num_classes=10", "--data.source.init_args.max_blobs=10",
+                   ).trainer.checkpoint_callback.last_model_path
+    monkeypatch.setattr(clf, "classify", lambda model, images: (torch.zeros(len(images), dtype=torch.long),
+                                                                torch.ones(len(images))))
+    out = tmp_path / "eval"
+    main(["evaluate", "--ckpt_path", ckpt, "--out", str(out), "--num_samples", "6", "--steps", "1",
+          "--resolutions", "[16, 8x16]", "--metrics", "[offline]", "--artifacts", "false"])
+    acc = [r for r in read_rows(out) if r["metric"] == "offline_accuracy"]
+    assert [r["resolution"] for r in acc] == [[16, 16], [8, 16]]
+    assert all(r["value"] == pytest.approx(1 / 6) for r in acc)
