@@ -164,3 +164,22 @@ def test_siid_patch_pads_a_grid_that_does_not_divide() -> None:
     assert out.shape == (2, 91, 1) and torch.isfinite(out).all() and lengths[0] == (8, 2)
     with pytest.raises(ValueError, match="positive integer"):
         SIIDDenoiser(1, patch=0)
+
+
+@pytest.mark.parametrize("side", [32, 64])
+def test_blur_gradients_of_a_ramp_are_its_slope_times_sigma(side: int) -> None:
+    """On the linear field ``v = 0.7 y - 1.3 x`` a normalised blur is the field itself away from
+    the border, so the scale-normalised gradient is ``σ (0.7, -1.3)`` at every grid."""
+    from lightning_infdiff.denoisers.coord_mlp import blur_features
+
+    sigmas = (1 / 32, 1 / 16)
+    grid = (side, side)
+    coords = pixel_centres(grid)[None]
+    v = (0.7 * coords[..., 0] - 1.3 * coords[..., 1])[..., None]
+    feats = blur_features(v, coords, grid, sigmas, gradients=True).view(side, side, 6)
+    inner = feats[side // 4: -side // 4, side // 4: -side // 4]  # 3σ of the widest blur from every edge
+    torch.testing.assert_close(inner[..., :2], v.view(side, side, 1)[side // 4: -side // 4, side // 4: -side // 4]
+                               .expand(-1, -1, 2), atol=1e-4, rtol=0)
+    for i, s in enumerate(sigmas):
+        torch.testing.assert_close(inner[..., 2 + i], torch.full_like(inner[..., 0], 0.7 * s), atol=1e-4, rtol=0)
+        torch.testing.assert_close(inner[..., 4 + i], torch.full_like(inner[..., 0], -1.3 * s), atol=1e-4, rtol=0)

@@ -49,6 +49,8 @@ TINY: dict[str, Callable[[], Denoiser]] = {
     ),
     "coord_mlp_baseline": lambda: CoordMLPBaseline(1, num_classes=K, hidden=16, depth=2, class_dim=4),
     "coord_mlp": lambda: CoordMLPDenoiser(1, num_classes=K, hidden=16, depth=2, emb_dim=16, coord_freqs=3),
+    "coord_mlp_gradients": lambda: CoordMLPDenoiser(1, num_classes=K, hidden=16, depth=2, emb_dim=16, coord_freqs=3,
+                                                    blur_gradients=True),
     "siid": lambda: SIIDDenoiser(1, num_classes=K, channels=16, depth=2, heads=2, num_freqs=4, emb_dim=16),
     "unet": lambda: ADMUNetDenoiser(
         1, num_classes=K, resolution=16, channels=8, channel_mult=(1, 2), num_res_blocks=1,

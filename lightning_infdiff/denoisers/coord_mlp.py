@@ -37,13 +37,26 @@ __all__ = ["CoordMLPBaseline", "CoordMLPDenoiser"]
 _DEFAULT_SIGMAS = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4)
 
 
-def blur_features(values: Tensor, coords: Tensor, grid: tuple[int, int], sigmas: Sequence[float]) -> Tensor:
-    """Normalised Gaussian blurs of the noisy points at each point: ``(B, N, len(sigmas)·C)``."""
+def blur_features(
+    values: Tensor, coords: Tensor, grid: tuple[int, int], sigmas: Sequence[float], gradients: bool = False
+) -> Tensor:
+    """Normalised Gaussian blurs of the noisy points at each point: ``(B, N, len(sigmas)·C)``.
+
+    With ``gradients``, also the scale-normalised gradient of each blur, ``σ ∂_y blur_σ`` and
+    ``σ ∂_x blur_σ`` (central differences in domain units, the Gaussian-derivative "jet" of
+    scale-space theory, Lindeberg 1994): ``(B, N, 3·len(sigmas)·C)``, the blurs first. Both are
+    in domain units, so a grid twice as fine gives the same features of the same image.
+    """
     if not sigmas:
         return values.new_zeros(*values.shape[:2], 0)
-    idx = coords_to_index(coords, grid)
-    canvas, mask = scatter(values.float(), idx, grid)
-    blurred = gaussian_blur_masked(canvas, mask, tuple(sigmas), as_grid(grid).density)
+    g = as_grid(grid)
+    idx = coords_to_index(coords, g)
+    canvas, mask = scatter(values.float(), idx, g)
+    blurred = gaussian_blur_masked(canvas, mask, tuple(sigmas), g.density)
+    if gradients:
+        dy, dx = torch.gradient(blurred, spacing=g.pitch, dim=(2, 3))
+        scale = torch.tensor(sigmas, device=blurred.device).repeat_interleave(values.shape[-1]).view(1, -1, 1, 1)
+        blurred = torch.cat([blurred, dy * scale, dx * scale], dim=1)
     return gather(blurred, idx).to(values.dtype)
 
 
@@ -112,7 +125,8 @@ class _ResBlock(nn.Module):
 class CoordMLPDenoiser(Denoiser):
     """Improved per-pixel MLP: Fourier features, FiLM residual blocks, blurs of the noisy input.
 
-    ``raw = [γ(c), v, blur_σ(v) for σ, blur_σi - blur_σi+1]``; ``x = W raw``; ``x += MLP(FiLM-LN(x +
+    ``raw = [γ(c), v, blur_σ(v) for σ, blur_σi - blur_σi+1]`` (and ``σ ∇blur_σ(v)`` with
+    ``blur_gradients``); ``x = W raw``; ``x += MLP(FiLM-LN(x +
     W_l raw))`` per block (input skip, as in NeRF's skip layer, Mildenhall et al. 2020); output
     ``W_o GELU(LN(x))`` (zero-initialised). Noise level and class enter through FiLM of the
     shared :class:`~.layers.embeddings.NoiseEmbedding`.
@@ -125,6 +139,8 @@ class CoordMLPDenoiser(Denoiser):
         depth: residual blocks.
         mlp_ratio: hidden expansion inside each block.
         blur_sigmas: blur widths as fractions of the image side (ascending).
+        blur_gradients: also feed the scale-normalised gradient of every blur (stroke direction
+            and edges at each scale, which a blur alone does not show; :func:`blur_features`).
         coord_freqs: octaves of the coordinate Fourier features (lowest 1/2 cycle per side).
         emb_dim: width of the logSNR/class embedding.
         zero_init_output: zero-initialise the output layer.
@@ -139,15 +155,17 @@ class CoordMLPDenoiser(Denoiser):
         depth: int = 6,
         mlp_ratio: int = 2,
         blur_sigmas: Sequence[float] = _DEFAULT_SIGMAS,
+        blur_gradients: bool = False,
         coord_freqs: int = 6,
         emb_dim: int = 128,
         zero_init_output: bool = True,
     ) -> None:
         super().__init__(in_channels, out_channels, num_classes)
         self.blur_sigmas = tuple(float(s) for s in blur_sigmas)
+        self.blur_gradients = blur_gradients
         self.fourier = FourierFeatures(2, coord_freqs, 0.5)
         k = len(self.blur_sigmas)
-        d_raw = self.fourier.out_dim + in_channels * (1 + k + max(k - 1, 0))
+        d_raw = self.fourier.out_dim + in_channels * (1 + k + max(k - 1, 0) + (2 * k if blur_gradients else 0))
         self.embed = NoiseEmbedding(emb_dim, num_classes)
         self.inp = nn.Linear(d_raw, hidden)
         self.blocks = nn.ModuleList(_ResBlock(hidden, d_raw, emb_dim, mlp_ratio) for _ in range(depth))
@@ -158,11 +176,14 @@ class CoordMLPDenoiser(Denoiser):
     ) -> Tensor:
         """``(B, N, C_in)`` at ``coords`` -> ``(B, N, C_out)`` (see :mod:`.base`)."""
         h, w = self.check_inputs(values, coords, logsnr, grid)
-        c = values.shape[-1]
-        blurs = blur_features(values, coords, grid, self.blur_sigmas)
+        c, k = values.shape[-1], len(self.blur_sigmas)
+        feats = blur_features(values, coords, grid, self.blur_sigmas, self.blur_gradients)
+        blurs = feats[..., : k * c]
         parts = [self.fourier(coords).to(values.dtype), values, blurs]
-        if len(self.blur_sigmas) > 1:
+        if k > 1:
             parts.append(blurs[..., :-c] - blurs[..., c:])  # band-pass (difference of Gaussians)
+        if self.blur_gradients:
+            parts.append(feats[..., k * c:])
         raw = torch.cat(parts, dim=-1)
         emb = self.embed(logsnr, cond)
         x = self.inp(raw)
