@@ -437,8 +437,9 @@ def write_hparams(rows: list[dict[str, Any]], dest: Path) -> Path:
 
 def merge_earlier(rows: list[dict[str, Any]], tables: list[str | Path]) -> list[dict[str, Any]]:
     """Fill the rows of runs that are not in the sweep folder (``not run``) from earlier reports'
-    ``table.csv`` of the same sweep, marked ``earlier report: <file>``; their plots and sheets
-    cannot be redrawn, so they appear in the tables only."""
+    ``table.csv`` of the same sweep, marked ``earlier report: <file>``. Their ``<metric>@<H>x<W>``
+    columns go into the metric-against-resolution plot (:func:`evals_of_earlier`); their sheets and
+    loss curves cannot be redrawn."""
     earlier: dict[str, dict[str, Any]] = {}
     for table in tables:
         for row in load_table(table):
@@ -451,12 +452,35 @@ def merge_earlier(rows: list[dict[str, Any]], tables: list[str | Path]) -> list[
     return merged
 
 
+def evals_of_earlier(rows: list[dict[str, Any]], extra: dict[str, Any]) -> None:
+    """Put the metric columns of rows filled by :func:`merge_earlier` into ``extra["evals"]`` (in
+    the rows' order) and ``extra["metric_keys"]``, so the plot shows every run of the table."""
+    evals: dict[str, dict[tuple[str, int, int], float]] = {}
+    for row in rows:
+        name = str(row.get("run"))
+        if name == FLOOR_ROW:
+            continue
+        if not str(row.get("status", "")).startswith("earlier report"):
+            evals[name] = extra["evals"].get(name, {})
+            continue
+        evals[name] = {}
+        for key, value in row.items():
+            metric, _, grid = str(key).partition("@")
+            if grid and isinstance(value, (int, float)) and value == value:
+                h, w = (int(v) for v in grid.split("x"))
+                evals[name][(metric, h, w)] = float(value)
+    extra["evals"] = evals
+    extra["metric_keys"] = sorted({k for e in evals.values() for k in e} | set(extra["metric_keys"]),
+                                  key=lambda k: (k[0], k[1] * k[2], k[1]))
+
+
 def write_report(out: str | Path, dest: str | Path | None = None, also: list[str | Path] | None = None) -> dict[str, Any]:
     """Collect the runs of ``out`` (plus ``also``: earlier reports' ``table.csv``, see
     :func:`merge_earlier`) and write the tables, plots and HParams view into ``dest``."""
     rows, extra = collect(out)
     if also:
         rows = merge_earlier(rows, also)
+        evals_of_earlier(rows, extra)
     dest = Path(dest) if dest is not None else Path(out) / "report"
     dest.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = write_tables(rows, dest)

@@ -367,3 +367,9 @@ def test_report_fills_runs_missing_from_the_folder_from_an_earlier_table(tmp_pat
     assert rows["denoiser-a__points-all"]["status"] == f"earlier report: {earlier}"
     assert rows["denoiser-a__points-quarter"]["fid_offline@16x16"] == 50.0  # a run in the folder wins
     assert rows["denoiser-a__points-quarter"]["status"] == "done"
+    # the plot shows both runs: the earlier one from its table columns
+    extra = {"evals": {"denoiser-a__points-quarter": {("fid_offline", 16, 16): 50.0}},
+             "metric_keys": [("fid_offline", 16, 16)]}
+    report.evals_of_earlier(list(rows.values()), extra)
+    assert extra["evals"] == {"denoiser-a__points-all": {("fid_offline", 16, 16): 24.2},
+                              "denoiser-a__points-quarter": {("fid_offline", 16, 16): 50.0}}
