@@ -171,7 +171,7 @@ def evaluate_command(
         build_extractor(m, offline_dataset, clip_model, clip_pretrained, clip_weights, inception_weights).to(dev)
         for m in metrics
     ]
-    num_classes = int(getattr(module.denoiser, "num_classes", 0) or 0)
+    agree = label_agreement(module, offline_dataset) if "offline" in metrics else []
     held_out = split_of(dm, "val") if floor else None
     if held_out is not None and len(held_out) < num_samples:  # before any sampling
         raise ValueError(f"floor: the validation split has {len(held_out)} images, fewer than num_samples={num_samples}")
@@ -186,7 +186,6 @@ def evaluate_command(
         ]
         meter = ArtifactMeter(g, artifact_fraction) if artifacts else None
         kept = FirstImages(sheet)
-        agree = [LabelAgreement(offline_dataset, num_classes)] if num_classes and "offline" in metrics else []
         start = time.perf_counter()
         sample_into(module, g, seeds, [*fids, *([meter] if meter else []), kept, *agree], batch_size, sampler,
                     steps, precision, seed, progress=True)
@@ -243,6 +242,20 @@ class FirstImages:
         return torch.cat(self.kept).float() / 127.5 - 1.0
 
 
+def label_agreement(module: Any, dataset: Literal["digits", "animals"]) -> list[LabelAgreement]:
+    """``[LabelAgreement]`` for a class-conditional ``module`` whose classes are the offline
+    classifier's (same count), else ``[]`` (with a note on stderr when only the counts differ)."""
+    num_classes = int(getattr(module.denoiser, "num_classes", 0) or 0)
+    if not num_classes:
+        return []
+    agree = LabelAgreement(dataset)
+    if agree.num_classes != num_classes:
+        print(f"offline_accuracy skipped: the {dataset} classifier reads {agree.num_classes} classes, the "
+              f"denoiser has {num_classes}", file=sys.stderr)
+        return []
+    return [agree]
+
+
 class LabelAgreement:
     """Share of a conditional run's samples that the offline classifier reads as the label asked for.
 
@@ -250,14 +263,11 @@ class LabelAgreement:
     ``i``-th was asked for label ``i % num_classes``.
     """
 
-    def __init__(self, dataset: Literal["digits", "animals"], num_classes: int) -> None:
+    def __init__(self, dataset: Literal["digits", "animals"]) -> None:
         from .metrics.classifier import load_classifier
 
         self.classifier, _ = load_classifier(dataset)
-        if self.classifier.head.out_features != num_classes:
-            raise ValueError(f"the {dataset} classifier reads {self.classifier.head.out_features} classes, the "
-                             f"checkpoint's denoiser has num_classes={num_classes}: pass --offline_dataset for its data")
-        self.num_classes = num_classes
+        self.num_classes = int(self.classifier.head.out_features)
         self.reset()
 
     def reset(self) -> None:

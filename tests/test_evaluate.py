@@ -195,14 +195,24 @@ def test_label_agreement_follows_the_label_cycle_across_batches(monkeypatch, off
 
     monkeypatch.setattr(clf, "classify", lambda model, images: (torch.zeros(len(images), dtype=torch.long),
                                                                 torch.ones(len(images))))
-    agree = LabelAgreement("digits", 10)
+    agree = LabelAgreement("digits")
     for n in (5, 5, 2):
         agree.update(torch.zeros(n, 1, 8, 8, dtype=torch.uint8))
     assert agree.compute() == pytest.approx(2 / 12)
     agree.reset()
     assert agree.seen == 0
-    with pytest.raises(ValueError, match="reads 10 classes.*num_classes=3"):
-        LabelAgreement("digits", 3)
+
+
+def test_label_agreement_only_where_the_classifier_reads_the_model_s_classes(offline_cache, capsys):
+    """Unconditional: no accuracy; 3 classes against the digit classifier's 10: skipped, with a note."""
+    from types import SimpleNamespace
+
+    from lightning_infdiff.evaluate import label_agreement
+
+    assert label_agreement(SimpleNamespace(denoiser=SimpleNamespace(num_classes=0)), "digits") == []
+    assert len(label_agreement(SimpleNamespace(denoiser=SimpleNamespace(num_classes=10)), "digits")) == 1
+    assert label_agreement(SimpleNamespace(denoiser=SimpleNamespace(num_classes=3)), "digits") == []
+    assert "offline_accuracy skipped: the digits classifier reads 10 classes, the denoiser has 3" in capsys.readouterr().err
 
 
 def test_evaluate_scores_a_conditional_run_by_the_digit_it_asked_for(tmp_path, offline_cache, monkeypatch):
